@@ -1,0 +1,61 @@
+# chexfusion: the pipeline as make targets.
+#   make stage1 stage2   install (once), build the demo data, train both stages, print metrics
+#   make test            the test suite
+# Every target installs into .venv first if needed; the stamp file makes that a no-op later.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stamp-install
+CX     := $(BIN)/chexfusion
+
+DATA_DIR     ?= data/demo
+DATA_STUDIES ?= 1500
+DATA_SEED    ?= 0
+DATA_STAMP   := $(DATA_DIR)/.complete
+STAGE1_CONFIG ?= stage1/config.yaml
+STAGE2_CONFIG ?= stage2/config.yaml
+
+.PHONY: install data stage1 features stage2 evaluate ablate test test-browser bench clean-runs help
+
+help:
+	@sed -n '2,4p' Makefile
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+data: $(DATA_STAMP)
+
+$(DATA_STAMP): $(STAMP)
+	$(CX) synth --out $(DATA_DIR) --studies $(DATA_STUDIES) --seed $(DATA_SEED)
+	touch $(DATA_STAMP)
+
+stage1: $(DATA_STAMP)
+	$(CX) stage1 --config $(STAGE1_CONFIG)
+
+features: $(DATA_STAMP)
+	$(CX) features --config $(STAGE2_CONFIG)
+
+stage2: features
+	$(CX) stage2 --config $(STAGE2_CONFIG)
+
+ablate: $(DATA_STAMP)
+	$(BIN)/python -m chexfusion.ablate --stage1-config $(STAGE1_CONFIG) --stage2-config $(STAGE2_CONFIG)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-browser: $(STAMP)
+	bash tests/browser/setup.sh
+	$(BIN)/python -m pytest -q -m browser tests/browser
+
+bench: $(STAMP)
+	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean-runs:
+	rm -rf stage1/runs stage2/runs features/*/ 

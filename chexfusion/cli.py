@@ -1,0 +1,69 @@
+"""The ``chexfusion`` command line: one sub-command per pipeline step.
+
+Sub-command modules are imported only when used, so ``chexfusion --help`` and
+``chexfusion inspect`` start without importing torch. A :class:`UserError`
+anywhere becomes one line on stderr and exit status 2; other exceptions are
+bugs and keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import EXIT_USER_ERROR, UserError
+
+# name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int | None.
+COMMANDS = {
+    "synth": ("chexfusion.data.synth.command", "write the synthetic demo dataset in the CXR-LT format"),
+    "inspect": ("chexfusion.inspect", "check a dataset CSV and its images before a long run"),
+    "stage1": ("chexfusion.stage1.command", "train the image-level backbone + ML-Decoder"),
+    "features": ("chexfusion.feature_store.command", "write the Parquet feature store from frozen stage-1 backbone(s)"),
+    "stage2": ("chexfusion.stage2.command", "train the study-level Transformer fusion from the feature store"),
+    "predict": ("chexfusion.predict", "study-level batch inference from raw images"),
+    "evaluate": ("chexfusion.evaluate", "CXR-LT metrics, per-class table, plots and report"),
+    "serve": ("chexfusion.serve.command", "the web demo"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own usage errors: same exit status 2, one line
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
+    parser = _Parser(prog="chexfusion", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    module = None
+    for name, (mod_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            module = importlib.import_module(mod_name)
+            module.add_arguments(p)
+    return parser, module
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser, module = build_parser(argv)
+        args = parser.parse_args(argv)
+        if module is None:
+            parser.print_help()
+            return EXIT_USER_ERROR if argv else 0
+        code = module.run(args)
+        return int(code or 0)
+    except UserError as exc:
+        print(f"chexfusion: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("chexfusion: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
