@@ -143,11 +143,23 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def read_config_file(path: str | Path, _seen: tuple = ()) -> dict:
+    """A YAML config; ``inherit: other.yaml`` (relative to the file) starts from another file's entries."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise UserError(f"{path}: 'inherit' forms a loop")
+    data = read_yaml(path)
+    parent = data.pop("inherit", None)
+    if parent is None:
+        return data
+    return deep_merge(read_config_file(path.parent / str(parent), _seen + (path.resolve(),)), data)
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults of ``cls`` <- YAML file <- ``key=value`` overrides."""
+    """Defaults of ``cls`` <- YAML file (and the files it inherits) <- ``key=value`` overrides."""
     data = to_dict(cls())
     if path is not None:
-        data = deep_merge(data, read_yaml(path))
+        data = deep_merge(data, read_config_file(path))
     if overrides:
         data = deep_merge(data, parse_overrides(overrides))
     cfg = from_dict(cls, data)
