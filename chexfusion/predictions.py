@@ -48,7 +48,7 @@ def write_predictions(path, dicom_ids, study_ids, classes, probs: np.ndarray) ->
 
 def _header(path: Path) -> list[str]:
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             header = next(csv.reader(handle), None)
     except FileNotFoundError:
         raise UserError(f"{path}: predictions file not found") from None
@@ -92,7 +92,8 @@ def read_predictions(path, classes: list[str] | None = None) -> tuple[pd.DataFra
         with warnings.catch_warnings():
             # pandas only warns (and drops cells) when the first data line is longer than the header.
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False)
+            raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False,
+                              encoding="utf-8-sig")
     except pd.errors.ParserWarning:
         raise UserError(f"{path}: line {HEADER_LINE + 1} has more fields than the header") from None
     except (pd.errors.ParserError, ValueError) as exc:
