@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from .errors import UserError
 from .io import atomic_write_json
@@ -114,8 +115,6 @@ def choose_classes(requested: list[str] | None, pred_classes: list[str], label_c
 
 def align_ids(pred_ids, label_ids, pred_path, labels_path) -> np.ndarray:
     """Row of the predictions for each label row; any id mismatch or duplicate is a UserError."""
-    import pandas as pd
-
     pred_ids = pd.Index(pred_ids, dtype=str)
     label_ids = pd.Index(label_ids, dtype=str)
     for ids, path in ((label_ids, labels_path), (pred_ids, pred_path)):
@@ -140,8 +139,8 @@ def _check_studies(pred_studies: np.ndarray, label_studies: np.ndarray, dicom_id
                         f"e.g. dicom_id {dicom_ids[first]}: {pred_studies[first]} vs {label_studies[first]}")
 
 
-def load_evaluation(pred_path, labels_path, requested: list[str] | None, policy) -> tuple[Evaluation, object]:
-    """Read both files, check they describe the same images and classes, return aligned arrays and the labels."""
+def load_evaluation(pred_path, labels_path, requested: list[str] | None, policy) -> Evaluation:
+    """Read both files, check they describe the same images and classes, return aligned arrays."""
     from .data.cxr_lt import read_cxr_lt
 
     ids, pred_classes, probs = read_predictions(pred_path)
@@ -160,7 +159,7 @@ def load_evaluation(pred_path, labels_path, requested: list[str] | None, policy)
     pred_cols = [pred_classes.index(c) for c in classes]
     y_true = np.asarray(targets, dtype=np.float64)[:, label_cols]
     valid = np.ones_like(y_true, dtype=bool) if mask is None else np.asarray(mask)[:, label_cols] != 0
-    return Evaluation(classes, y_true, probs[rows][:, pred_cols], valid, not_evaluated), table
+    return Evaluation(classes, y_true, probs[rows][:, pred_cols], valid, not_evaluated)
 
 
 def training_prevalence(train_path, classes: list[str], policy) -> tuple[np.ndarray, list[str]]:
@@ -184,7 +183,7 @@ def run(args) -> int:
     policy = LabelPolicy(uncertain=args.label_policy_uncertain)
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    evaluation, _ = load_evaluation(args.pred, args.labels, _split_names(args.classes), policy)
+    evaluation = load_evaluation(args.pred, args.labels, _split_names(args.classes), policy)
     notes = []
     if evaluation.not_evaluated:
         notes.append(f"Not evaluated (no label column in {args.labels}): {', '.join(evaluation.not_evaluated)}.")
