@@ -1,0 +1,177 @@
+"""ML-Decoder head (Ridnik et al., "ML-Decoder: Scalable and Versatile Classification Head", WACV 2023).
+
+Why this head: a chest X-ray finding is small and local, and global average
+pooling dilutes it. In ML-Decoder a set of queries *cross-attends* to the
+spatial tokens, so each query can look at the region that matters for its
+classes. The queries do not attend to each other (no self-attention), which
+keeps the cost linear in the number of queries.
+
+Two ways to get the queries:
+
+* **learned group decoding** (default): ``G`` learned group queries; the output
+  of group ``g`` is mapped to ``ceil(K / G)`` class logits by its own linear map
+  (the paper's "group fully-connected" layer), and the ``G * ceil(K / G)`` outputs
+  are cut to ``K``. ``G = min(K, 100)`` unless set. (The paper keeps its group
+  queries fixed at random values; here they are trained like every other weight.)
+* **external queries** (``query_dim`` set): one query per class from a matrix
+  ``[K, query_dim]`` (text embeddings of the class names), projected to the
+  decoder width by a learned linear layer, and scored by one linear map *shared*
+  by all classes. No weight depends on the class count, so the same head scores
+  any number of classes, including names never seen in training (zero-shot).
+
+Layouts: every tensor is batch-first, ``tokens`` is ``[B, L, in_dim]`` and
+``key_padding_mask`` is ``[B, L]`` bool with True marking padding. The public
+CheXFusion decoder accepts a mask but never passes it to its attention; here a
+padded token gets attention weight exactly zero and its values are zeroed before
+use, so whatever a padding slot holds (even NaN) cannot change the output.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UserError
+
+
+class CrossAttentionLayer(nn.Module):
+    """One decoder layer: queries attend to the tokens, then a feed-forward block (post-norm residuals)."""
+
+    def __init__(self, dim: int, num_heads: int, ff_dim: int, dropout: float):
+        super().__init__()
+        self.query_norm = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.attention_dropout = nn.Dropout(dropout)
+        self.attention_norm = nn.LayerNorm(dim)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(dim, ff_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ff_dim, dim)
+        )
+        self.feed_forward_dropout = nn.Dropout(dropout)
+        self.feed_forward_norm = nn.LayerNorm(dim)
+
+    def forward(
+        self, queries: Tensor, memory: Tensor, key_padding_mask: Tensor | None, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """``queries [B, Q, dim]``, ``memory [B, L, dim]`` -> (``[B, Q, dim]``, weights ``[B, Q, L]`` or None)."""
+        queries = self.query_norm(queries)
+        attended, weights = self.attention(
+            queries, memory, memory, key_padding_mask=key_padding_mask,
+            need_weights=need_weights, average_attn_weights=True,
+        )
+        x = self.attention_norm(queries + self.attention_dropout(attended))
+        x = self.feed_forward_norm(x + self.feed_forward_dropout(self.feed_forward(x)))
+        return x, weights
+
+
+class MLDecoder(nn.Module):
+    """ML-Decoder: class (or group) queries cross-attend to spatial tokens; no self-attention among queries."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_dim: int,
+        dim: int = 768,
+        num_layers: int = 1,
+        num_heads: int = 8,
+        ff_dim: int = 2048,
+        dropout: float = 0.1,
+        num_groups: int | None = None,
+        query_dim: int | None = None,
+    ):
+        super().__init__()
+        if num_classes < 1:
+            raise UserError(f"ML-Decoder needs at least one class, got num_classes={num_classes}")
+        if num_layers < 1:
+            raise UserError(f"ML-Decoder needs at least one layer, got num_layers={num_layers}")
+        if dim % num_heads != 0:
+            raise UserError(f"ML-Decoder width dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_classes = num_classes
+        self.query_dim = query_dim
+        # Tokens are embedded as in the paper: a linear map to the decoder width, then ReLU.
+        self.token_projection = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU())
+        self.layers = nn.ModuleList(CrossAttentionLayer(dim, num_heads, ff_dim, dropout) for _ in range(num_layers))
+        if query_dim is None:
+            groups = min(num_classes, 100) if num_groups is None else int(num_groups)
+            if not 1 <= groups <= num_classes:
+                raise UserError(
+                    f"ML-Decoder num_groups={num_groups} must be between 1 and the number of classes ({num_classes})"
+                )
+            self.num_groups = groups
+            self.classes_per_group = math.ceil(num_classes / groups)
+            self.group_queries = nn.Parameter(torch.randn(groups, dim))
+            self.group_weight = nn.Parameter(torch.empty(groups, dim, self.classes_per_group))
+            nn.init.xavier_normal_(self.group_weight)
+            self.class_bias = nn.Parameter(torch.zeros(num_classes))
+        else:
+            self.num_groups = None
+            self.query_projection = nn.Sequential(nn.Linear(query_dim, dim), nn.ReLU())
+            self.class_score = nn.Linear(dim, 1)
+
+    def _initial_queries(self, queries: Tensor | None, batch: int, dtype: torch.dtype) -> Tensor:
+        if self.query_dim is None:
+            if queries is not None:
+                raise ValueError("this ML-Decoder has learned queries; build it with query_dim to pass a query matrix")
+            start = self.group_queries
+        else:
+            if queries is None:
+                raise ValueError(f"this ML-Decoder scores a query matrix [K, {self.query_dim}]: pass queries=")
+            if queries.ndim != 2 or queries.shape[1] != self.query_dim:
+                raise ValueError(f"queries must be [K, {self.query_dim}], got {tuple(queries.shape)}")
+            weight = self.query_projection[0].weight
+            start = self.query_projection(queries.to(device=weight.device, dtype=weight.dtype))
+        return start.to(dtype).unsqueeze(0).expand(batch, -1, -1)
+
+    def _logits(self, decoded: Tensor) -> Tensor:
+        if self.query_dim is not None:
+            return self.class_score(decoded).squeeze(-1)
+        per_group = torch.einsum("bgd,gdc->bgc", decoded, self.group_weight.to(decoded.dtype))
+        return per_group.flatten(1)[:, : self.num_classes] + self.class_bias.to(decoded.dtype)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        key_padding_mask: Tensor | None = None,
+        queries: Tensor | None = None,
+        return_attention: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits ``[B, K]``; with ``return_attention`` also the cross-attention ``[B, K or G, L]``.
+
+        The attention is averaged over heads and layers; in eval mode each row
+        sums to one over the unmasked tokens and is exactly zero on masked ones
+        (in training mode attention dropout is applied to it, as to the model).
+        """
+        if tokens.ndim != 3:
+            raise ValueError(f"tokens must be [B, L, C], got {tuple(tokens.shape)}")
+        if key_padding_mask is not None:
+            if key_padding_mask.shape != tokens.shape[:2] or key_padding_mask.dtype != torch.bool:
+                raise ValueError(
+                    f"key_padding_mask must be bool {tuple(tokens.shape[:2])}, "
+                    f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+                )
+            if bool(key_padding_mask.all(dim=1).any()):
+                raise ValueError("every sample needs at least one unmasked token")
+            tokens = tokens.masked_fill(key_padding_mask.unsqueeze(-1), 0)
+        memory = self.token_projection(tokens)
+        decoded = self._initial_queries(queries, tokens.shape[0], memory.dtype)
+        attention_sum = None
+        for layer in self.layers:
+            decoded, weights = layer(decoded, memory, key_padding_mask, need_weights=return_attention)
+            if return_attention:
+                attention_sum = weights if attention_sum is None else attention_sum + weights
+        logits = self._logits(decoded)
+        if return_attention:
+            return logits, attention_sum / len(self.layers)
+        return logits
+
+
+def build_decoder(num_classes: int, in_dim: int, decoder_kwargs: dict | None, query_dim: int | None) -> MLDecoder:
+    """An :class:`MLDecoder`; an option it does not have is a UserError naming it."""
+    options = dict(decoder_kwargs or {})
+    known = set(inspect.signature(MLDecoder.__init__).parameters) - {"self", "num_classes", "in_dim", "query_dim"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UserError(f"unknown ML-Decoder option '{unknown[0]}' (known: {', '.join(sorted(known))})")
+    return MLDecoder(num_classes, in_dim, query_dim=query_dim, **options)

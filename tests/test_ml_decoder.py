@@ -1,0 +1,166 @@
+"""ML-Decoder: any class count, group decoding, an exact key-padding mask, text queries that score any number
+of classes with one set of weights, attention weights that form a distribution over the real tokens; and the
+stage-1 ImageClassifier built on it."""
+
+import pytest
+import torch
+
+from chexfusion.errors import UserError
+from chexfusion.models.backbone import Backbone
+from chexfusion.models.image_classifier import ImageClassifier
+from chexfusion.models.ml_decoder import MLDecoder, build_decoder
+
+SMALL = dict(dim=32, num_heads=4, ff_dim=64)
+
+
+def tokens(batch=3, length=10, channels=24, seed=0):
+    return torch.randn(batch, length, channels, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("num_classes, num_groups, expected_groups", [(26, None, 26), (40, None, 40), (7, None, 7),
+                                                                      (150, None, 100), (40, 7, 7), (26, 1, 1)])
+def test_logit_shapes_and_group_counts(num_classes, num_groups, expected_groups):
+    torch.manual_seed(0)
+    decoder = MLDecoder(num_classes, in_dim=24, num_groups=num_groups, **SMALL).eval()
+    logits, attention = decoder(tokens(), return_attention=True)
+    assert logits.shape == (3, num_classes)
+    assert decoder.num_groups == expected_groups
+    assert attention.shape == (3, expected_groups, 10)
+    assert torch.isfinite(logits).all()
+
+
+def test_group_decoding_maps_each_group_to_its_own_classes():
+    torch.manual_seed(0)
+    decoder = MLDecoder(10, in_dim=24, num_groups=4, **SMALL).eval()  # 3 classes per group, 12 cut to 10
+    assert decoder.classes_per_group == 3
+    before = decoder(tokens())
+    with torch.no_grad():
+        decoder.group_weight[1].mul_(2.0)  # group 1 scores classes 3, 4, 5 only
+    after = decoder(tokens())
+    changed = (before - after).abs().amax(dim=0) > 1e-6
+    assert changed.tolist() == [False, False, False, True, True, True, False, False, False, False]
+
+
+def test_masked_tokens_have_exactly_zero_influence():
+    torch.manual_seed(0)
+    decoder = MLDecoder(26, in_dim=24, num_groups=5, **SMALL).eval()
+    x = tokens(length=12)
+    mask = torch.zeros(3, 12, dtype=torch.bool)
+    mask[0, 8:] = True
+    mask[2, 1:] = True  # a single real token
+    reference = decoder(x, key_padding_mask=mask)
+    garbage = x.clone()
+    garbage[mask] = torch.randn(int(mask.sum()), 24) * 1e4
+    assert torch.equal(decoder(garbage, key_padding_mask=mask), reference)
+    garbage[mask] = float("nan")
+    assert torch.equal(decoder(garbage, key_padding_mask=mask), reference)
+    # Padding is the same as not having the tokens at all.
+    alone = decoder(x[0:1, :8])
+    assert torch.allclose(alone, reference[0:1], atol=1e-6)
+
+
+def test_without_the_mask_padding_would_matter():
+    """Guards the test above: the same garbage does change an unmasked decoder (the public code's bug)."""
+    torch.manual_seed(0)
+    decoder = MLDecoder(26, in_dim=24, **SMALL).eval()
+    x = tokens(length=12)
+    garbage = x.clone()
+    garbage[0, 8:] = 100.0
+    assert not torch.allclose(decoder(x)[0], decoder(garbage)[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_attention_is_a_distribution_over_unmasked_tokens(num_layers):
+    torch.manual_seed(0)
+    decoder = MLDecoder(40, in_dim=24, num_groups=8, num_layers=num_layers, **SMALL).eval()
+    mask = torch.zeros(3, 10, dtype=torch.bool)
+    mask[1, 6:] = True
+    _, attention = decoder(tokens(), key_padding_mask=mask, return_attention=True)
+    assert torch.allclose(attention.sum(-1), torch.ones(3, 8), atol=1e-5)
+    assert torch.all(attention[1, :, 6:] == 0)
+    assert torch.all(attention[1, :, :6] > 0)
+
+
+def test_text_queries_score_any_number_of_classes_with_the_same_weights():
+    torch.manual_seed(0)
+    decoder = MLDecoder(26, in_dim=24, query_dim=16, **SMALL).eval()
+    class_names = torch.randn(9, 16)  # e.g. text embeddings of 9 class names
+    nine = decoder(tokens(), queries=class_names)
+    five = decoder(tokens(), queries=class_names[:5])
+    assert nine.shape == (3, 9) and five.shape == (3, 5)
+    # Queries never attend to each other: a class's score does not depend on which other classes are asked.
+    assert torch.allclose(nine[:, :5], five, atol=1e-6)
+    logits, attention = decoder(tokens(), queries=class_names[:3], return_attention=True)
+    assert attention.shape == (3, 3, 10)
+
+
+def test_query_arguments_are_checked():
+    learned = MLDecoder(5, in_dim=24, **SMALL)
+    with pytest.raises(ValueError, match="learned queries"):
+        learned(tokens(), queries=torch.randn(5, 16))
+    text = MLDecoder(5, in_dim=24, query_dim=16, **SMALL)
+    with pytest.raises(ValueError, match="pass queries="):
+        text(tokens())
+    with pytest.raises(ValueError, match=r"queries must be \[K, 16\]"):
+        text(tokens(), queries=torch.randn(5, 8))
+    mask = torch.zeros(3, 10, dtype=torch.bool)
+    mask[0] = True
+    with pytest.raises(ValueError, match="at least one unmasked token"):
+        learned(tokens(), key_padding_mask=mask)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_classes=10, in_dim=24, num_groups=11), "num_groups=11 must be between 1 and the number of classes"),
+        (dict(num_classes=10, in_dim=24, num_groups=0), "num_groups=0"),
+        (dict(num_classes=10, in_dim=24, dim=30, num_heads=4), "dim=30 is not divisible by num_heads=4"),
+        (dict(num_classes=0, in_dim=24), "at least one class"),
+    ],
+)
+def test_bad_settings_are_user_errors(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        MLDecoder(**kwargs)
+
+
+def test_unknown_decoder_option_is_named():
+    with pytest.raises(UserError, match="unknown ML-Decoder option 'groups'"):
+        build_decoder(5, 24, {"groups": 3}, None)
+
+
+def test_every_parameter_gets_a_gradient():
+    torch.manual_seed(0)
+    decoder = MLDecoder(12, in_dim=24, num_groups=4, **SMALL).train()
+    mask = torch.zeros(3, 10, dtype=torch.bool)
+    mask[2, 5:] = True
+    decoder(tokens(), key_padding_mask=mask).pow(2).mean().backward()
+    for name, parameter in decoder.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    torch.manual_seed(0)
+    return Backbone("resnet10t")
+
+
+def test_image_classifier_shapes_and_cached_map_path(backbone):
+    model = ImageClassifier(backbone, 40, decoder_kwargs=dict(num_groups=8, **SMALL)).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        logits = model(images)
+        logits_again, attention = model.forward_with_attention(images)
+        cached = model.forward_features(images).half()  # as stored in the feature store
+        from_cache = model.classify_map(cached)
+    assert logits.shape == (2, 40)
+    assert torch.allclose(logits, logits_again, atol=1e-5)  # weights path vs fused attention kernel
+    h, w = backbone.feature_shape(64)[1:]
+    assert attention.shape == (2, 8, h * w)
+    assert from_cache.dtype == torch.float32 and torch.allclose(from_cache, logits, atol=1e-2)
+
+
+def test_image_classifier_with_text_queries_and_position_encoding(backbone):
+    model = ImageClassifier(backbone, 26, decoder_kwargs=SMALL, query_dim=16, position_encoding=True).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, 64, 64), queries=torch.randn(31, 16))
+    assert logits.shape == (2, 31)
