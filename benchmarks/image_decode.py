@@ -12,7 +12,7 @@ images/s of both, their ratio and the PSNR between the two 1024-px results.
 Last line of stdout: one JSON object (``ratio``, ``psnr_db`` and raw figures).
 Target: ratio >= 3 with psnr_db >= 35.
 
-    python benchmarks/image_decode.py [--repeats N] [--noise GRAY_LEVELS] [--seed S]
+    python benchmarks/image_decode.py [--repeats N] [--noise GRAY_LEVELS] [--seed S] [--target PX]
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=15, help="timed decodes per path")
     parser.add_argument("--noise", type=float, default=2.0, help="detector noise, standard deviation in gray levels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", type=int, default=TARGET, help="output size in px (the target is set for 1024)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,10 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
         file_bytes = path.stat().st_size
 
         def draft():
-            return read_image(path, TARGET)
+            return read_image(path, args.target)
 
         def full():
-            return read_image(path, TARGET, use_draft=False)
+            return read_image(path, args.target, use_draft=False)
 
         draft_result, full_result = draft(), full()  # warm-up, and the images compared
         draft_times, full_times = [], []
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         "draft_median_ms": round(1000 * statistics.median(draft_times), 2),
         "full_median_ms": round(1000 * statistics.median(full_times), 2),
         "source_px": [HEIGHT, WIDTH],
-        "target_px": TARGET,
+        "target_px": args.target,
         "jpeg_quality": QUALITY,
         "jpeg_bytes": file_bytes,
         "noise_gray_levels": args.noise,
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         "repeats": args.repeats,
         "meets_target": bool(draft_rate / full_rate >= TARGET_RATIO and psnr_db >= TARGET_PSNR_DB),
     }
-    print(f"source {HEIGHT} x {WIDTH} px JPEG q{QUALITY} ({file_bytes / 1e6:.2f} MB), target {TARGET} px, "
+    print(f"source {HEIGHT} x {WIDTH} px JPEG q{QUALITY} ({file_bytes / 1e6:.2f} MB), target {args.target} px, "
           f"final resize {RESAMPLE.name}")
     print(f"draft path : {draft_rate:7.2f} images/s")
     print(f"full decode: {full_rate:7.2f} images/s")

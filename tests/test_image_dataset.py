@@ -91,3 +91,11 @@ def test_collate_of_an_all_skipped_batch_and_of_none(dataset_dir):
     batch = collate_images([data[3], None])
     assert "image" not in batch and batch["row"].numel() == 0
     assert batch["skipped"] == [3, -1]
+
+
+def test_bad_image_in_a_worker_process_is_still_one_line(dataset_dir):
+    data = ImageDataset(read_cxr_lt(dataset_dir / "train.csv"), dataset_dir, PRE, rows=np.array([3]))
+    loader = torch.utils.data.DataLoader(data, batch_size=1, num_workers=1, collate_fn=collate_images)
+    with pytest.raises(ImageError) as err:
+        list(loader)
+    assert str(err.value) == f"cannot read image {dataset_dir / 'img' / 'missing.jpg'}: file not found"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import BinaryIO
@@ -46,9 +45,20 @@ class ImageError(UserError):
     """An image that cannot be read: one line naming the file and the reason."""
 
     def __init__(self, source, reason: str | None = None):
-        self.source = str(source)
-        self.reason = reason
-        super().__init__(self.source if reason is None else f"cannot read image {source}: {reason}")
+        if reason is None:  # rebuilt from a message: unpickled, or re-raised by a DataLoader worker
+            message = _worker_message(str(source), type(self).__name__)
+        else:
+            message = f"cannot read image {source}: {reason}"
+        self.source, self.reason = str(source), reason
+        super().__init__(message)
+
+
+def _worker_message(text: str, name: str) -> str:
+    """torch re-raises a worker's exception as ``cls("Caught ... Original Traceback ...")``: keep its last line."""
+    if "Original Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split(f"{name}: ", 1)[-1]
 
 
 # ---------------------------------------------------------------------------- resizing
@@ -110,11 +120,8 @@ def _pil_to_gray(image: Image.Image, source: str) -> Image.Image:
 
 
 def _open_pil(stream: BinaryIO, source: str, max_pixels: int) -> Image.Image:
-    try:
-        with warnings.catch_warnings():
-            # Our own limit (max_pixels) is checked next; PIL's warning would only be noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(stream, formats=_PIL_FORMATS)
+    try:  # PIL refuses beyond twice its own MAX_IMAGE_PIXELS before we see the size
+        image = Image.open(stream, formats=_PIL_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageError(source, f"refused as a decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
