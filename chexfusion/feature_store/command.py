@@ -1,0 +1,39 @@
+"""``chexfusion features``: write the Parquet feature store described by the stage-2 config's ``features:``.
+
+The splits are the stage-2 data config's: ``train`` (data.train_csv), ``val``
+(data.val_csv) and, when set, ``test`` (data.test_csv), all under
+data.image_root. Re-running resumes an interrupted store, rebuilds one made
+from other backbones or CSVs, and does nothing to a complete, current one.
+"""
+
+from __future__ import annotations
+
+from ..config import load_config
+
+DEFAULT_CONFIG = "stage2/config.yaml"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", default=None, help=f"stage-2 YAML config (default: {DEFAULT_CONFIG} if it exists)")
+    parser.add_argument("--verify", action="store_true", help="also check every shard against its sha256")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config entries (dotted keys)")
+
+
+def run(args) -> int:
+    from ..stage1.command import resolve_config_path
+    from ..stage2.config import Stage2Config
+    from ..stage2.store import store_splits
+    from . import FeatureStore, build_store
+    from .reader import describe
+
+    cfg = load_config(Stage2Config, resolve_config_path(args.config, DEFAULT_CONFIG), args.overrides)
+    cfg.features.validate()
+    path = build_store(cfg.features, store_splits(cfg))
+    store = FeatureStore(path)
+    if args.verify:
+        store.verify()
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(describe(store))
+    return 0

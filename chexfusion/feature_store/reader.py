@@ -1,0 +1,356 @@
+"""Reading a feature store for stage 2: a whole split in memory, or whole studies streamed row group by row group.
+
+In memory (:meth:`FeatureStore.load_split`): shards are read in parallel
+threads and each Parquet row group decodes into one Arrow buffer that NumPy
+views without copying, so loading costs one pass over the bytes and holds
+the split once. :class:`SplitFeatures` serves studies and row ranges from
+those chunks; its ``features`` property gives one contiguous ``[N, C*h*w]``
+array, which costs a second copy of the split unless it is a single chunk.
+
+Streaming (:meth:`FeatureStore.iter_studies`), for stores larger than memory:
+only the metadata columns of the split are loaded; the maps are read one row
+group at a time. A row group *owns* the studies that start in it; a study that
+runs past its end takes its remaining rows from the next row group (studies
+are contiguous in store order). At most two row groups are decoded at a time,
+plus a shuffle buffer of whole studies, so memory does not grow with the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..data.views import VIEW_INDEX, VIEWS
+from ..errors import UserError
+from . import manifest as mf
+from .schema import FEATURES, NUMPY_DTYPES, features_to_numpy
+
+READ_META = ("dicom_id", "study_id", "subject_id", "view", "csv_row")
+MAX_READ_THREADS = 4
+
+
+@dataclass
+class StudyFeatures:
+    """All images of one study, in canonical order (frontal, lateral, unknown)."""
+
+    study_id: str
+    features: np.ndarray  # [n, C, h, w] in the store dtype (read-only when it is a view of the store's buffers)
+    views: np.ndarray  # [n] int64 indices into chexfusion.data.views.VIEWS
+    dicom_ids: list[str]
+    csv_rows: np.ndarray  # [n] int64 rows of the split's CSV (for labels)
+
+
+def _study_bounds(study_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and stop row of each run of equal study ids (the store keeps a study's rows together)."""
+    if len(study_ids) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, study_ids[1:] != study_ids[:-1]])
+    return starts, np.r_[starts[1:], len(study_ids)]
+
+
+@dataclass
+class SplitFeatures:
+    """A split in memory: per-image metadata, the maps (as zero-copy chunks), and a study index."""
+
+    split: str
+    meta: pd.DataFrame  # dicom_id, study_id, subject_id, view, csv_row; one row per image in store order
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    chunks: list[np.ndarray]  # [n_i, C*h*w] read-only views of the Arrow buffers, covering the rows in order
+    chunk_starts: np.ndarray = field(init=False)
+    views: np.ndarray = field(init=False)  # [N] int64 view indices
+    study_ids: np.ndarray = field(init=False)  # [S] in store order
+    study_starts: np.ndarray = field(init=False)
+    study_stops: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        sizes = [len(c) for c in self.chunks]
+        self.chunk_starts = np.cumsum([0] + sizes)[:-1].astype(np.int64)
+        self.views = self.meta["view"].map(VIEW_INDEX).to_numpy(dtype=np.int64)
+        ids = self.meta["study_id"].to_numpy(dtype=object)
+        self.study_starts, self.study_stops = _study_bounds(ids)
+        self.study_ids = ids[self.study_starts]
+
+    def __len__(self) -> int:
+        """Number of studies."""
+        return len(self.study_starts)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.meta)
+
+    @cached_property
+    def study_index(self) -> dict[str, slice]:
+        return {s: slice(int(a), int(b)) for s, a, b in zip(self.study_ids, self.study_starts, self.study_stops)}
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Maps ``[stop-start, C*h*w]`` of a row range: a view when the range lies in one chunk, else a copy."""
+        if stop <= start:
+            return np.zeros((0, int(np.prod(self.shape))), self.dtype)
+        first = int(np.searchsorted(self.chunk_starts, start, side="right")) - 1
+        last = int(np.searchsorted(self.chunk_starts, stop - 1, side="right")) - 1
+        if first == last:
+            base = self.chunk_starts[first]
+            return self.chunks[first][start - base:stop - base]
+        return np.concatenate([self.rows(max(start, int(self.chunk_starts[k])),
+                                         min(stop, int(self.chunk_starts[k]) + len(self.chunks[k])))
+                               for k in range(first, last + 1)])
+
+    def take(self, indices) -> np.ndarray:
+        """Maps of arbitrary rows (a copy), e.g. all frontal images."""
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(indices), int(np.prod(self.shape))), self.dtype)
+        owner = np.searchsorted(self.chunk_starts, indices, side="right") - 1
+        for k in np.unique(owner):
+            sel = owner == k
+            out[sel] = self.chunks[k][indices[sel] - self.chunk_starts[k]]
+        return out
+
+    @cached_property
+    def features(self) -> np.ndarray:
+        """All maps as one ``[N, C*h*w]`` array: free for a single chunk, else one copy (prefer rows/study)."""
+        if len(self.chunks) == 1:
+            return self.chunks[0]
+        return self.rows(0, self.num_images)
+
+    def study(self, i: int) -> StudyFeatures:
+        start, stop = int(self.study_starts[i]), int(self.study_stops[i])
+        return StudyFeatures(
+            study_id=str(self.study_ids[i]),
+            features=self.rows(start, stop).reshape(stop - start, *self.shape),
+            views=self.views[start:stop],
+            dicom_ids=self.meta["dicom_id"].iloc[start:stop].tolist(),
+            csv_rows=self.meta["csv_row"].to_numpy(dtype=np.int64)[start:stop],
+        )
+
+
+@dataclass
+class StreamStats:
+    """What the last :meth:`FeatureStore.iter_studies` held at most at once (for tests and tuning)."""
+
+    row_group_reads: int = 0
+    max_decoded_row_groups: int = 0
+    max_decoded_rows: int = 0
+    max_buffered_studies: int = 0
+
+
+class _RowGroupCache:
+    """The decoded maps of at most ``capacity`` row groups, least recently used evicted first."""
+
+    def __init__(self, read, capacity: int, stats: StreamStats):
+        self.read, self.capacity, self.stats = read, capacity, stats
+        self.items: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def get(self, g: int) -> np.ndarray:
+        if g in self.items:
+            self.items.move_to_end(g)
+            return self.items[g]
+        while len(self.items) >= self.capacity:
+            self.items.popitem(last=False)
+        self.items[g] = self.read(g)
+        self.stats.row_group_reads += 1
+        self.stats.max_decoded_row_groups = max(self.stats.max_decoded_row_groups, len(self.items))
+        self.stats.max_decoded_rows = max(self.stats.max_decoded_rows, sum(len(a) for a in self.items.values()))
+        return self.items[g]
+
+
+class FeatureStore:
+    """A complete feature store folder, opened by its ``manifest.json``."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        manifest = mf.read_manifest(self.path)
+        if manifest is None:
+            raise UserError(f"no feature store at {self.path} (no {mf.MANIFEST_NAME}): run chexfusion features")
+        if not manifest.get("complete"):
+            raise UserError(f"feature store {self.path} is incomplete (interrupted?): run chexfusion features "
+                            "again to finish it")
+        if manifest.get("format_version") != mf.FORMAT_VERSION:
+            raise UserError(f"feature store {self.path} has format version {manifest.get('format_version')}, this "
+                            f"chexfusion reads version {mf.FORMAT_VERSION}: run chexfusion features to rebuild it")
+        self.manifest = manifest
+        self.shape: tuple[int, int, int] = tuple(int(d) for d in manifest["shape"])
+        self.dtype = NUMPY_DTYPES[manifest["dtype"]]
+        self.width = int(np.prod(self.shape))
+        self.last_stream_stats = StreamStats()
+
+    # ---- the manifest ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def expected_from_config(features_cfg, splits: dict[str, tuple[str, str]]) -> dict:
+        """What a current store must record (see ``manifest.expected_from_config``), for :meth:`check_matches`."""
+        return mf.expected_from_config(features_cfg, splits)
+
+    def check_matches(self, expected: dict) -> None:
+        """UserError naming the first difference when the store was not made from ``expected``."""
+        why = mf.first_difference(self.manifest, expected)
+        if why:
+            raise UserError(f"feature store {self.path} is stale: {why} (re-run chexfusion features)")
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    def _split(self, split: str) -> dict:
+        if split not in self.manifest["splits"]:
+            raise UserError(f"feature store {self.path} has no split '{split}' (it has: {', '.join(self.splits)})")
+        return self.manifest["splits"][split]
+
+    def split_rows(self, split: str) -> int:
+        return int(self._split(split)["rows"])
+
+    def split_nbytes(self, split: str) -> int:
+        """Bytes of the split's maps in memory."""
+        return self.split_rows(split) * self.width * self.dtype.itemsize
+
+    def fits_in_memory(self, split: str, max_memory_gb: float) -> bool:
+        """Whether :meth:`load_split` stays under ``max_memory_gb`` (else use :meth:`iter_studies`)."""
+        return self.split_nbytes(split) <= max_memory_gb * 1e9
+
+    def _shard_paths(self, split: str) -> list[Path]:
+        return [self.path / s["file"] for s in self._split(split)["shards"]]
+
+    def verify(self) -> None:
+        """Check every shard against the sha256 in the manifest."""
+        from ..training import file_sha256
+
+        for split in self.splits:
+            for shard in self._split(split)["shards"]:
+                path = self.path / shard["file"]
+                if not path.is_file():
+                    raise UserError(f"feature store {self.path}: shard {shard['file']} is missing: delete the "
+                                    "folder and run chexfusion features")
+                if file_sha256(path) != shard["sha256"]:
+                    raise UserError(f"feature store {self.path}: shard {shard['file']} is damaged (its sha256 differs "
+                                    f"from {mf.MANIFEST_NAME}): delete the folder and run chexfusion features")
+
+    # ---- in memory -----------------------------------------------------------------------------------------
+
+    def _open(self, path: Path, memory_map: bool) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile(path, memory_map=memory_map)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise UserError(f"feature store {self.path}: cannot read shard {path.name} ({exc}); run "
+                            f"FeatureStore.verify or rebuild the store") from None
+
+    def _read_shard(self, path: Path) -> tuple[pa.Table, list[np.ndarray]]:
+        table = self._open(path, memory_map=True).read(columns=list(READ_META) + [FEATURES], use_threads=False)
+        chunks = [features_to_numpy(c, self.manifest["dtype"], self.width) for c in table.column(FEATURES).chunks]
+        return table.drop_columns([FEATURES]), chunks
+
+    def load_split(self, split: str) -> SplitFeatures:
+        """The whole split in memory (see :meth:`fits_in_memory`)."""
+        paths = self._shard_paths(split)
+        with ThreadPoolExecutor(max_workers=max(1, min(MAX_READ_THREADS, os.cpu_count() or 1, len(paths)))) as pool:
+            parts = list(pool.map(self._read_shard, paths))
+        if parts:
+            meta = pa.concat_tables([t for t, _ in parts]).to_pandas()
+        else:
+            meta = pd.DataFrame({c: pd.Series([], dtype="int32" if c == "csv_row" else "str") for c in READ_META})
+        chunks = [c for _, cs in parts for c in cs if len(c)]
+        return SplitFeatures(split, meta, self.shape, self.dtype, chunks)
+
+    # ---- streaming -----------------------------------------------------------------------------------------
+
+    def _row_groups(self, split: str) -> list[tuple[Path, int, int, int]]:
+        """(shard path, row group index, first row, rows) of every row group of the split, in store order."""
+        groups, start = [], 0
+        for path in self._shard_paths(split):
+            metadata = self._open(path, memory_map=False).metadata
+            for g in range(metadata.num_row_groups):
+                n = metadata.row_group(g).num_rows
+                groups.append((path, g, start, n))
+                start += n
+        return groups
+
+    def iter_studies(self, split: str, shuffle_buffer: int = 0, seed: int = 0,
+                     epoch: int = 0) -> Iterator[StudyFeatures]:
+        """Every study of the split exactly once, whole, with memory bounded by two row groups and the buffer.
+
+        ``shuffle_buffer=0`` yields studies in store order. Otherwise row groups
+        are visited in a permutation drawn from ``(seed, epoch)`` and studies pass
+        through a buffer of ``shuffle_buffer`` studies from which a random one
+        is yielded each time -- the same order for the same (seed, epoch).
+        """
+        stats = self.last_stream_stats = StreamStats()
+        meta = pd.concat([self._open(p, memory_map=False).read(columns=list(READ_META)).to_pandas()
+                          for p in self._shard_paths(split)], ignore_index=True) if self.split_rows(split) else None
+        if meta is None or len(meta) == 0:
+            return
+        groups = self._row_groups(split)
+        views = meta["view"].map(VIEW_INDEX).to_numpy(dtype=np.int64)
+        ids = meta["study_id"].to_numpy(dtype=object)
+        dicom_ids = meta["dicom_id"].to_numpy(dtype=object)
+        csv_rows = meta["csv_row"].to_numpy(dtype=np.int64)
+        starts, stops = _study_bounds(ids)
+        group_starts = np.array([g[2] for g in groups], dtype=np.int64)
+        owner = np.searchsorted(group_starts, starts, side="right") - 1  # row group in which each study starts
+        files: OrderedDict[Path, pq.ParquetFile] = OrderedDict()
+
+        def read_group(g: int) -> np.ndarray:
+            path, index = groups[g][0], groups[g][1]
+            if path not in files:
+                if len(files) >= 2:
+                    files.popitem(last=False)
+                files[path] = self._open(path, memory_map=False)
+            column = files[path].read_row_group(index, columns=[FEATURES]).column(FEATURES)
+            chunks = [features_to_numpy(c, self.manifest["dtype"], self.width) for c in column.chunks]
+            return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+        cache = _RowGroupCache(read_group, capacity=2, stats=stats)
+
+        def rows(start: int, stop: int) -> np.ndarray:
+            pieces, g = [], int(np.searchsorted(group_starts, start, side="right")) - 1
+            while start < stop:
+                data, base = cache.get(g), groups[g][2]
+                end = min(stop, base + groups[g][3])
+                pieces.append(data[start - base:end - base])
+                start, g = end, g + 1
+            return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+        shuffle = shuffle_buffer > 0
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(groups)) if shuffle else np.arange(len(groups))
+        study_order = np.argsort(owner, kind="stable")
+        first_of_group = np.searchsorted(owner[study_order], np.arange(len(groups) + 1))
+        buffer: list[StudyFeatures] = []
+        for g in order:
+            for s in study_order[first_of_group[g]:first_of_group[g + 1]]:
+                a, b = int(starts[s]), int(stops[s])
+                maps = rows(a, b)
+                study = StudyFeatures(str(ids[a]), maps.reshape(b - a, *self.shape), views[a:b],
+                                      [str(x) for x in dicom_ids[a:b]], csv_rows[a:b])
+                if not shuffle:
+                    yield study
+                    continue
+                study.features = study.features.copy()  # a buffered study must not pin its row group
+                if len(buffer) < shuffle_buffer:
+                    buffer.append(study)
+                    stats.max_buffered_studies = max(stats.max_buffered_studies, len(buffer))
+                    continue
+                j = int(rng.integers(len(buffer)))
+                buffer[j], study = study, buffer[j]
+                yield study
+        for j in rng.permutation(len(buffer)):
+            yield buffer[j]
+
+
+def describe(store: FeatureStore) -> str:
+    """A short human summary (used by the command line)."""
+    parts = [f"{name} {entry['rows']} images" + (f" ({len(entry['skipped'])} skipped)" if entry["skipped"] else "")
+             for name, entry in store.manifest["splits"].items()]
+    size = sum((store.path / s["file"]).stat().st_size for e in store.manifest["splits"].values() for s in e["shards"])
+    return (f"feature store {store.path}: {', '.join(parts)}; maps {list(store.shape)} {store.manifest['dtype']} "
+            f"({store.manifest['layout']}), {size / 1e6:.1f} MB, backbones: "
+            + json.dumps({k: v["weights_sha256"][:12] for k, v in store.manifest["backbones"].items()}))
