@@ -249,7 +249,8 @@ class Backbone(nn.Module):
         meta = {n: torch.empty_like(p, device="meta").requires_grad_(n in trainable)
                 for n, p in self.model.named_parameters()}
         try:
-            out = self._meta_forward_features(self._probe_size(), meta)
+            with torch.enable_grad():  # also when the model is built under no_grad / inference_mode
+                out = self._meta_forward_features(self._probe_size(), meta)
             grads = torch.autograd.grad(out.float().sum(), [meta[n] for n in trainable], allow_unused=True)
         except RuntimeError as exc:  # a family that cannot run on the meta device: keep everything trainable
             log.warning("could not find unused parameters of %s on the meta device: %s", self.name, exc)

@@ -1,0 +1,44 @@
+"""``chexfusion predict``: study-level batch inference from raw images into a CXR-LT predictions CSV."""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="a stage-2 run folder (or a stage-1 run folder)")
+    parser.add_argument("--csv", required=True, help="CXR-LT style CSV: dicom_id, study_id, fpath (labels not needed)")
+    parser.add_argument("--image-root", required=True, help="folder the CSV's fpath values are relative to")
+    parser.add_argument("--out", required=True, help="predictions CSV to write")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per backbone batch (default 32)")
+    parser.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
+    parser.add_argument("--aggregate", choices=["max", "mean"], default=None,
+                        help="stage-1 runs: give each image its study's max / mean probability")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="skip missing or unreadable images (counted and reported; their rows are absent)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def run(args) -> int:
+    from .data.cxr_lt import read_cxr_lt
+    from .errors import UserError
+    from .inference import load_predictor
+    from .predictions import write_predictions
+
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    predictor = load_predictor(args.model, args.device)
+    if args.aggregate and predictor.kind == "stage2":
+        raise UserError("--aggregate applies to stage-1 runs; a stage-2 run already predicts per study")
+    table = read_cxr_lt(args.csv, classes=[])
+    result = predictor.predict_table(table, args.image_root, batch_size=args.batch_size, tta=args.tta,
+                                     skip_bad_images=args.skip_bad_images, aggregate=args.aggregate)
+    frame = table.frame
+    write_predictions(args.out, frame["dicom_id"].to_numpy()[result.rows], frame["study_id"].to_numpy()[result.rows],
+                      predictor.classes, result.probs)
+    print(f"wrote {len(result.rows)} predictions ({len(predictor.classes)} classes) to {args.out}")
+    if result.skipped:
+        first = frame["fpath"].iloc[result.skipped[0]]
+        print(f"skipped {len(result.skipped)} unreadable images (first: {first}); their rows are not in {args.out}",
+              file=sys.stderr)
+    return 0

@@ -1,0 +1,29 @@
+"""``chexfusion stage1``: train the image-level model (noisy-student rounds when configured)."""
+
+from __future__ import annotations
+
+from ..config import load_config
+from .config import Stage1Config
+
+DEFAULT_CONFIG = "stage1/config.yaml"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG} if it exists)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config entries (dotted keys)")
+
+
+def resolve_config_path(path, default):
+    from pathlib import Path
+
+    if path is not None:
+        return path
+    return default if Path(default).is_file() else None
+
+
+def run(args) -> int:
+    cfg = load_config(Stage1Config, resolve_config_path(args.config, DEFAULT_CONFIG), args.overrides)
+    from .train import train_stage1
+
+    train_stage1(cfg)
+    return 0

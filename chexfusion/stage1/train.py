@@ -1,0 +1,160 @@
+"""The stage-1 training loop, top to bottom.
+
+read CSVs -> build model, loss, optimizer -> ``fit`` (train, validate with flip
+TTA, keep the best, checkpoint, resume) -> evaluate the best weights on the
+validation and test splits -> ``run.json`` + ``metrics.json``.
+
+Everything device-related goes through ``accelerate``: the same code runs on a
+laptop CPU, one GPU, or ``accelerate launch`` over many processes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import training
+from ..config import save_config, to_dict
+from ..data.augment import AugmentedDataset, RadiographAugment
+from ..data.cxr_lt import read_cxr_lt
+from ..data.image_dataset import ImageDataset, collate_images
+from ..data.images import Preprocess
+from ..data.labels import LabelPolicy
+from ..errors import UserError
+from ..fit import finish_run, fit, schedule_for, summary_line
+from ..losses import build_loss
+from ..metrics import compute_metrics
+from .config import Stage1Config
+from .model import build_image_model, write_run_info
+
+
+def select_rows(table, views: str) -> np.ndarray:
+    """Rows of the table a run trains on: all images, or one view for a per-view backbone."""
+    if views == "all":
+        return np.arange(len(table))
+    return np.flatnonzero(table.frame["view"].to_numpy() == views)
+
+
+def load_tables(cfg: Stage1Config):
+    """Training and validation tables with one class list, minus the classes held out for zero-shot."""
+    train = read_cxr_lt(cfg.data.train_csv, classes=cfg.data.classes, require_labels=True)
+    unknown = [c for c in cfg.data.exclude_classes if c not in train.classes]
+    if unknown:
+        raise UserError(f"config key 'data.exclude_classes': class '{unknown[0]}' is not in {cfg.data.train_csv}")
+    classes = [c for c in train.classes if c not in cfg.data.exclude_classes]
+    if classes != train.classes:
+        train = read_cxr_lt(cfg.data.train_csv, classes=classes, require_labels=True)
+    val = read_cxr_lt(cfg.data.val_csv, classes=classes, require_labels=True)
+    return train, val, classes
+
+
+@torch.no_grad()
+def predict_probs(model, loader, accelerator, tta_hflip: bool, desc: str = "eval"):
+    """Sigmoid probabilities and table rows for a loader (gathered over processes); flip-TTA averaged if asked."""
+    model.eval()
+    probs, rows, skipped = [], [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
+        skipped.extend(batch.get("skipped", []))
+        p = torch.sigmoid(model(batch["image"]).float())
+        if tta_hflip:
+            p = 0.5 * (p + torch.sigmoid(model(torch.flip(batch["image"], dims=[-1])).float()))
+        p, r = accelerator.gather_for_metrics((p, batch["row"]))
+        probs.append(p.cpu())
+        rows.append(r.cpu())
+    return torch.cat(probs).numpy(), torch.cat(rows).numpy(), skipped
+
+
+def make_loader(dataset, batch_size, sampler, num_workers, drop_last=False):
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                                       collate_fn=collate_images, drop_last=drop_last)
+
+
+def train_stage1(cfg: Stage1Config) -> dict:
+    accelerator = training.make_accelerator(cfg.train)
+    training.seed_everything(cfg.seed)
+    log = accelerator.print
+    run_dir = Path(cfg.output_dir) / cfg.name
+    training.check_same_config(run_dir, to_dict(cfg))
+    if (run_dir / "metrics.json").is_file():
+        results = json.loads((run_dir / "metrics.json").read_text())
+        log(f"stage 1 run {run_dir} is complete (delete the folder to train it again)")
+        log(f"stage 1 validation: {summary_line(results['validation'])}")
+        return results
+
+    # ---- data ------------------------------------------------------------------------------------------------
+    policy = LabelPolicy(uncertain=cfg.data.uncertain_label, blank=cfg.data.blank_label)
+    train_table, val_table, classes = load_tables(cfg)
+    pre = Preprocess(image_size=cfg.data.image_size, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+    train_rows, val_rows = select_rows(train_table, cfg.data.views), select_rows(val_table, cfg.data.views)
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise UserError(f"no {cfg.data.views} images in {cfg.data.train_csv} or {cfg.data.val_csv}")
+    prevalence = train_table.prevalence(policy)
+
+    def images(table, rows):
+        return ImageDataset(table, cfg.data.image_root, pre, policy, skip_bad_images=cfg.data.skip_bad_images,
+                            rows=rows)
+
+    train_set = AugmentedDataset(images(train_table, train_rows), RadiographAugment(cfg.augment), cfg.seed)
+    sampler = training.EpochPermutationSampler(len(train_set), cfg.seed)
+    train_loader = make_loader(train_set, cfg.train.batch_size, sampler, cfg.train.num_workers, drop_last=True)
+    val_loader = make_loader(images(val_table, val_rows), cfg.train.batch_size, None, cfg.train.num_workers)
+    log(f"stage 1 '{cfg.name}': {len(train_rows)} training / {len(val_rows)} validation images, {len(classes)} classes, "
+        f"views={cfg.data.views}, device={accelerator.device}, processes={accelerator.num_processes}")
+
+    # ---- model, loss, optimisation ---------------------------------------------------------------------------
+    model = build_image_model(cfg, num_classes=len(classes))
+    loss_fn = build_loss(cfg.loss.name, cfg.loss.params, prevalence)
+    optimizer = torch.optim.AdamW(training.param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    steps_per_epoch = len(train_loader) // (cfg.train.grad_accum * accelerator.num_processes)
+    if cfg.train.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise UserError(f"train.batch_size {cfg.train.batch_size} x {accelerator.num_processes} processes is larger "
+                        f"than the {len(train_rows)} training images")
+    scheduler = schedule_for(accelerator, optimizer, cfg.train, steps_per_epoch)
+    ema = training.make_ema(model, cfg.train.ema_decay)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        save_config(cfg, run_dir / "config.yaml")
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+
+    def batch_loss(m, batch):
+        return loss_fn(m(batch["image"]).float(), batch["target"], batch["mask"])
+
+    def evaluate(m, loader, table, desc):
+        probs, rows, skipped = predict_probs(m, loader, accelerator, cfg.tta_hflip, desc)
+        targets, mask = table.targets(policy)
+        metrics = compute_metrics(targets[rows], probs, classes, train_prevalence=prevalence, mask=mask[rows])
+        return {**metrics, "skipped_images": len(skipped)}
+
+    state = fit(accelerator=accelerator, cfg=cfg.train, run_dir=run_dir, stage="stage1", model=model,
+                optimizer=optimizer, scheduler=scheduler, ema=ema, train_loader=train_loader,
+                steps_per_epoch=steps_per_epoch, epoch_setters=[sampler, train_set], batch_loss=batch_loss,
+                validate=lambda m: evaluate(m, val_loader, val_table, "validate"))
+
+    # ---- final evaluation of the best weights ----------------------------------------------------------------
+    best = accelerator.unwrap_model(ema.module if ema is not None else model)
+    results = {"best_epoch": state.progress.best_epoch, "classes": classes,
+               "skipped_train_images": state.skipped_images,
+               "validation": evaluate(best, val_loader, val_table, "validate best")}
+    if cfg.data.test_csv:
+        test_table = read_cxr_lt(cfg.data.test_csv, classes=classes, require_labels=True)
+        test_loader = accelerator.prepare(make_loader(images(test_table, select_rows(test_table, cfg.data.views)),
+                                                      cfg.train.batch_size, None, cfg.train.num_workers))
+        results["test"] = evaluate(best, test_loader, test_table, "test")
+    finish_run(accelerator, run_dir, results,
+               lambda: write_run_info(run_dir, cfg, classes, prevalence, pre, best))
+    log(f"stage 1 validation ({cfg.name}, best epoch {state.progress.best_epoch}): {summary_line(results['validation'])}")
+    if "test" in results:
+        log(f"stage 1 test       ({cfg.name}): {summary_line(results['test'])}")
+    if state.skipped_images or results["validation"]["skipped_images"]:
+        log(f"skipped unreadable images: {state.skipped_images} in training, "
+            f"{results['validation']['skipped_images']} in validation")
+    return results

@@ -1,0 +1,62 @@
+"""The stage-2 configuration: data, the feature store it reads, the fusion model, loss and optimisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import UserError
+from ..feature_store.config import FeatureConfig
+from ..stage1.config import LossConfig
+from ..training import OptimConfig
+
+
+@dataclass
+class Stage2DataConfig:
+    image_root: str = "data/demo"
+    train_csv: str = "data/demo/train.csv"
+    val_csv: str = "data/demo/development.csv"
+    test_csv: str | None = "data/demo/test.csv"
+    classes: list[str] | None = None  # None: the classes of the stage-1 run(s)
+    uncertain_label: str = "zero"
+    blank_label: str = "zero"
+
+
+@dataclass
+class FusionConfig:
+    dim: int = 256
+    projection: str = "conv3x3s2"  # CheXFusion: 3x3 stride-2 conv per view | conv1x1 | linear
+    layers: int = 2
+    heads: int = 8
+    ff_dim: int = 1024
+    dropout: float = 0.1
+    max_images: int = 16  # images kept per study (frontal first, then lateral, then unknown)
+    position_embedding: bool = False  # learned embedding of an image's index in the study (breaks order invariance)
+    decoder_layers: int = 1
+    decoder_heads: int = 8
+    decoder_ff_dim: int = 1024
+    decoder_groups: int | None = None
+    queries: str = "learned"  # learned | text
+    text_encoder: str | None = None
+
+
+@dataclass
+class Stage2Config:
+    name: str = "demo"
+    output_dir: str = "stage2/runs"
+    seed: int = 0
+    data: Stage2DataConfig = field(default_factory=Stage2DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: FusionConfig = field(default_factory=FusionConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=20, batch_size=32, lr=5e-4))
+
+    def validate(self) -> None:
+        for key in ("uncertain_label", "blank_label"):
+            if getattr(self.data, key) not in ("zero", "one", "ignore"):
+                raise UserError(f"config key 'data.{key}' must be zero, one or ignore")
+        if self.model.max_images < 1:
+            raise UserError("config key 'model.max_images' must be at least 1")
+        if self.model.queries not in ("learned", "text"):
+            raise UserError("config key 'model.queries' must be learned or text")
+        if self.model.queries == "text" and not self.model.text_encoder:
+            raise UserError("config key 'model.text_encoder' is required when model.queries is text")

@@ -1,0 +1,117 @@
+"""Build the fusion model from its config, save a self-contained run folder, and load it back.
+
+A stage-2 run folder carries copies of the stage-1 run(s) it sits on (under
+``backbones/<shared|frontal|lateral>/``), so ``chexfusion predict`` and the web
+demo run the whole model from raw images with that folder alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import from_dict, read_yaml
+from ..data.images import Preprocess
+from ..errors import UserError
+from ..io import atomic_write_json
+from ..models.fusion import StudyFusion
+from ..stage1.model import Stage1Run, load_stage1_run, read_run_info
+from ..training import file_sha256, load_weights
+from .config import Stage2Config
+
+
+def build_fusion_model(cfg: Stage2Config, num_classes: int, feature_shape, query_dim: int | None = None) -> StudyFusion:
+    m = cfg.model
+    channels, h, w = feature_shape
+    return StudyFusion(num_classes=num_classes, in_channels=channels, feature_hw=(h, w), dim=m.dim,
+                       projection=m.projection, num_layers=m.layers, num_heads=m.heads, ff_dim=m.ff_dim,
+                       dropout=m.dropout, max_images=m.max_images, position_embedding=m.position_embedding,
+                       decoder_kwargs=dict(num_layers=m.decoder_layers, num_heads=m.decoder_heads,
+                                           ff_dim=m.decoder_ff_dim, dropout=m.dropout, num_groups=m.decoder_groups),
+                       query_dim=query_dim)
+
+
+def backbone_runs(cfg: Stage2Config) -> dict[str, str]:
+    """The stage-1 run folder of each routing slot: {'shared': ...} or {'frontal': ..., 'lateral': ...}."""
+    f = cfg.features
+    if f.routing == "shared":
+        return {"shared": f.shared_backbone}
+    if f.routing == "per_view":
+        if not f.frontal_backbone or not f.lateral_backbone:
+            raise UserError("features.routing is per_view: set features.frontal_backbone and features.lateral_backbone")
+        return {"frontal": f.frontal_backbone, "lateral": f.lateral_backbone}
+    raise UserError(f"config key 'features.routing' must be shared or per_view, got '{f.routing}'")
+
+
+def write_run_info(run_dir: Path, cfg: Stage2Config, classes, prevalence, store_manifest: dict) -> None:
+    """Copy the backbone runs into the run folder and record everything predict needs."""
+    backbones = {}
+    for slot, src in backbone_runs(cfg).items():
+        dst = Path(run_dir) / "backbones" / slot
+        if dst.exists():
+            shutil.rmtree(dst)
+        dst.mkdir(parents=True)
+        for name in ("config.yaml", "run.json", "model.safetensors"):
+            shutil.copy2(Path(src) / name, dst / name)
+        backbones[slot] = {"path": f"backbones/{slot}", "source": str(src),
+                           "weights_sha256": read_run_info(dst, "stage1")["weights_sha256"]}
+    info = {
+        "kind": "stage2",
+        "name": cfg.name,
+        "classes": list(classes),
+        "train_prevalence": [float(p) for p in prevalence],
+        "routing": cfg.features.routing,
+        "unknown_view": cfg.features.unknown_view,
+        "backbones": backbones,
+        "preprocess": store_manifest["preprocess"],
+        "feature_shape": list(store_manifest["shape"]),
+        "feature_dtype": store_manifest["dtype"],
+        "pool": store_manifest.get("pool"),
+        "max_images": cfg.model.max_images,
+        "weights": "model.safetensors",
+        "weights_sha256": file_sha256(Path(run_dir) / "model.safetensors"),
+    }
+    atomic_write_json(Path(run_dir) / "run.json", info)
+
+
+@dataclass
+class Stage2Run:
+    """A trained stage-2 run: the fusion model and the stage-1 backbone run(s) it sits on."""
+
+    path: Path
+    config: Stage2Config
+    info: dict
+    model: StudyFusion
+    backbones: dict[str, Stage1Run]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info["classes"]
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_dict(self.info["preprocess"])
+
+    @property
+    def train_prevalence(self) -> np.ndarray:
+        return np.asarray(self.info["train_prevalence"], dtype=np.float64)
+
+
+def load_stage2_run(run_dir: str | Path, map_location: str = "cpu") -> Stage2Run:
+    run_dir = Path(run_dir)
+    info = read_run_info(run_dir, "stage2")
+    cfg = from_dict(Stage2Config, read_yaml(run_dir / "config.yaml"))
+    backbones = {}
+    for slot, b in info["backbones"].items():
+        backbones[slot] = load_stage1_run(run_dir / b["path"], map_location)
+        if backbones[slot].weights_sha256 != b["weights_sha256"]:
+            raise UserError(f"{run_dir / b['path']} is not the backbone this stage-2 run was trained on")
+    model = build_fusion_model(cfg, len(info["classes"]), info["feature_shape"])
+    weights = run_dir / info["weights"]
+    if file_sha256(weights) != info["weights_sha256"]:
+        raise UserError(f"{weights} does not match the hash in {run_dir / 'run.json'}: the run folder was modified")
+    load_weights(model, weights)
+    return Stage2Run(run_dir, cfg, info, model.eval().to(map_location), backbones)

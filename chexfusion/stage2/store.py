@@ -1,0 +1,66 @@
+"""What stage 2 needs from the stage-1 runs and the feature store: classes, a checked store, the baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.cxr_lt import read_cxr_lt
+from ..data.labels import LabelPolicy
+from ..data.views import VIEWS
+from ..errors import UserError
+from ..feature_store import FeatureStore
+from ..inference import route_view
+from ..stage1.model import load_stage1_run, read_run_info
+from .model import backbone_runs
+
+
+def store_splits(cfg) -> dict[str, tuple[str, str]]:
+    """Split name -> (CSV, image root) for the store, from the stage-2 data config."""
+    splits = {"train": (cfg.data.train_csv, cfg.data.image_root), "val": (cfg.data.val_csv, cfg.data.image_root)}
+    if cfg.data.test_csv:
+        splits["test"] = (cfg.data.test_csv, cfg.data.image_root)
+    return splits
+
+
+def open_store_for(cfg) -> FeatureStore:
+    """The configured store, refused with one clear line when it was not made from these backbones and CSVs."""
+    backbone_runs(cfg)  # validates the routing keys
+    store = FeatureStore(cfg.features.store)
+    store.check_matches(FeatureStore.expected_from_config(cfg.features, store_splits(cfg)))
+    return store
+
+
+def stage1_classes(cfg) -> tuple[list[str], np.ndarray]:
+    """Classes (the stage-1 run's unless the config names them) and their training prevalence."""
+    runs = backbone_runs(cfg)
+    lists = {slot: read_run_info(path, "stage1")["classes"] for slot, path in runs.items()}
+    first = next(iter(lists.values()))
+    if any(c != first for c in lists.values()):
+        raise UserError("the per-view stage-1 runs were trained on different class lists: "
+                        + ", ".join(f"{s}: {len(c)} classes" for s, c in lists.items()))
+    classes = cfg.data.classes or first
+    policy = LabelPolicy(uncertain=cfg.data.uncertain_label, blank=cfg.data.blank_label)
+    prevalence = read_cxr_lt(cfg.data.train_csv, classes=classes, require_labels=True).prevalence(policy)
+    return list(classes), prevalence
+
+
+@torch.no_grad()
+def baseline_image_probs(cfg, store, split, classes, device) -> np.ndarray | None:
+    """Per-image probabilities of the stage-1 head(s) applied to the cached maps (None if not comparable)."""
+    if store.manifest.get("pool"):
+        return None  # the stage-1 head was trained on full maps
+    runs = {slot: load_stage1_run(path, str(device)) for slot, path in backbone_runs(cfg).items()}
+    if any(r.classes != list(classes) for r in runs.values()):
+        return None
+    views = [VIEWS[v] for v in split.studies.views]
+    slots = np.array([route_view(v, cfg.features.routing, cfg.features.unknown_view) for v in views])
+    out = np.zeros((len(views), len(classes)), np.float32)
+    for slot, run in runs.items():
+        idx = np.flatnonzero(slots == slot)
+        for start in range(0, len(idx), 256):
+            rows = idx[start:start + 256]
+            maps = torch.from_numpy(np.ascontiguousarray(split.features[rows])).view(-1, *store.shape)
+            logits = run.model.classify_map(maps.to(device))
+            out[rows] = torch.sigmoid(logits.float()).cpu().numpy()
+    return out

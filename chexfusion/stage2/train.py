@@ -1,0 +1,172 @@
+"""The stage-2 training loop, top to bottom.
+
+open the feature store (refused if stale) -> studies and their labels ->
+build the fusion model -> ``fit`` (train, validate, keep the best, resume) ->
+evaluate the best weights at study level and at image level (the CXR-LT
+convention: every image gets its study's prediction), next to the stage-1
+max-over-images baseline on the same cached features -> a self-contained run
+folder that ``chexfusion predict`` runs from raw images.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import training
+from ..config import save_config, to_dict
+from ..data.cxr_lt import read_cxr_lt
+from ..data.labels import LabelPolicy
+from ..errors import UserError
+from ..fit import finish_run, fit, schedule_for, summary_line
+from ..losses import build_loss
+from ..metrics import compute_metrics
+from .config import Stage2Config
+from .data import StudyDataset, StudyTable, collate_studies
+from .model import build_fusion_model, write_run_info
+from .store import open_store_for, stage1_classes
+
+
+class Split:
+    """One split as stage 2 sees it: cached maps, studies, image and study labels."""
+
+    def __init__(self, store, name: str, csv: str, classes: list[str], policy: LabelPolicy, max_images: int):
+        loaded = store.load_split(name)
+        self.meta, self.features = loaded.meta, loaded.features
+        self.studies = StudyTable(self.meta)
+        table = read_cxr_lt(csv, classes=classes, require_labels=True)
+        targets, mask = table.targets(policy)
+        rows = self.meta["csv_row"].to_numpy()
+        self.image_targets, self.image_mask = targets[rows], mask[rows]
+        self.targets, self.mask = self.studies.study_labels(self.image_targets, self.image_mask)
+        self.dataset = StudyDataset(self.features, store.shape, self.studies, self.targets, self.mask, max_images)
+        self.skipped = store.manifest["splits"][name].get("skipped", [])
+
+
+@torch.no_grad()
+def study_probs(model, loader, accelerator, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities per study (gathered over processes) and the study indices they belong to."""
+    model.eval()
+    probs, index = [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
+        p = torch.sigmoid(model(batch["features"], batch["views"], batch["image_mask"]).float())
+        p, s = accelerator.gather_for_metrics((p, batch["study"]))
+        probs.append(p.cpu())
+        index.append(s.cpu())
+    return torch.cat(probs).numpy(), torch.cat(index).numpy()
+
+
+def split_metrics(split: Split, probs: np.ndarray, study_index: np.ndarray, classes, prevalence) -> dict:
+    """Study-level metrics, and image-level ones with each image carrying its study's prediction."""
+    by_study = np.empty_like(probs)
+    by_study[study_index] = probs
+    image_probs = by_study[split.studies.image_study]
+    image = compute_metrics(split.image_targets, image_probs, classes, train_prevalence=prevalence,
+                            mask=split.image_mask)
+    study = compute_metrics(split.targets, by_study, classes, train_prevalence=prevalence, mask=split.mask)
+    return {**image, "level": "image", "study_level": study, "skipped_images": len(split.skipped)}
+
+
+def train_stage2(cfg: Stage2Config) -> dict:
+    accelerator = training.make_accelerator(cfg.train)
+    training.seed_everything(cfg.seed)
+    log = accelerator.print
+    run_dir = Path(cfg.output_dir) / cfg.name
+    training.check_same_config(run_dir, to_dict(cfg))
+    if (run_dir / "metrics.json").is_file():
+        results = json.loads((run_dir / "metrics.json").read_text())
+        log(f"stage 2 run {run_dir} is complete (delete the folder to train it again)")
+        log(f"stage 2 validation: {summary_line(results['validation'])}")
+        return results
+
+    # ---- data: the feature store, refused when it does not match the backbones and CSVs ------------------------
+    store = open_store_for(cfg)
+    classes, prevalence = stage1_classes(cfg)
+    policy = LabelPolicy(uncertain=cfg.data.uncertain_label, blank=cfg.data.blank_label)
+    splits = {"train": Split(store, "train", cfg.data.train_csv, classes, policy, cfg.model.max_images),
+              "val": Split(store, "val", cfg.data.val_csv, classes, policy, cfg.model.max_images)}
+    if cfg.data.test_csv and "test" in store.manifest["splits"]:
+        splits["test"] = Split(store, "test", cfg.data.test_csv, classes, policy, cfg.model.max_images)
+    sampler = training.EpochPermutationSampler(len(splits["train"].dataset), cfg.seed)
+
+    def loader(split, sampler=None, drop_last=False):
+        return torch.utils.data.DataLoader(split.dataset, batch_size=cfg.train.batch_size, sampler=sampler,
+                                           collate_fn=collate_studies, num_workers=cfg.train.num_workers,
+                                           drop_last=drop_last)
+
+    train_loader, val_loader = loader(splits["train"], sampler, drop_last=True), loader(splits["val"])
+    log(f"stage 2 '{cfg.name}': {len(splits['train'].dataset)} training / {len(splits['val'].dataset)} validation "
+        f"studies, {len(classes)} classes, features {tuple(store.shape)} {store.manifest['dtype']} "
+        f"({cfg.features.routing} backbone), device={accelerator.device}, processes={accelerator.num_processes}")
+
+    # ---- model, loss, optimisation -----------------------------------------------------------------------------
+    model = build_fusion_model(cfg, len(classes), store.shape)
+    loss_fn = build_loss(cfg.loss.name, cfg.loss.params, prevalence)
+    optimizer = torch.optim.AdamW(training.param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    steps_per_epoch = len(train_loader) // (cfg.train.grad_accum * accelerator.num_processes)
+    if cfg.train.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise UserError(f"train.batch_size {cfg.train.batch_size} x {accelerator.num_processes} processes is larger "
+                        f"than the {len(splits['train'].dataset)} training studies")
+    scheduler = schedule_for(accelerator, optimizer, cfg.train, steps_per_epoch)
+    ema = training.make_ema(model, cfg.train.ema_decay)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        save_config(cfg, run_dir / "config.yaml")
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+
+    def batch_loss(m, batch):
+        logits = m(batch["features"], batch["views"], batch["image_mask"])
+        return loss_fn(logits.float(), batch["target"], batch["mask"])
+
+    def evaluate(m, split_name, loader_, desc):
+        probs, index = study_probs(m, loader_, accelerator, desc)
+        return split_metrics(splits[split_name], probs, index, classes, prevalence)
+
+    state = fit(accelerator=accelerator, cfg=cfg.train, run_dir=run_dir, stage="stage2", model=model,
+                optimizer=optimizer, scheduler=scheduler, ema=ema, train_loader=train_loader,
+                steps_per_epoch=steps_per_epoch, epoch_setters=[sampler], batch_loss=batch_loss,
+                validate=lambda m: evaluate(m, "val", val_loader, "validate"))
+
+    # ---- final evaluation: best weights, and the stage-1 max-over-images baseline ------------------------------
+    best = accelerator.unwrap_model(ema.module if ema is not None else model)
+    results = {"best_epoch": state.progress.best_epoch, "classes": classes,
+               "validation": evaluate(best, "val", val_loader, "validate best")}
+    if "test" in splits:
+        results["test"] = evaluate(best, "test", accelerator.prepare(loader(splits["test"])), "test")
+    results["stage1_baseline"] = stage1_baseline(cfg, store, splits, classes, prevalence, accelerator)
+    finish_run(accelerator, run_dir, results, lambda: write_run_info(run_dir, cfg, classes, prevalence, store.manifest))
+    for split in ("validation", "test"):
+        if split in results:
+            log(f"stage 2 {split:<10} ({cfg.name}, image level): {summary_line(results[split])}")
+            base = results["stage1_baseline"].get(split)
+            if base:
+                log(f"stage 1 max-over-images baseline, {split}: {summary_line(base)}")
+    return results
+
+
+@torch.no_grad()
+def stage1_baseline(cfg, store, splits, classes, prevalence, accelerator) -> dict:
+    """The stage-1 model's study score (max over a study's images) from the same cached maps, at image level."""
+    from .store import baseline_image_probs
+
+    out = {}
+    for split_name, key in (("val", "validation"), ("test", "test")):
+        if split_name not in splits:
+            continue
+        split = splits[split_name]
+        probs = baseline_image_probs(cfg, store, split, classes, accelerator.device)
+        if probs is None:
+            return {}
+        study_max = np.maximum.reduceat(probs, split.studies.starts, axis=0)
+        out[key] = compute_metrics(split.image_targets, study_max[split.studies.image_study], classes,
+                                   train_prevalence=prevalence, mask=split.image_mask)
+    return out
