@@ -1,0 +1,1 @@
+"""Data layer: CXR-LT CSVs, views, studies, label policy, images, synthetic demo data."""
