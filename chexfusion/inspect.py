@@ -25,12 +25,15 @@ from tqdm import tqdm
 
 from .data.classes import prevalence_group
 from .data.cxr_lt import CxrLtTable, read_cxr_lt
+from .data.external import read_chexpert, read_nih, read_vindr
 from .data.images import ImageError, read_image
 from .data.studies import study_sizes
 from .data.views import VIEWS
 from .errors import EXIT_USER_ERROR, UserError
 
-FORMATS: dict[str, Callable[[Path], CxrLtTable]] = {"cxr-lt": read_cxr_lt}
+# External sets report the project classes their labels map onto (chexfusion/resources/external_label_map.csv).
+FORMATS: dict[str, Callable[[Path], CxrLtTable]] = {
+    "cxr-lt": read_cxr_lt, "nih": read_nih, "chexpert": read_chexpert, "vindr": read_vindr}
 EXAMPLES = 10  # missing / unreadable files listed by name in the report
 DECODE_SIZE = 64  # small: decoding is only a readability check (JPEGs then decode at 1/8 scale)
 
@@ -40,7 +43,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--image-root", required=True, type=Path, help="folder the CSV's fpath values are relative to")
     parser.add_argument("--decode", action="store_true", help="also decode every image (slower, finds corrupt files)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
-    parser.add_argument("--format", choices=sorted(FORMATS), default="cxr-lt", help="CSV layout (default cxr-lt)")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="cxr-lt",
+                        help="CSV layout: cxr-lt (default), or an external set: nih (Data_Entry_2017.csv), chexpert "
+                             "(train.csv / valid.csv), vindr (annotations; --image-root is the folder of its images)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="threads decoding images with --decode")
 
