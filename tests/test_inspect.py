@@ -120,5 +120,5 @@ def test_missing_image_root_and_unknown_format(tmp_path, run_cli):
     assert code == 2
     assert_one_error_line(err, "image root is not a folder", "nowhere")
     with pytest.raises(SystemExit) as exit_info:
-        run_cli("inspect", "--csv", csv, "--image-root", tmp_path, "--format", "nih")
+        run_cli("inspect", "--csv", csv, "--image-root", tmp_path, "--format", "no-such-format")
     assert exit_info.value.code == 2
