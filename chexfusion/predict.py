@@ -20,6 +20,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import numpy as np
+
     from .data.cxr_lt import read_cxr_lt
     from .errors import UserError
     from .inference import load_predictor
@@ -34,8 +36,10 @@ def run(args) -> int:
     result = predictor.predict_table(table, args.image_root, batch_size=args.batch_size, tta=args.tta,
                                      skip_bad_images=args.skip_bad_images, aggregate=args.aggregate)
     frame = table.frame
-    write_predictions(args.out, frame["dicom_id"].to_numpy()[result.rows], frame["study_id"].to_numpy()[result.rows],
-                      predictor.classes, result.probs)
+    order = np.argsort(result.rows, kind="stable")  # rows come back in study order; write them in input order
+    rows, probs = result.rows[order], result.probs[order]
+    write_predictions(args.out, frame["dicom_id"].to_numpy()[rows], frame["study_id"].to_numpy()[rows],
+                      predictor.classes, probs)
     print(f"wrote {len(result.rows)} predictions ({len(predictor.classes)} classes) to {args.out}")
     if result.skipped:
         first = frame["fpath"].iloc[result.skipped[0]]

@@ -1,0 +1,101 @@
+"""Stage 1 end to end on the tiny synthetic data: run folder, reload, resume, config safety, multi-process."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import pipeline
+from chexfusion.data.cxr_lt import read_cxr_lt
+from chexfusion.stage1.model import load_stage1_run
+
+
+def test_run_folder_is_self_contained(tiny_stage1, tiny_data):
+    for name in ("model.safetensors", "config.yaml", "run.json", "metrics.json", "history.jsonl"):
+        assert (tiny_stage1 / name).is_file(), name
+    assert not (tiny_stage1 / "checkpoint").exists()
+    metrics = json.loads((tiny_stage1 / "metrics.json").read_text())
+    classes = read_cxr_lt(tiny_data / "train.csv").classes
+    assert metrics["classes"] == classes
+    for split in ("validation", "test"):
+        assert set(metrics[split]) >= {"mAP", "mAUROC", "head_mAP", "medium_mAP", "tail_mAP", "per_class"}
+
+    moved = tiny_stage1.parent / "moved-elsewhere"
+    shutil.copytree(tiny_stage1, moved)
+    run = load_stage1_run(moved)
+    assert run.classes == classes
+    x = torch.zeros(2, 3, pipeline.IMAGE_SIZE, pipeline.IMAGE_SIZE)
+    assert run.model(x).shape == (2, len(classes))
+    assert tuple(run.model.forward_features(x).shape[1:]) == tuple(run.info["feature_shape"])
+
+
+def test_finished_run_is_not_retrained(tiny_stage1, tiny_data, repo_root, monkeypatch, capsys):
+    monkeypatch.chdir(repo_root)
+    before = (tiny_stage1 / "model.safetensors").read_bytes()
+    pipeline.train_stage1(tiny_data, tiny_stage1.parent)
+    assert "complete" in capsys.readouterr().out
+    assert (tiny_stage1 / "model.safetensors").read_bytes() == before
+
+
+def test_changed_config_in_an_existing_run_folder_is_refused(tiny_stage1, tiny_data, repo_root, monkeypatch,
+                                                             run_cli):
+    monkeypatch.chdir(repo_root)
+    overrides = pipeline.stage1_overrides(tiny_data, tiny_stage1.parent, "tiny", **{"train.lr": 0.5})
+    code, _, err = run_cli("stage1", "--config", "stage1/config.yaml", *overrides)
+    assert code == 2
+    assert "train.lr" in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_config_key_is_one_line_exit_2(run_cli, repo_root, monkeypatch):
+    monkeypatch.chdir(repo_root)
+    code, _, err = run_cli("stage1", "train.learning_rate=1")
+    assert code == 2 and "train.learning_rate" in err and "Traceback" not in err
+
+
+def _stage1_subprocess(args, env_extra=None, cwd=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "chexfusion", "stage1", "--config", "stage1/config.yaml", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_to_the_same_result(tiny_data, tmp_path, repo_root):
+    """kill -9 in the middle of epoch 2, re-run the same command: same weights and metrics as an uninterrupted run."""
+    extra = {"train.epochs": 2, "train.checkpoint_every_steps": 2, "train.max_steps_per_epoch": 4, "seed": 5}
+    whole = _stage1_subprocess(pipeline.stage1_overrides(tiny_data, tmp_path, "whole", **extra), cwd=repo_root)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    args = pipeline.stage1_overrides(tiny_data, tmp_path, "killed", **extra)
+    killed = _stage1_subprocess(args, {"CHEXFUSION_TEST_KILL_AT_STEP": "7"}, cwd=repo_root)
+    assert killed.returncode == -9
+    assert (tmp_path / "killed" / "checkpoint" / "progress.json").is_file()
+    resumed = _stage1_subprocess(args, cwd=repo_root)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    assert (tmp_path / "whole" / "model.safetensors").read_bytes() == \
+        (tmp_path / "killed" / "model.safetensors").read_bytes()
+    a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert a["validation"] == b["validation"] and a["test"] == b["test"]
+    history = [json.loads(line) for line in (tmp_path / "killed" / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+@pytest.mark.slow
+def test_two_processes_with_accelerate_launch(tiny_data, tmp_path, repo_root):
+    extra = {"train.epochs": 1, "train.max_steps_per_epoch": 2, "train.batch_size": 8}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "chexfusion", "stage1",
+           "--config", "stage1/config.yaml", *pipeline.stage1_overrides(tiny_data, tmp_path, "ddp", **extra)]
+    result = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "processes=2" in result.stdout
+    run = load_stage1_run(tmp_path / "ddp")
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    # every validation image was scored exactly once across the two processes
+    n_val = len(read_cxr_lt(tiny_data / "development.csv"))
+    assert metrics["validation"]["n_images"] == n_val
+    assert run.classes == metrics["classes"]
