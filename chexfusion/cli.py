@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .errors import EXIT_USER_ERROR, UserError
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"chexfusion: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # e.g. `chexfusion inspect ... | head`: the reader left, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print("chexfusion: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

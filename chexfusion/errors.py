@@ -15,4 +15,10 @@ class UserError(Exception):
     """A problem with the user's input, reported as one line, exit status 2."""
 
     def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
+        text = str(message)
+        if "Traceback" in text:
+            # torch's DataLoader re-raises a worker's exception with the worker's traceback in the message:
+            # the user's line is the last one, after "SomeError: ".
+            last = [line for line in text.splitlines() if line.strip()][-1]
+            text = last.split("Error: ", 1)[1] if "Error: " in last else last
+        super().__init__(" ".join(text.split()))

@@ -48,7 +48,7 @@ def fit(*, accelerator, cfg: training.OptimConfig, run_dir: Path, stage: str, mo
         train_loader, steps_per_epoch: int, epoch_setters: list, batch_loss: Callable, validate: Callable) -> FitState:
     """Train ``model`` (already ``accelerator.prepare``-d) for ``cfg.epochs``, resuming from ``run_dir/checkpoint``.
 
-    ``batch_loss(model, batch) -> loss`` and ``validate(model) -> metrics dict`` are the stage's own parts;
+    ``batch_loss(model, batch) -> loss`` (None for a batch with nothing to learn from) and ``validate(model) -> metrics dict`` are the stage's own parts;
     ``epoch_setters`` are the samplers/datasets whose ``set_epoch`` fixes each epoch's order and augmentations.
     """
     log = accelerator.print
@@ -78,6 +78,8 @@ def fit(*, accelerator, cfg: training.OptimConfig, run_dir: Path, stage: str, mo
             skipped += len(batch.get("skipped", []))
             with accelerator.accumulate(model):
                 loss = batch_loss(model, batch)
+                if loss is None:  # nothing to learn from in this batch
+                    continue
                 accelerator.backward(loss)
                 if cfg.grad_clip and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)

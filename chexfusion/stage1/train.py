@@ -59,6 +59,8 @@ def predict_probs(model, loader, accelerator, tta_hflip: bool, desc: str = "eval
     probs, rows, skipped = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
         skipped.extend(batch.get("skipped", []))
+        if "image" not in batch:  # every image of this batch was unreadable (skip_bad_images)
+            continue
         p = torch.sigmoid(model(batch["image"]).float())
         if tta_hflip:
             p = 0.5 * (p + torch.sigmoid(model(torch.flip(batch["image"], dims=[-1])).float()))
@@ -68,12 +70,36 @@ def predict_probs(model, loader, accelerator, tta_hflip: bool, desc: str = "eval
     return torch.cat(probs).numpy(), torch.cat(rows).numpy(), skipped
 
 
+class RowOffset(torch.utils.data.Dataset):
+    """A second training set whose rows are shifted past the labelled table's, so that every image of the
+    concatenation has its own augmentation stream (augmentations draw from (seed, epoch, row))."""
+
+    def __init__(self, base, offset: int):
+        self.base, self.offset = base, offset
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        item = self.base[i]
+        if item is not None:
+            item["row"] = int(item["row"]) + self.offset
+        return item
+
+
 def make_loader(dataset, batch_size, sampler, num_workers, drop_last=False):
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                                        collate_fn=collate_images, drop_last=drop_last)
 
 
-def train_stage1(cfg: Stage1Config) -> dict:
+def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None = None) -> dict:
+    """Train one stage-1 run in ``output_dir/name`` (resuming it, or returning its results when finished).
+
+    ``extra_train``: more training images (a dataset of items with image / row / view / target / mask, e.g. the
+    noisy student's pseudo-labelled external images), trained on together with the labelled CSV; the class
+    weights of the loss still come from the labelled prevalence. ``init_weights``: start from these weights
+    instead of the backbone's initialisation (a student initialised from its teacher).
+    """
     accelerator = training.make_accelerator(cfg.train)
     training.seed_everything(cfg.seed)
     log = accelerator.print
@@ -98,15 +124,22 @@ def train_stage1(cfg: Stage1Config) -> dict:
         return ImageDataset(table, cfg.data.image_root, pre, policy, skip_bad_images=cfg.data.skip_bad_images,
                             rows=rows)
 
-    train_set = AugmentedDataset(images(train_table, train_rows), RadiographAugment(cfg.augment), cfg.seed)
+    labelled = images(train_table, train_rows)
+    if extra_train is not None:
+        labelled = torch.utils.data.ConcatDataset([labelled, RowOffset(extra_train, len(train_table))])
+    train_set = AugmentedDataset(labelled, RadiographAugment(cfg.augment), cfg.seed)
     sampler = training.EpochPermutationSampler(len(train_set), cfg.seed)
     train_loader = make_loader(train_set, cfg.train.batch_size, sampler, cfg.train.num_workers, drop_last=True)
     val_loader = make_loader(images(val_table, val_rows), cfg.train.batch_size, None, cfg.train.num_workers)
-    log(f"stage 1 '{cfg.name}': {len(train_rows)} training / {len(val_rows)} validation images, {len(classes)} classes, "
-        f"views={cfg.data.views}, device={accelerator.device}, processes={accelerator.num_processes}")
+    extra_text = "" if extra_train is None else f" (+{len(extra_train)} pseudo-labelled)"
+    log(f"stage 1 '{cfg.name}': {len(train_rows)}{extra_text} training / {len(val_rows)} validation images, "
+        f"{len(classes)} classes, views={cfg.data.views}, device={accelerator.device}, "
+        f"processes={accelerator.num_processes}")
 
     # ---- model, loss, optimisation ---------------------------------------------------------------------------
     model = build_image_model(cfg, num_classes=len(classes))
+    if init_weights is not None:
+        training.load_weights(model, init_weights)
     loss_fn = build_loss(cfg.loss.name, cfg.loss.params, prevalence)
     optimizer = torch.optim.AdamW(training.param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     steps_per_epoch = len(train_loader) // (cfg.train.grad_accum * accelerator.num_processes)
@@ -114,7 +147,7 @@ def train_stage1(cfg: Stage1Config) -> dict:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
     if steps_per_epoch < 1:
         raise UserError(f"train.batch_size {cfg.train.batch_size} x {accelerator.num_processes} processes is larger "
-                        f"than the {len(train_rows)} training images")
+                        f"than the {len(train_set)} training images")
     scheduler = schedule_for(accelerator, optimizer, cfg.train, steps_per_epoch)
     ema = training.make_ema(model, cfg.train.ema_decay)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -126,6 +159,8 @@ def train_stage1(cfg: Stage1Config) -> dict:
         ema.to(accelerator.device)
 
     def batch_loss(m, batch):
+        if "image" not in batch:  # every image of this batch was unreadable (skip_bad_images): no step
+            return None
         return loss_fn(m(batch["image"]).float(), batch["target"], batch["mask"])
 
     def evaluate(m, loader, table, desc):
@@ -143,6 +178,7 @@ def train_stage1(cfg: Stage1Config) -> dict:
     best = accelerator.unwrap_model(ema.module if ema is not None else model)
     results = {"best_epoch": state.progress.best_epoch, "classes": classes,
                "skipped_train_images": state.skipped_images,
+               **({} if extra_train is None else {"extra_train_images": len(extra_train)}),
                "validation": evaluate(best, val_loader, val_table, "validate best")}
     if cfg.data.test_csv:
         test_table = read_cxr_lt(cfg.data.test_csv, classes=classes, require_labels=True)

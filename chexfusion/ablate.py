@@ -1,0 +1,113 @@
+"""Shared vs per-view backbones: train what is missing, then one table on the test split.
+
+``python -m chexfusion.ablate`` (``make ablate``) trains, or reuses when already
+trained, the shared stage-1 backbone and the frontal-only and lateral-only ones,
+their feature stores and both stage-2 models, and writes ``ablations/routing.md``
+and ``.json``: mAP, mAUROC, head / medium / tail mAP, and the mean AP of the
+findings visible in only one view (from the dataset's ``synth_meta.json`` when
+there is one), for
+
+- stage 1, max over a study's images (the single-image baseline),
+- stage 2 over the shared backbone,
+- stage 2 over per-view backbones.
+
+All rows are image-level metrics on the same split (each image carries its
+study's prediction), the CXR-LT convention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .cli import main as cli_main
+from .config import load_config
+from .errors import UserError
+from .io import atomic_write_json, atomic_write_text
+
+ROWS = (("stage 1, max over images (shared backbone)", "baseline"), ("stage 2, shared backbone", "shared"),
+        ("stage 2, per-view backbones", "per_view"))
+
+
+def _run(*argv) -> None:
+    code = cli_main([str(a) for a in argv])
+    if code:
+        raise UserError(f"'chexfusion {' '.join(map(str, argv))}' failed (exit {code})")
+
+
+def view_only_classes(data_dir: Path) -> dict[str, list[str]]:
+    meta = data_dir / "synth_meta.json"
+    if not meta.is_file():
+        return {}
+    info = json.loads(meta.read_text())
+    return {"frontal_only": info.get("frontal_only", []), "lateral_only": info.get("lateral_only", [])}
+
+
+def _row(metrics: dict, view_only: dict[str, list[str]]) -> dict:
+    row = {k: metrics.get(k) for k in ("mAP", "mAUROC", "head_mAP", "medium_mAP", "tail_mAP")}
+    for key, classes in view_only.items():
+        aps = [metrics["per_class"][c]["AP"] for c in classes if c in metrics["per_class"]]
+        aps = [a for a in aps if a is not None]
+        row[f"{key}_AP"] = float(np.mean(aps)) if aps else None
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chexfusion.ablate", description=__doc__.split("\n")[0])
+    parser.add_argument("--stage1-config", default="stage1/config.yaml")
+    parser.add_argument("--frontal-config", default="stage1/frontal.yaml")
+    parser.add_argument("--lateral-config", default="stage1/lateral.yaml")
+    parser.add_argument("--stage2-config", default="stage2/config.yaml")
+    parser.add_argument("--per-view-config", default="stage2/per-view.yaml")
+    parser.add_argument("--split", default="test", choices=["validation", "test"])
+    parser.add_argument("--out", default="ablations")
+    parser.add_argument("overrides", nargs="*", help="key=value applied to every stage-1 and stage-2 config")
+    args = parser.parse_args(argv)
+    try:
+        for config in (args.stage1_config, args.frontal_config, args.lateral_config):
+            _run("stage1", "--config", config, *args.overrides)
+        for config in (args.stage2_config, args.per_view_config):
+            _run("features", "--config", config, *args.overrides)
+            _run("stage2", "--config", config, *args.overrides)
+        from .stage2.config import Stage2Config
+
+        shared_cfg = load_config(Stage2Config, args.stage2_config, args.overrides)
+        per_view_cfg = load_config(Stage2Config, args.per_view_config, args.overrides)
+        shared = json.loads((Path(shared_cfg.output_dir) / shared_cfg.name / "metrics.json").read_text())
+        per_view = json.loads((Path(per_view_cfg.output_dir) / per_view_cfg.name / "metrics.json").read_text())
+        sources = {"baseline": shared["stage1_baseline"].get(args.split), "shared": shared.get(args.split),
+                   "per_view": per_view.get(args.split)}
+        if any(v is None for v in sources.values()):
+            raise UserError(f"no {args.split} metrics in the stage-2 runs (is data.test_csv set?)")
+        view_only = view_only_classes(Path(shared_cfg.data.image_root))
+        table = {key: _row(sources[key], view_only) for _, key in ROWS}
+        out = Path(args.out)
+        atomic_write_json(out / "routing.json", {"split": args.split, "view_only_classes": view_only, "rows": table})
+        atomic_write_text(out / "routing.md", markdown(table, args.split, view_only))
+        print(markdown(table, args.split, view_only))
+        print(f"wrote {out / 'routing.md'} and {out / 'routing.json'}")
+    except UserError as exc:
+        print(f"chexfusion ablate: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def markdown(table: dict, split: str, view_only: dict) -> str:
+    cols = ["mAP", "mAUROC", "head_mAP", "medium_mAP", "tail_mAP"] + [f"{k}_AP" for k in view_only]
+    lines = [f"# Shared vs per-view backbones ({split} split, image level)", "",
+             "| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for label, key in ROWS:
+        cells = ["n/a" if table[key].get(c) is None else f"{table[key][c]:.3f}" for c in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for key, classes in view_only.items():
+        lines.append("")
+        lines.append(f"{key.replace('_', ' ')} findings: {', '.join(classes)}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
