@@ -12,6 +12,7 @@ does not make a store stale, changing their content does.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -28,6 +29,15 @@ CONTENT_KEYS = ("routing", "unknown_view", "backbones", "preprocess", "image_siz
                 "dtype", "shape", "splits")
 # Keys that change only how the same features are laid out in files; the writer rebuilds when they change.
 STORAGE_KEYS = ("format_version", "layout", "shard_rows", "row_group_rows")
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file. A torch-free twin of ``training.file_sha256``: reading a store must not import torch."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def shard_file_name(split: str, index: int) -> str:
@@ -59,8 +69,6 @@ def _backbone_entry(slot: str, run_dir: str, routing: str) -> dict:
 
 
 def _split_entry(name: str, csv: str, image_root: str) -> dict:
-    from ..training import file_sha256
-
     if not Path(csv).is_file():
         raise UserError(f"CSV file not found: {csv} (split '{name}')")
     return {"csv": str(csv), "csv_sha256": file_sha256(Path(csv)), "image_root": str(image_root)}

@@ -1,11 +1,11 @@
 """Reading a feature store for stage 2: a whole split in memory, or whole studies streamed row group by row group.
 
-In memory (:meth:`FeatureStore.load_split`): shards are read in parallel
-threads and each Parquet row group decodes into one Arrow buffer that NumPy
-views without copying, so loading costs one pass over the bytes and holds
-the split once. :class:`SplitFeatures` serves studies and row ranges from
-those chunks; its ``features`` property gives one contiguous ``[N, C*h*w]``
-array, which costs a second copy of the split unless it is a single chunk.
+In memory (:meth:`FeatureStore.load_split`): each Parquet row group decodes
+into one Arrow buffer that NumPy views without copying, so loading costs one
+pass over the bytes and holds the split once. :class:`SplitFeatures` serves
+studies and row ranges from those chunks; its ``features`` property gives one
+contiguous ``[N, C*h*w]`` array, which costs a second copy of the split (and
+twice its memory for a moment) unless the split is a single chunk.
 
 Streaming (:meth:`FeatureStore.iter_studies`), for stores larger than memory:
 only the metadata columns of the split are loaded; the maps are read one row
@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,15 +28,15 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..data.views import VIEW_INDEX, VIEWS
+from ..data.views import VIEWS
 from ..errors import UserError
 from . import manifest as mf
 from .schema import FEATURES, NUMPY_DTYPES, features_to_numpy
 
 READ_META = ("dicom_id", "study_id", "subject_id", "view", "csv_row")
-MAX_READ_THREADS = 4
 
 
 @dataclass
@@ -51,12 +50,30 @@ class StudyFeatures:
     csv_rows: np.ndarray  # [n] int64 rows of the split's CSV (for labels)
 
 
-def _study_bounds(study_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _arrow_strings(values) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        return values.combine_chunks()
+    return values if isinstance(values, pa.Array) else pa.array(values, type=pa.string())
+
+
+def view_indices(views) -> np.ndarray:
+    """View names -> int64 indices into VIEWS (vectorised in Arrow: a 377k-row split takes milliseconds)."""
+    views = _arrow_strings(views)
+    found = pc.index_in(views, value_set=pa.array(VIEWS))
+    if found.null_count:
+        bad = views[int(np.flatnonzero(found.is_null().to_numpy(zero_copy_only=False))[0])].as_py()
+        raise UserError(f"feature store row has view '{bad}', not one of {', '.join(VIEWS)}")
+    return found.to_numpy().astype(np.int64)
+
+
+def study_bounds(study_ids) -> tuple[np.ndarray, np.ndarray]:
     """Start and stop row of each run of equal study ids (the store keeps a study's rows together)."""
-    if len(study_ids) == 0:
+    ids = _arrow_strings(study_ids)
+    if len(ids) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    starts = np.flatnonzero(np.r_[True, study_ids[1:] != study_ids[:-1]])
-    return starts, np.r_[starts[1:], len(study_ids)]
+    changed = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, changed])
+    return starts, np.r_[starts[1:], len(ids)]
 
 
 @dataclass
@@ -77,10 +94,9 @@ class SplitFeatures:
     def __post_init__(self):
         sizes = [len(c) for c in self.chunks]
         self.chunk_starts = np.cumsum([0] + sizes)[:-1].astype(np.int64)
-        self.views = self.meta["view"].map(VIEW_INDEX).to_numpy(dtype=np.int64)
-        ids = self.meta["study_id"].to_numpy(dtype=object)
-        self.study_starts, self.study_stops = _study_bounds(ids)
-        self.study_ids = ids[self.study_starts]
+        self.views = view_indices(self.meta["view"])
+        self.study_starts, self.study_stops = study_bounds(self.meta["study_id"])
+        self.study_ids = self.meta["study_id"].to_numpy(dtype=object)[self.study_starts]
 
     def __len__(self) -> int:
         """Number of studies."""
@@ -223,23 +239,21 @@ class FeatureStore:
 
     def verify(self) -> None:
         """Check every shard against the sha256 in the manifest."""
-        from ..training import file_sha256
-
         for split in self.splits:
             for shard in self._split(split)["shards"]:
                 path = self.path / shard["file"]
                 if not path.is_file():
                     raise UserError(f"feature store {self.path}: shard {shard['file']} is missing: delete the "
                                     "folder and run chexfusion features")
-                if file_sha256(path) != shard["sha256"]:
+                if mf.file_sha256(path) != shard["sha256"]:
                     raise UserError(f"feature store {self.path}: shard {shard['file']} is damaged (its sha256 differs "
                                     f"from {mf.MANIFEST_NAME}): delete the folder and run chexfusion features")
 
     # ---- in memory -----------------------------------------------------------------------------------------
 
     def _open(self, path: Path, memory_map: bool) -> pq.ParquetFile:
-        try:
-            return pq.ParquetFile(path, memory_map=memory_map)
+        try:  # pre_buffer off: it would copy every column chunk into memory before decoding it
+            return pq.ParquetFile(path, memory_map=memory_map, pre_buffer=False)
         except (OSError, pa.ArrowInvalid) as exc:
             raise UserError(f"feature store {self.path}: cannot read shard {path.name} ({exc}); run "
                             f"FeatureStore.verify or rebuild the store") from None
@@ -250,10 +264,12 @@ class FeatureStore:
         return table.drop_columns([FEATURES]), chunks
 
     def load_split(self, split: str) -> SplitFeatures:
-        """The whole split in memory (see :meth:`fits_in_memory`)."""
-        paths = self._shard_paths(split)
-        with ThreadPoolExecutor(max_workers=max(1, min(MAX_READ_THREADS, os.cpu_count() or 1, len(paths)))) as pool:
-            parts = list(pool.map(self._read_shard, paths))
+        """The whole split in memory (see :meth:`fits_in_memory`).
+
+        Shards are read one after the other: decoding is a memory-bound copy, and
+        parallel threads measured slower here (they contend for the page tables).
+        """
+        parts = [self._read_shard(path) for path in self._shard_paths(split)]
         if parts:
             meta = pa.concat_tables([t for t, _ in parts]).to_pandas()
         else:
@@ -278,72 +294,83 @@ class FeatureStore:
                      epoch: int = 0) -> Iterator[StudyFeatures]:
         """Every study of the split exactly once, whole, with memory bounded by two row groups and the buffer.
 
-        ``shuffle_buffer=0`` yields studies in store order. Otherwise row groups
-        are visited in a permutation drawn from ``(seed, epoch)`` and studies pass
-        through a buffer of ``shuffle_buffer`` studies from which a random one
-        is yielded each time -- the same order for the same (seed, epoch).
+        ``shuffle_buffer=0`` yields studies in store order (their maps are views
+        of the current row group). Otherwise row groups are visited in a
+        permutation drawn from ``(seed, epoch)`` and studies pass through a
+        buffer of ``shuffle_buffer`` studies from which a random one is yielded
+        each time: the same order for the same (seed, epoch). Besides that, the
+        split's metadata stays in memory as Arrow columns (~40 bytes an image).
         """
-        stats = self.last_stream_stats = StreamStats()
-        meta = pd.concat([self._open(p, memory_map=False).read(columns=list(READ_META)).to_pandas()
-                          for p in self._shard_paths(split)], ignore_index=True) if self.split_rows(split) else None
-        if meta is None or len(meta) == 0:
+        self.last_stream_stats = StreamStats()
+        stream = _SplitStream(self, split, self.last_stream_stats)
+        if shuffle_buffer <= 0:
+            for g in range(stream.num_groups):
+                yield from stream.studies_of_group(g, copy=False)
             return
-        groups = self._row_groups(split)
-        views = meta["view"].map(VIEW_INDEX).to_numpy(dtype=np.int64)
-        ids = meta["study_id"].to_numpy(dtype=object)
-        dicom_ids = meta["dicom_id"].to_numpy(dtype=object)
-        csv_rows = meta["csv_row"].to_numpy(dtype=np.int64)
-        starts, stops = _study_bounds(ids)
-        group_starts = np.array([g[2] for g in groups], dtype=np.int64)
-        owner = np.searchsorted(group_starts, starts, side="right") - 1  # row group in which each study starts
-        files: OrderedDict[Path, pq.ParquetFile] = OrderedDict()
-
-        def read_group(g: int) -> np.ndarray:
-            path, index = groups[g][0], groups[g][1]
-            if path not in files:
-                if len(files) >= 2:
-                    files.popitem(last=False)
-                files[path] = self._open(path, memory_map=False)
-            column = files[path].read_row_group(index, columns=[FEATURES]).column(FEATURES)
-            chunks = [features_to_numpy(c, self.manifest["dtype"], self.width) for c in column.chunks]
-            return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
-
-        cache = _RowGroupCache(read_group, capacity=2, stats=stats)
-
-        def rows(start: int, stop: int) -> np.ndarray:
-            pieces, g = [], int(np.searchsorted(group_starts, start, side="right")) - 1
-            while start < stop:
-                data, base = cache.get(g), groups[g][2]
-                end = min(stop, base + groups[g][3])
-                pieces.append(data[start - base:end - base])
-                start, g = end, g + 1
-            return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-
-        shuffle = shuffle_buffer > 0
         rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(len(groups)) if shuffle else np.arange(len(groups))
-        study_order = np.argsort(owner, kind="stable")
-        first_of_group = np.searchsorted(owner[study_order], np.arange(len(groups) + 1))
         buffer: list[StudyFeatures] = []
-        for g in order:
-            for s in study_order[first_of_group[g]:first_of_group[g + 1]]:
-                a, b = int(starts[s]), int(stops[s])
-                maps = rows(a, b)
-                study = StudyFeatures(str(ids[a]), maps.reshape(b - a, *self.shape), views[a:b],
-                                      [str(x) for x in dicom_ids[a:b]], csv_rows[a:b])
-                if not shuffle:
-                    yield study
-                    continue
-                study.features = study.features.copy()  # a buffered study must not pin its row group
+        for g in rng.permutation(stream.num_groups):
+            for study in stream.studies_of_group(int(g), copy=True):  # a buffered study must not pin its row group
                 if len(buffer) < shuffle_buffer:
                     buffer.append(study)
-                    stats.max_buffered_studies = max(stats.max_buffered_studies, len(buffer))
+                    self.last_stream_stats.max_buffered_studies = len(buffer)
                     continue
                 j = int(rng.integers(len(buffer)))
                 buffer[j], study = study, buffer[j]
                 yield study
         for j in rng.permutation(len(buffer)):
             yield buffer[j]
+
+
+class _SplitStream:
+    """A split read row group by row group; a row group yields the studies that start in it."""
+
+    def __init__(self, store: FeatureStore, split: str, stats: StreamStats):
+        self.store = store
+        paths = store._shard_paths(split)
+        meta = pa.concat_tables([store._open(p, memory_map=False).read(columns=list(READ_META)) for p in paths]) \
+            if paths else None
+        self.groups = store._row_groups(split)  # (path, index, first row, rows)
+        self.num_groups = len(self.groups) if meta is not None and meta.num_rows else 0
+        if not self.num_groups:
+            return
+        self.views = view_indices(meta.column("view"))
+        self.study_ids = meta.column("study_id").combine_chunks()
+        self.dicom_ids = meta.column("dicom_id").combine_chunks()
+        self.csv_rows = meta.column("csv_row").to_numpy().astype(np.int64)
+        self.starts, self.stops = study_bounds(self.study_ids)
+        self.group_starts = np.array([g[2] for g in self.groups], dtype=np.int64)
+        owner = np.searchsorted(self.group_starts, self.starts, side="right") - 1  # non-decreasing
+        self.first_study = np.searchsorted(owner, np.arange(self.num_groups + 1))
+        self.files: OrderedDict[Path, pq.ParquetFile] = OrderedDict()
+        self.cache = _RowGroupCache(self._read_group, capacity=2, stats=stats)
+
+    def _read_group(self, g: int) -> np.ndarray:
+        path, index = self.groups[g][0], self.groups[g][1]
+        if path not in self.files:
+            if len(self.files) >= 2:
+                self.files.popitem(last=False)
+            self.files[path] = self.store._open(path, memory_map=False)
+        column = self.files[path].read_row_group(index, columns=[FEATURES]).column(FEATURES)
+        chunks = [features_to_numpy(c, self.store.manifest["dtype"], self.store.width) for c in column.chunks]
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+    def _rows(self, start: int, stop: int) -> np.ndarray:
+        """Maps of rows [start, stop): from the row group holding ``start`` and, for a study that runs on, the next."""
+        pieces, g = [], int(np.searchsorted(self.group_starts, start, side="right")) - 1
+        while start < stop:
+            data, base, n = self.cache.get(g), self.groups[g][2], self.groups[g][3]
+            end = min(stop, base + n)
+            pieces.append(data[start - base:end - base])
+            start, g = end, g + 1
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def studies_of_group(self, g: int, copy: bool) -> Iterator[StudyFeatures]:
+        for s in range(self.first_study[g], self.first_study[g + 1]):
+            a, b = int(self.starts[s]), int(self.stops[s])
+            maps = self._rows(a, b).reshape(b - a, *self.store.shape)
+            yield StudyFeatures(self.study_ids[a].as_py(), maps.copy() if copy else maps, self.views[a:b],
+                                self.dicom_ids.slice(a, b - a).to_pylist(), self.csv_rows[a:b])
 
 
 def describe(store: FeatureStore) -> str:

@@ -35,7 +35,6 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..io import atomic_path, atomic_write_json
-from ..training import file_sha256
 from . import manifest as mf
 from .config import FeatureConfig
 from .schema import META_COLUMNS, NUMPY_DTYPES, shard_table, write_parquet
@@ -121,8 +120,11 @@ def prepare_store(store: Path, header: dict, log) -> bool:
         current = None  # unreadable: rebuilt below
     if current is not None:
         why = mf.first_difference(current, header, mf.STORAGE_KEYS + mf.CONTENT_KEYS)
+        if why is None and current.get("complete"):
+            shutil.rmtree(store / PROGRESS_DIR, ignore_errors=True)  # a kill may fall just after the manifest
+            return True
         if why is None:
-            return bool(current.get("complete"))
+            return False  # resume: keep the shards and their sidecars
         log(f"feature store {store} was made differently ({why}): rebuilding it")
         _remove_store_files(store)
     elif _own_files(store) or (store / PROGRESS_DIR).exists():
@@ -141,7 +143,7 @@ def shard_is_done(store: Path, job: ShardJob) -> bool:
         recorded = json.loads(sidecar.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
-    return recorded.get("sha256") == file_sha256(path)
+    return recorded.get("sha256") == mf.file_sha256(path)
 
 
 def _test_kill_hook() -> None:
@@ -156,7 +158,7 @@ def write_shard_file(table, path: Path, row_group_rows: int) -> str:
     """Write one shard atomically; return its sha256."""
     with atomic_path(path) as tmp:
         write_parquet(table, tmp, row_group_rows)
-        digest = file_sha256(tmp)
+        digest = mf.file_sha256(tmp)
         _test_kill_hook()
     return digest
 
