@@ -1,0 +1,217 @@
+"""``chexfusion synth``: write the synthetic demo dataset.
+
+Order of work: draw the cohort, write ``synth_meta.json``, render the images
+(in a process pool; every image has its own seeds, so the bytes do not depend
+on the number of workers), write the NIH CSV, and write the three CXR-LT CSVs
+last, so a dataset with CSVs is a complete one. Re-running into a folder that
+holds an earlier synthetic dataset replaces it; any other non-empty folder is
+refused rather than mixed with.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from ...errors import UserError
+from ...io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..classes import LABEL_SETS
+from . import GENERATOR_VERSION
+from .cohort import MEANINGS, MIN_STUDIES, SPLITS, Cohort, build_cohort
+from .external import NIH_LABELS, build_external, nih_csv
+from .findings import SIGNATURES, view_only
+from .labels import LATENT, PREVALENCE_FLOOR, floor_for, label_model
+from .radiograph import RadiographSpec, render
+
+META_NAME = "synth_meta.json"
+EXTERNAL_DIR = Path("external") / "nih"
+CSV_COLUMNS = ["dicom_id", "subject_id", "study_id", "ViewPosition", "ViewCodeSequence_CodeMeaning", "fpath"]
+JPEG_QUALITY = 95  # as MIMIC-CXR-JPG
+EXTERNAL_PER_TRAIN_IMAGE = 1.5
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created; an earlier synth output is replaced)")
+    parser.add_argument("--studies", type=int, default=2000, help="number of CXR-LT studies (default 2000)")
+    parser.add_argument("--label-set", default="cxr-lt-2024", choices=LABEL_SETS, help="class list (default cxr-lt-2024)")
+    parser.add_argument("--image-size", type=int, default=256, help="image side in pixels (default 256)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--label-noise", type=float, default=0.0,
+                        help="flip each training label with this probability (default 0)")
+    parser.add_argument("--external-images", type=int, default=None,
+                        help="images in the NIH-format external set (default 1.5x the training images)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="rendering processes (default: the CPUs available; output does not depend on it)")
+
+
+def run(args) -> int:
+    validate(args)
+    started = time.monotonic()
+    out: Path = args.out
+    prepare_output(out)
+    model = label_model(args.label_set)
+    cohort = build_cohort(args.seed, args.studies, model, args.label_noise)
+    train_images = sum(1 for s in cohort.image_study if cohort.study_split[s] == 0)
+    n_external = args.external_images if args.external_images is not None else round(EXTERNAL_PER_TRAIN_IMAGE * train_images)
+    external = build_external(args.seed, n_external)
+    atomic_write_json(out / META_NAME, metadata(args, cohort, external))
+
+    tasks = cohort_tasks(args, cohort, out) + external_tasks(args, external, out)
+    render_all(tasks, args.workers or available_cpus())
+    atomic_write_text(out / EXTERNAL_DIR / "Data_Entry_2017.csv", nih_csv(external, args.seed))
+    for k, split in enumerate(SPLITS):
+        atomic_write_text(out / f"{split}.csv", split_csv(cohort, k))
+    elapsed = time.monotonic() - started
+    n_images = len(cohort.image_study)
+    print(f"wrote {n_images} images in {len(cohort.study_id)} studies ({args.label_set}, "
+          f"{len(model.classes)} classes) and {n_external} NIH-format images to {out} in {elapsed:.1f} s")
+    return 0
+
+
+def validate(args) -> None:
+    if args.studies < MIN_STUDIES:
+        raise UserError(f"--studies must be at least {MIN_STUDIES} (got {args.studies})")
+    if not 32 <= args.image_size <= 2048:
+        raise UserError(f"--image-size must be between 32 and 2048 pixels (got {args.image_size})")
+    if not 0.0 <= args.label_noise < 0.5:
+        raise UserError(f"--label-noise must be a probability in [0, 0.5) (got {args.label_noise})")
+    if args.external_images is not None and args.external_images < 0:
+        raise UserError(f"--external-images must be 0 or more (got {args.external_images})")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {args.workers})")
+
+
+def prepare_output(out: Path) -> None:
+    """Create ``out``, or clear an earlier synthetic dataset in it; refuse anything else."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / META_NAME).is_file():
+            raise UserError(f"--out {out} is not empty and holds no synthetic dataset ({META_NAME}); "
+                            "choose a new or empty folder")
+        for name in ("files", "external"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in [f"{s}.csv" for s in SPLITS] + [META_NAME]:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def available_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------
+
+def cohort_tasks(args, cohort: Cohort, out: Path) -> list:
+    tasks = []
+    for i, s in enumerate(cohort.image_study):
+        p = cohort.study_patient[s]
+        findings = tuple(LATENT[j] for j in cohort.drawn[s].nonzero()[0])
+        spec = RadiographSpec(args.seed, (10, int(p)), (11, int(s)), (14, i), cohort.image_content[i],
+                              bool(cohort.study_portable[s]), str(cohort.sex[p]), float(cohort.study_age[s]),
+                              findings, args.image_size)
+        tasks.append((spec, str(out / cohort.fpath(i)), "JPEG"))
+    return tasks
+
+
+def external_tasks(args, ext, out: Path) -> list:
+    tasks = []
+    for i, p in enumerate(ext.image_patient):
+        findings = tuple(LATENT[j] for j in ext.drawn[i].nonzero()[0])
+        spec = RadiographSpec(args.seed, (20, int(p)), (21, i), (24, i), "frontal", bool(ext.portable[i]),
+                              str(ext.sex[p]), float(ext.age[i]), findings, args.image_size)
+        tasks.append((spec, str(out / EXTERNAL_DIR / "images" / ext.image_index(i)), "PNG"))
+    return tasks
+
+
+def render_to_file(task) -> None:
+    spec, path, fmt = task
+    buffer = io.BytesIO()
+    image = Image.fromarray(render(spec))
+    if fmt == "JPEG":
+        image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        image.save(buffer, format="PNG", compress_level=4)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def render_all(tasks: list, workers: int) -> None:
+    progress = tqdm(total=len(tasks), desc="synth images", unit="img", file=sys.stderr, mininterval=0.5)
+    with progress:
+        if workers <= 1 or len(tasks) < 64:
+            for task in tasks:
+                render_to_file(task)
+                progress.update()
+            return
+        chunk = max(1, min(32, len(tasks) // (workers * 8)))
+        context = multiprocessing.get_context("spawn")  # never fork a parent that may hold torch threads
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            for _ in pool.map(render_to_file, tasks, chunksize=chunk):
+                progress.update()
+
+
+# ---------------------------------------------------------------------------
+# CSVs and metadata
+# ---------------------------------------------------------------------------
+
+def split_csv(cohort: Cohort, split: int) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS + list(cohort.model.classes))
+    for i, s in enumerate(cohort.image_study):
+        if cohort.study_split[s] != split:
+            continue
+        code = cohort.image_code[i]
+        writer.writerow([cohort.dicom_id[i], int(cohort.subject_id[cohort.study_patient[s]]), int(cohort.study_id[s]),
+                         code, MEANINGS.get(code, ""), cohort.fpath(i), *cohort.written[s].tolist()])
+    return out.getvalue()
+
+
+def metadata(args, cohort: Cohort, ext) -> dict:
+    model = cohort.model
+    classes = list(model.classes)
+    counts, positives = {}, {}
+    for k, split in enumerate(SPLITS):
+        studies = cohort.study_split == k
+        images = studies[cohort.image_study]
+        counts[split] = {"studies": int(studies.sum()), "images": int(images.sum()),
+                         "subjects": int(len(set(cohort.study_patient[studies].tolist())))}
+        positives[split] = {c: int(cohort.written[studies, j].sum()) for j, c in enumerate(classes)}
+    counts["external_nih"] = {"images": int(len(ext.image_patient)), "patients": int(len(ext.patient_id))}
+    signatures = {c: SIGNATURES[c].summary for c in classes if c in SIGNATURES}
+    signatures[model.normal_class] = "no signature: the absence of every finding"
+    return {
+        "generator": "chexfusion synth",
+        "generator_version": GENERATOR_VERSION,
+        "seed": args.seed,
+        "label_set": args.label_set,
+        "image_size": args.image_size,
+        "classes": classes,
+        "normal_class": model.normal_class,
+        "counts": counts,
+        "positive_studies": positives,
+        "frontal_only": [c for c in view_only("frontal") if c in classes],
+        "lateral_only": [c for c in view_only("lateral") if c in classes],
+        "signatures": signatures,
+        "prevalence_floor": PREVALENCE_FLOOR,
+        "min_positive_studies_per_split": {s: floor_for(counts[s]["studies"]) for s in SPLITS},
+        "floor_added_studies": cohort.floor_added,
+        "label_noise": {"probability": args.label_noise, "applies_to": "train", "flipped_labels": cohort.noise_flips},
+        "external": {"format": "NIH ChestX-ray14", "csv": str(EXTERNAL_DIR / "Data_Entry_2017.csv"),
+                     "labels": list(NIH_LABELS), "views": ["frontal"]},
+    }
