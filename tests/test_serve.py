@@ -152,6 +152,7 @@ def test_page_and_its_assets_are_served_locally(client):
         assert response.status_code == 200 and response.text
         assert "http://" not in response.text and "https://" not in response.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert client.get("/docs").status_code == 404  # FastAPI's docs page would load scripts from a CDN
 
 
 def test_openapi_documents_predict_and_health(client):

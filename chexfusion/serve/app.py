@@ -111,7 +111,8 @@ def create_app(model, limits: ServeLimits | None = None, device: str | None = No
         (415, "not multipart/form-data, or a file that is not a JPEG, PNG or DICOM image"),
         (422, "no file, too many files, a bad view, or an image that cannot be decoded"))}
 
-    app = FastAPI(title="chexfusion web demo", version=version("chexfusion"),
+    # no /docs or /redoc: FastAPI's pages load their scripts from a CDN; /openapi.json stays
+    app = FastAPI(title="chexfusion web demo", version=version("chexfusion"), docs_url=None, redoc_url=None,
                   description="Upload the images of one chest X-ray study; get the study's findings, their "
                               "head/medium/tail group, and a heat map per finding over each image.")
     app.state.engine = engine

@@ -174,7 +174,9 @@ function renderResults() {
     item.append(button);
     list.append(item);
   }
-  $("scaling").textContent = `Heat map: ${result.heatmaps.scaling}.`;
+  const { height, width } = result.heatmaps;
+  $("scaling").textContent = `Heat map: ${result.heatmaps.scaling}; ${height} × ${width} values per image ` +
+    "(the model's token grid), upsampled bilinearly.";
   buildImageCards();
   $("results").hidden = false;
   selectFinding(result.study.findings[0].class);
