@@ -94,7 +94,8 @@ def bomb_png(side: int = 20000) -> bytes:
             + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b""))
 
 
-def dicom_bytes(view_position: str | None, size=(40, 30)) -> bytes:
+def dicom_bytes(view_position: str | None, size=(40, 30), declared=None) -> bytes:
+    """A small 12-bit DICOM; ``declared`` (rows, columns) overrides the header's size, as a bomb would."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -110,6 +111,8 @@ def dicom_bytes(view_position: str | None, size=(40, 30)) -> bytes:
     ds.PixelData = (np.arange(rows * columns, dtype=np.uint16).reshape(rows, columns) % 4096).tobytes()
     if view_position is not None:
         ds.ViewPosition = view_position
+    if declared is not None:
+        ds.Rows, ds.Columns = declared
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -344,6 +347,11 @@ def test_decompression_bomb_is_413_without_decoding(client):
     assert grown_mb < 200  # decoding it would take 400 MB at least
     # the server goes on serving
     assert client.get("/health").status_code == 200
+
+
+def test_dicom_declaring_too_many_pixels_is_413(client):
+    response = client.post("/api/predict", files=[("files", ("huge.dcm", dicom_bytes("PA", declared=(30000, 30000))))])
+    assert_one_line_error(response, 413, "huge.dcm", "30000 x 30000")
 
 
 def test_pixel_cap_is_configurable(stage2_predictor):
