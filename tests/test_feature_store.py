@@ -5,6 +5,7 @@ handful of JPEGs written here are enough: nothing is asked of the network but
 to be the same function when the store is written and when it is checked.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -84,7 +85,7 @@ def splits_of(data: Path) -> dict:
 
 
 def features_cfg(store: Path, run: Path, **kw) -> FeatureConfig:
-    base = dict(store=str(store), shared_backbone=str(run), shard_rows=4, row_group_rows=2, batch_size=3)
+    base = dict(store=str(store), shared_backbone=str(run), shard_rows=3, row_group_rows=2, batch_size=2)
     return FeatureConfig(**{**base, **kw})
 
 
@@ -94,9 +95,14 @@ def store(tmp_path_factory, data, runs) -> Path:
                        progress=False)
 
 
+@functools.lru_cache(maxsize=None)
+def loaded_run(run_dir: Path):
+    return load_stage1_run(run_dir)
+
+
 def direct_maps(run_dir: Path, data: Path, dicom_ids, pool=None) -> np.ndarray:
     """The backbone's maps computed here, image by image, as float32 [n, C, h, w]."""
-    run = load_stage1_run(run_dir)
+    run = loaded_run(run_dir)
     images = torch.stack([run.preprocess.read(data / "img" / f"{d}.jpg") for d in dicom_ids])
     with torch.no_grad():
         maps = run.model.forward_features(images)
@@ -139,8 +145,9 @@ def test_store_holds_one_row_per_image_grouped_by_study_in_canonical_order(store
 def test_shards_are_plain_parquet_with_the_documented_schema(store):
     manifest = json.loads((store / "manifest.json").read_text())
     shards = manifest["splits"]["train"]["shards"]
-    assert [s["rows"] for s in shards] == [4, 4, 3]  # shard k = positions [4k, 4k+4) of the store order
-    assert [s["file"] for s in shards] == [f"part-train-0000{k}.parquet" for k in range(3)]
+    # shard k = positions [3k, 3k+3) of the store order: studies s2 and s3 run across shard boundaries
+    assert [s["rows"] for s in shards] == [3, 3, 3, 2]
+    assert [s["file"] for s in shards] == [f"part-train-0000{k}.parquet" for k in range(4)]
     for shard in shards:
         path = store / shard["file"]
         assert sha256(path) == shard["sha256"]
@@ -257,6 +264,18 @@ def test_killed_extraction_resumes_to_a_byte_identical_store(tmp_path, data, run
     assert len(file_bytes(clean)) == 1 + 6 + 2  # manifest, 6 train shards of 2 rows, 2 val shards
 
 
+def test_two_processes_under_torchrun_write_the_same_store_as_one(tmp_path, data, runs, store):
+    config = write_stage2_config(tmp_path / "stage2.yaml", data, tmp_path / "ddp", runs["all"], shard_rows=3,
+                                 batch_size=2)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same kernels as the in-process store
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "chexfusion", "features", "--config", str(config)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "processes=2" in result.stdout
+    assert file_bytes(tmp_path / "ddp") == file_bytes(store)
+
+
 class ThreadRank:
     """An accelerate stand-in for one of ``world`` ranks run as threads (wait_for_everyone is a real barrier)."""
 
@@ -298,9 +317,10 @@ def test_ranks_write_disjoint_shards_and_the_result_equals_one_process(tmp_path,
     for t in threads:
         t.join()
     assert not errors, errors
-    # shards of all splits counted in order: train 0-2 then val 0; rank r writes those with index % 2 == r
+    # shards of all splits counted in order: train 0-3 then val 0; rank r writes those with index % 2 == r
     assert written == {"part-train-00000.parquet": "rank0", "part-train-00001.parquet": "rank1",
-                       "part-train-00002.parquet": "rank0", "part-val-00000.parquet": "rank1"}
+                       "part-train-00002.parquet": "rank0", "part-train-00003.parquet": "rank1",
+                       "part-val-00000.parquet": "rank0"}
     assert file_bytes(tmp_path / "two") == file_bytes(store)
 
 

@@ -243,9 +243,13 @@ def _first_errors(store: Path, jobs: list[ShardJob]) -> dict[str, str]:
 
 
 def _default_accelerator():
+    """Full precision (the maps must equal what predict computes); on a machine without a GPU, cpu=True, which
+    is what lets accelerate run several CPU processes (gloo) under ``accelerate launch`` / ``torchrun``."""
+    import torch
+
     from ..training import OptimConfig, make_accelerator
 
-    return make_accelerator(OptimConfig(mixed_precision="no"))
+    return make_accelerator(OptimConfig(mixed_precision="no", cpu=not torch.cuda.is_available()))
 
 
 def build_store(cfg: FeatureConfig, splits: dict[str, tuple[str, str]], accelerator=None,
