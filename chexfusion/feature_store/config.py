@@ -15,7 +15,7 @@ ROUTINGS = ("shared", "per_view")
 # Arrow has no bfloat16, so a store holds one of these; float16 halves the size at no cost to stage 2.
 DTYPES = ("float16", "float32")
 # binary: one fixed_size_binary cell per image (raw little-endian values): read at memory speed.
-# list: fixed_size_list<float16|float32>, self-describing for DuckDB/Spark but ~7x slower to read
+# list: fixed_size_list<float16|float32>, self-describing for DuckDB/Spark but ~8x slower to read
 # (Parquet stores a repetition level per value). benchmarks/feature_store.py measures both.
 LAYOUTS = ("binary", "list")
 # Which backbone an image with no usable ViewPosition goes through under per_view routing. About 3-4% of
