@@ -33,10 +33,11 @@ STORAGE_KEYS = ("format_version", "layout", "shard_rows", "row_group_rows")
 
 def file_sha256(path: Path) -> str:
     """sha256 of a file. A torch-free twin of ``training.file_sha256``: reading a store must not import torch."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
+    digest, buffer = hashlib.sha256(), bytearray(1 << 20)  # one reused 1 MB buffer: no allocation per block
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while size := handle.readinto(buffer):
+            digest.update(view[:size])
     return digest.hexdigest()
 
 
