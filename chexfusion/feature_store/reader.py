@@ -299,7 +299,7 @@ class FeatureStore:
         permutation drawn from ``(seed, epoch)`` and studies pass through a
         buffer of ``shuffle_buffer`` studies from which a random one is yielded
         each time: the same order for the same (seed, epoch). Besides that, the
-        split's metadata stays in memory as Arrow columns (~40 bytes an image).
+        split's metadata stays in memory as Arrow columns (~100 bytes an image).
         """
         self.last_stream_stats = StreamStats()
         stream = _SplitStream(self, split, self.last_stream_stats)
