@@ -23,6 +23,11 @@ def resolve_config_path(path, default):
 
 def run(args) -> int:
     cfg = load_config(Stage1Config, resolve_config_path(args.config, DEFAULT_CONFIG), args.overrides)
+    if cfg.noisy_student.rounds:
+        from .noisy_student import train_noisy_student
+
+        train_noisy_student(cfg)
+        return 0
     from .train import train_stage1
 
     train_stage1(cfg)

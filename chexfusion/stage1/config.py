@@ -51,6 +51,70 @@ class LossConfig:
 
 
 @dataclass
+class ExternalSetConfig:
+    """One unlabelled-for-us image set the teacher pseudo-labels (see chexfusion.data.external)."""
+
+    format: str = "nih"  # nih | chexpert | vindr
+    csv: str = ""  # Data_Entry_2017.csv, CheXpert train.csv, VinDr annotations CSV
+    image_root: str = ""  # the folder the set's image paths are relative to
+    name: str | None = None  # its key in the pseudo-label table; default: the format
+    agreement: str = "majority"  # VinDr: any | majority | all readers must mark a finding
+    image_suffix: str = ".dicom"  # VinDr: image file = <image_id><image_suffix>
+
+    @property
+    def key(self) -> str:
+        return self.name or self.format
+
+
+@dataclass
+class NoisyStudentConfig:
+    """Noisy-student self-training (chexfusion.stage1.noisy_student); rounds: 0 is plain stage 1."""
+
+    rounds: int = 0
+    external: list[ExternalSetConfig] = field(default_factory=list)
+    pseudo_label: str = "soft"  # soft: teacher probabilities | hard: probability >= threshold
+    threshold: float = 0.5
+    uncertain_label: str = "pseudo"  # an external -1: pseudo (the teacher decides) | zero | one | ignore
+    student_init: str = "scratch"  # scratch (Noisy Student, Xie et al. 2020) | teacher (start from its weights)
+    student_epochs: int = 0  # 0: train.epochs
+    student_augment: AugmentConfig = field(default_factory=AugmentConfig.strong)
+    student_drop_path: float = 0.1  # stochastic depth of the student's backbone
+    student_dropout: float = 0.1  # dropout of the student's ML-Decoder
+
+    def validate(self) -> None:
+        from ..data.external import AGREEMENT_RULES, EXTERNAL_FORMATS
+
+        if self.rounds < 0:
+            raise UserError("config key 'noisy_student.rounds' must be 0 or more")
+        choices = {"pseudo_label": ("soft", "hard"), "uncertain_label": ("pseudo", "zero", "one", "ignore"),
+                   "student_init": ("scratch", "teacher")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise UserError(f"config key 'noisy_student.{key}' must be one of {', '.join(allowed)}, "
+                                f"got '{getattr(self, key)}'")
+        if not 0.0 < self.threshold < 1.0:
+            raise UserError("config key 'noisy_student.threshold' must lie strictly between 0 and 1")
+        if self.student_epochs < 0 or not 0.0 <= self.student_drop_path < 1.0 or not 0.0 <= self.student_dropout < 1.0:
+            raise UserError("config keys 'noisy_student.student_epochs' (>= 0), 'student_drop_path' and "
+                            "'student_dropout' (in [0, 1)) are out of range")
+        if self.rounds and not self.external:
+            raise UserError("config key 'noisy_student.external' must list at least one set when rounds > 0")
+        seen = set()
+        for i, entry in enumerate(self.external):
+            where = f"noisy_student.external[{i}]"
+            if entry.format not in EXTERNAL_FORMATS:
+                raise UserError(f"config key '{where}.format' must be one of {', '.join(EXTERNAL_FORMATS)}, "
+                                f"got '{entry.format}'")
+            if not entry.csv or not entry.image_root:
+                raise UserError(f"config keys '{where}.csv' and '{where}.image_root' are required")
+            if entry.agreement not in AGREEMENT_RULES:
+                raise UserError(f"config key '{where}.agreement' must be one of {', '.join(AGREEMENT_RULES)}")
+            if entry.key in seen:
+                raise UserError(f"config key '{where}.name': two external sets are called '{entry.key}'")
+            seen.add(entry.key)
+
+
+@dataclass
 class Stage1Config:
     name: str = "demo"
     output_dir: str = "stage1/runs"
@@ -60,7 +124,8 @@ class Stage1Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    tta_hflip: bool = True  # average with the horizontally flipped image at evaluation
+    tta_hflip: bool = True  # average with the horizontally flipped image at evaluation (and pseudo-labelling)
+    noisy_student: NoisyStudentConfig = field(default_factory=NoisyStudentConfig)
 
     def validate(self) -> None:
         if self.data.views not in VIEW_FILTERS:
@@ -74,3 +139,4 @@ class Stage1Config:
             raise UserError("config key 'model.text_encoder' is required when model.queries is text")
         if self.train.epochs < 1 or self.train.batch_size < 1:
             raise UserError("config keys 'train.epochs' and 'train.batch_size' must be at least 1")
+        self.noisy_student.validate()
