@@ -100,11 +100,13 @@ def fit(*, accelerator, cfg: training.OptimConfig, run_dir: Path, stage: str, mo
                 _save(accelerator, ckpt_dir, model, optimizer, scheduler, ema, progress)
             _die_here_if_testing(progress.global_step)
         bar.close()
+        train_seconds = time.time() - started
 
         eval_model = ema.module if ema is not None else model
         metrics = validate(eval_model)
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
-                  "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - started, 1),
+                  "lr": scheduler.get_last_lr()[0], "train_seconds": round(train_seconds, 2),
+                  "seconds": round(time.time() - started, 2),
                   **{k: metrics.get(k) for k in HEADLINE}}
         loss_text = "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
         log(f"{stage} epoch {epoch + 1}: loss {loss_text}  validation {summary_line(metrics)}")
