@@ -60,7 +60,9 @@ def make_accelerator(cfg: OptimConfig):
         precision = "fp16" if (torch.cuda.is_available() and not cfg.cpu) else "no"
     if precision not in ("no", "fp16", "bf16"):
         raise UserError(f"config key 'train.mixed_precision' must be auto, no, fp16 or bf16, got '{precision}'")
-    return Accelerator(cpu=cfg.cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
+    # cpu=True on a machine without CUDA, so that a multi-process CPU launch (gloo) sets up the process group.
+    cpu = cfg.cpu or not torch.cuda.is_available()
+    return Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
 
 
 def seed_everything(seed: int) -> None:

@@ -87,7 +87,8 @@ def test_killed_training_resumes_to_the_same_result(tiny_data, tmp_path, repo_ro
 @pytest.mark.slow
 def test_two_processes_with_accelerate_launch(tiny_data, tmp_path, repo_root):
     extra = {"train.epochs": 1, "train.max_steps_per_epoch": 2, "train.batch_size": 8}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    # torchrun-style launch (accelerate's --cpu flag would need MPI); the Accelerator picks gloo on a CPU machine
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "chexfusion", "stage1",
            "--config", "stage1/config.yaml", *pipeline.stage1_overrides(tiny_data, tmp_path, "ddp", **extra)]
     result = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
