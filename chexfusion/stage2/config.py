@@ -51,6 +51,7 @@ class Stage2Config:
     train: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=20, batch_size=32, lr=5e-4))
 
     def validate(self) -> None:
+        self.features.validate()
         for key in ("uncertain_label", "blank_label"):
             if getattr(self.data, key) not in ("zero", "one", "ignore"):
                 raise UserError(f"config key 'data.{key}' must be zero, one or ignore")

@@ -34,22 +34,10 @@ def build_fusion_model(cfg: Stage2Config, num_classes: int, feature_shape, query
                        query_dim=query_dim)
 
 
-def backbone_runs(cfg: Stage2Config) -> dict[str, str]:
-    """The stage-1 run folder of each routing slot: {'shared': ...} or {'frontal': ..., 'lateral': ...}."""
-    f = cfg.features
-    if f.routing == "shared":
-        return {"shared": f.shared_backbone}
-    if f.routing == "per_view":
-        if not f.frontal_backbone or not f.lateral_backbone:
-            raise UserError("features.routing is per_view: set features.frontal_backbone and features.lateral_backbone")
-        return {"frontal": f.frontal_backbone, "lateral": f.lateral_backbone}
-    raise UserError(f"config key 'features.routing' must be shared or per_view, got '{f.routing}'")
-
-
 def write_run_info(run_dir: Path, cfg: Stage2Config, classes, prevalence, store_manifest: dict) -> None:
     """Copy the backbone runs into the run folder and record everything predict needs."""
     backbones = {}
-    for slot, src in backbone_runs(cfg).items():
+    for slot, src in cfg.features.backbone_slots().items():
         dst = Path(run_dir) / "backbones" / slot
         if dst.exists():
             shutil.rmtree(dst)

@@ -12,7 +12,6 @@ from ..errors import UserError
 from ..feature_store import FeatureStore
 from ..inference import route_view
 from ..stage1.model import load_stage1_run, read_run_info
-from .model import backbone_runs
 
 
 def store_splits(cfg) -> dict[str, tuple[str, str]]:
@@ -25,7 +24,6 @@ def store_splits(cfg) -> dict[str, tuple[str, str]]:
 
 def open_store_for(cfg) -> FeatureStore:
     """The configured store, refused with one clear line when it was not made from these backbones and CSVs."""
-    backbone_runs(cfg)  # validates the routing keys
     store = FeatureStore(cfg.features.store)
     store.check_matches(FeatureStore.expected_from_config(cfg.features, store_splits(cfg)))
     return store
@@ -33,7 +31,7 @@ def open_store_for(cfg) -> FeatureStore:
 
 def stage1_classes(cfg) -> tuple[list[str], np.ndarray]:
     """Classes (the stage-1 run's unless the config names them) and their training prevalence."""
-    runs = backbone_runs(cfg)
+    runs = cfg.features.backbone_slots()
     lists = {slot: read_run_info(path, "stage1")["classes"] for slot, path in runs.items()}
     first = next(iter(lists.values()))
     if any(c != first for c in lists.values()):
@@ -50,17 +48,17 @@ def baseline_image_probs(cfg, store, split, classes, device) -> np.ndarray | Non
     """Per-image probabilities of the stage-1 head(s) applied to the cached maps (None if not comparable)."""
     if store.manifest.get("pool"):
         return None  # the stage-1 head was trained on full maps
-    runs = {slot: load_stage1_run(path, str(device)) for slot, path in backbone_runs(cfg).items()}
+    runs = {slot: load_stage1_run(path, str(device)) for slot, path in cfg.features.backbone_slots().items()}
     if any(r.classes != list(classes) for r in runs.values()):
         return None
-    views = [VIEWS[v] for v in split.studies.views]
+    views = [VIEWS[v] for v in split.features.views]
     slots = np.array([route_view(v, cfg.features.routing, cfg.features.unknown_view) for v in views])
     out = np.zeros((len(views), len(classes)), np.float32)
     for slot, run in runs.items():
         idx = np.flatnonzero(slots == slot)
         for start in range(0, len(idx), 256):
             rows = idx[start:start + 256]
-            maps = torch.from_numpy(np.ascontiguousarray(split.features[rows])).view(-1, *store.shape)
+            maps = torch.from_numpy(split.features.take(rows)).view(-1, *store.shape)
             logits = run.model.classify_map(maps.to(device))
             out[rows] = torch.sigmoid(logits.float()).cpu().numpy()
     return out

@@ -26,7 +26,7 @@ from ..fit import finish_run, fit, schedule_for, summary_line
 from ..losses import build_loss
 from ..metrics import compute_metrics
 from .config import Stage2Config
-from .data import StudyDataset, StudyTable, collate_studies
+from .data import StudyDataset, collate_studies, image_study, study_labels
 from .model import build_fusion_model, write_run_info
 from .store import open_store_for, stage1_classes
 
@@ -35,15 +35,14 @@ class Split:
     """One split as stage 2 sees it: cached maps, studies, image and study labels."""
 
     def __init__(self, store, name: str, csv: str, classes: list[str], policy: LabelPolicy, max_images: int):
-        loaded = store.load_split(name)
-        self.meta, self.features = loaded.meta, loaded.features
-        self.studies = StudyTable(self.meta)
+        self.features = store.load_split(name)
         table = read_cxr_lt(csv, classes=classes, require_labels=True)
         targets, mask = table.targets(policy)
-        rows = self.meta["csv_row"].to_numpy()
+        rows = self.features.meta["csv_row"].to_numpy()
         self.image_targets, self.image_mask = targets[rows], mask[rows]
-        self.targets, self.mask = self.studies.study_labels(self.image_targets, self.image_mask)
-        self.dataset = StudyDataset(self.features, store.shape, self.studies, self.targets, self.mask, max_images)
+        self.image_study = image_study(self.features)
+        self.targets, self.mask = study_labels(self.features, self.image_targets, self.image_mask)
+        self.dataset = StudyDataset(self.features, self.targets, self.mask, max_images)
         self.skipped = store.manifest["splits"][name].get("skipped", [])
 
 
@@ -64,7 +63,7 @@ def split_metrics(split: Split, probs: np.ndarray, study_index: np.ndarray, clas
     """Study-level metrics, and image-level ones with each image carrying its study's prediction."""
     by_study = np.empty_like(probs)
     by_study[study_index] = probs
-    image_probs = by_study[split.studies.image_study]
+    image_probs = by_study[split.image_study]
     image = compute_metrics(split.image_targets, image_probs, classes, train_prevalence=prevalence,
                             mask=split.image_mask)
     study = compute_metrics(split.targets, by_study, classes, train_prevalence=prevalence, mask=split.mask)
@@ -166,7 +165,7 @@ def stage1_baseline(cfg, store, splits, classes, prevalence, accelerator) -> dic
         probs = baseline_image_probs(cfg, store, split, classes, accelerator.device)
         if probs is None:
             return {}
-        study_max = np.maximum.reduceat(probs, split.studies.starts, axis=0)
-        out[key] = compute_metrics(split.image_targets, study_max[split.studies.image_study], classes,
+        study_max = np.maximum.reduceat(probs, split.features.study_starts, axis=0)
+        out[key] = compute_metrics(split.image_targets, study_max[split.image_study], classes,
                                    train_prevalence=prevalence, mask=split.image_mask)
     return out
