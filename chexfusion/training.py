@@ -225,16 +225,6 @@ def append_jsonl(path: Path, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # Settings that change how a run is executed but not what it computes: a run may resume with other values.
 EXECUTION_ONLY_KEYS = {"train.num_workers", "train.checkpoint_every_steps", "train.cpu"}
 

@@ -9,7 +9,7 @@ import pytest
 
 import pipeline
 from chexfusion.predictions import read_predictions
-from chexfusion.training import file_sha256
+from chexfusion.io import file_sha256
 
 
 def test_stage2_run_folder(tiny_stage2, tiny_stage1):

@@ -12,13 +12,12 @@ does not make a store stale, changing their content does.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from ..data.views import VIEWS
 from ..errors import UserError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, file_sha256
 from .config import FeatureConfig
 
 FORMAT = "chexfusion-feature-store"
@@ -29,16 +28,6 @@ CONTENT_KEYS = ("routing", "unknown_view", "backbones", "preprocess", "image_siz
                 "dtype", "shape", "splits")
 # Keys that change only how the same features are laid out in files; the writer rebuilds when they change.
 STORAGE_KEYS = ("format_version", "layout", "shard_rows", "row_group_rows")
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file. A torch-free twin of ``training.file_sha256``: reading a store must not import torch."""
-    digest, buffer = hashlib.sha256(), bytearray(1 << 20)  # one reused 1 MB buffer: no allocation per block
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        while size := handle.readinto(buffer):
-            digest.update(view[:size])
-    return digest.hexdigest()
 
 
 def shard_file_name(split: str, index: int) -> str:

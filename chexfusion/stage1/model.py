@@ -21,7 +21,8 @@ from ..errors import UserError
 from ..io import atomic_write_json
 from ..models.backbone import create_backbone
 from ..models.image_classifier import ImageClassifier
-from ..training import file_sha256, load_weights
+from ..io import file_sha256
+from ..training import load_weights
 from .config import Stage1Config
 
 

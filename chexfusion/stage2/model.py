@@ -19,7 +19,8 @@ from ..errors import UserError
 from ..io import atomic_write_json
 from ..models.fusion import StudyFusion
 from ..stage1.model import Stage1Run, load_stage1_run, read_run_info
-from ..training import file_sha256, load_weights
+from ..io import file_sha256
+from ..training import load_weights
 from .config import Stage2Config
 
 
