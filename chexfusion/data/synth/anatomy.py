@@ -200,8 +200,8 @@ def render_frontal(a: Anatomy, canvas: Canvas) -> Scene:
     for side in (-1, 1):  # shoulders and the top of the arms
         add_ellipse(tissue, canvas, side * (a.body_w + 0.10), -0.62, 0.13, 0.32, 0.35, profile="dome")
         if a.breast:
-            add_ellipse(tissue, canvas, side * 0.55 * W, frontal_dome_peak(a, side) + 0.05,
-                        0.30, 0.21, a.breast, profile="dome")
+            add_ellipse(tissue, canvas, side * 0.55 * W, frontal_dome_peak(a, side) + 0.02,
+                        0.26, 0.17, a.breast, profile="gauss")
 
     # Lungs (polygons blurred to soft edges), with a depth profile: thin at the apex and
     # medially, thick laterally and at the base.
@@ -223,8 +223,9 @@ def render_frontal(a: Anatomy, canvas: Canvas) -> Scene:
     knob_x, knob_y = a.medi_hw + 0.005, -0.30
     add_ellipse(heart, canvas, knob_x, knob_y, a.knob_r, a.knob_r * 1.1, 1.0)
     ys_ao = np.linspace(knob_y, frontal_dome_peak(a, 1), 12)
-    aorta_edge = [(a.spine_x + 0.105 + a.aorta_wave * np.sin(3.0 * (y - knob_y) / 0.9 * np.pi / 1.5)
-                   * np.clip((y - knob_y) / 0.3, 0, 1), y) for y in ys_ao]
+    # A tortuous aorta bulges out to the left in one or two waves below the knob.
+    aorta_edge = [(a.spine_x + 0.105 + a.aorta_wave * (0.7 + 0.6 * np.sin(2.0 * np.pi * (y - knob_y) / 0.45))
+                   * np.clip((y - knob_y) / 0.15, 0, 1), y) for y in ys_ao]
     aorta_poly = [(a.spine_x + 0.0, knob_y)] + aorta_edge + [(a.spine_x + 0.0, ys_ao[-1])]
     heart += polygons(canvas, [(aorta_poly, 1.0)], blur_px=max(0.8, n / 256))
     np.clip(heart, 0, 1, out=heart)
@@ -258,31 +259,30 @@ def render_frontal(a: Anatomy, canvas: Canvas) -> Scene:
 
 
 def _vessel_tree(a: Anatomy, canvas: Canvas, side_points, lateral_reach: float, view: str) -> np.ndarray:
-    """Branching lung vessels from the hila, thinning towards the periphery."""
+    """Branching lung vessels from the hila, thinning towards the periphery.
+
+    Ten wandering branches per hilum fan out from up-and-out to down-and-out,
+    each with two side branches; the random walk is drawn in one go per side.
+    """
     rng = np.random.default_rng([a.vessel_seed, 0 if view == "frontal" else 1])
+    n, steps = 10, 5
     lines = []
     for side, (hx, hy) in side_points.items():
-        for k in range(10):
-            # Fan from up-and-out to down-and-out (lateral: forwards and backwards).
-            ang = np.deg2rad(-75 + 150 * (k + rng.uniform(0.1, 0.9)) / 10)
-            dx, dy = side * np.cos(ang), np.sin(ang)
-            length = lateral_reach * rng.uniform(0.75, 1.05) * (0.8 if abs(ang) > 1.0 else 1.0)
-            pts = [(hx, hy)]
-            x, y = hx, hy
-            for step in range(5):
-                bend = rng.normal(0, 0.25)
-                dx, dy = dx * np.cos(bend) - dy * np.sin(bend), dx * np.sin(bend) + dy * np.cos(bend)
-                x, y = x + dx * length / 5, y + dy * length / 5
-                pts.append((x, y))
-            for i in range(5):
-                width = 0.022 * (1 - i / 5.5)
-                lines.append(([pts[i], pts[i + 1]], width, 1.0 - 0.12 * i))
-            for i in (2, 3):  # two side branches
-                br = rng.choice([-1, 1]) * rng.uniform(0.4, 0.8)
-                bx = dx * np.cos(br) - dy * np.sin(br)
-                by = dx * np.sin(br) + dy * np.cos(br)
-                end = (pts[i][0] + bx * length * 0.3, pts[i][1] + by * length * 0.3)
-                lines.append(([pts[i], end], 0.008, 0.6))
+        base = np.deg2rad(-75 + 150 * (np.arange(n) + rng.uniform(0.1, 0.9, n)) / n)
+        length = lateral_reach * rng.uniform(0.75, 1.05, n) * np.where(np.abs(base) > 1.0, 0.8, 1.0)
+        heading = base[:, None] + np.cumsum(rng.normal(0, 0.25, (n, steps)), axis=1)
+        dx = side * np.cos(heading) * (length / steps)[:, None]
+        dy = np.sin(heading) * (length / steps)[:, None]
+        xs = hx + np.concatenate([np.zeros((n, 1)), np.cumsum(dx, axis=1)], axis=1)
+        ys = hy + np.concatenate([np.zeros((n, 1)), np.cumsum(dy, axis=1)], axis=1)
+        turn = rng.choice([-1, 1], (n, 2)) * rng.uniform(0.4, 0.8, (n, 2))
+        for b in range(n):
+            for i in range(steps):
+                lines.append(([(xs[b, i], ys[b, i]), (xs[b, i + 1], ys[b, i + 1])], 0.022 * (1 - i / 5.5), 1.0 - 0.12 * i))
+            for j, i in enumerate((2, 3)):  # two side branches
+                h = heading[b, i] + side * turn[b, j]
+                end = (xs[b, i] + side * np.cos(h) * length[b] * 0.3, ys[b, i] + np.sin(h) * length[b] * 0.3)
+                lines.append(([(xs[b, i], ys[b, i]), end], 0.008, 0.6))
     out = strokes(canvas, lines, blur_px=max(0.7, canvas.size / 220))
     return (out * a.markings).astype(F32)
 
@@ -305,7 +305,7 @@ def _frontal_spine(a: Anatomy, canvas: Canvas, bone: np.ndarray) -> None:
     dy = (frac - 0.45) * pitch / 0.019
     ring = np.sqrt(dx * dx + dy * dy)
     pedicles = soft_inside(np.abs(ring - 1.0) * 0.015 - 0.005, canvas.edge)
-    bone[rows, cols] += 0.11 * body + 0.7 * loss * body + 0.07 * pedicles
+    bone[rows, cols] += 0.11 * body + 0.9 * loss * body + 0.07 * pedicles
 
 
 def rib_point(a: Anatomy, side: int, k: float, t: float) -> tuple[float, float]:
@@ -350,6 +350,8 @@ def _frontal_ribs(a: Anatomy, canvas: Canvas, bone: np.ndarray, side: int) -> No
     cortex = soft_inside(np.abs(np.abs(frac) * pitch - 0.17 * pitch) - 0.008, canvas.edge)
     valid = (k > -0.5) & (k < 10.5) & (t > 0.0)
     fade = np.clip((1.16 - t) / 0.1, 0, 1) * np.clip(t / 0.08, 0, 1)
+    below = Y - frontal_dome(a, side, np.clip(q, 0, W))  # lower ribs fade out over the abdomen
+    fade = fade * np.clip(1 - below / 0.25, 0.35, 1)
     ribs = (0.07 * band + 0.045 * cortex) * valid * fade
     for k_f, t_f, _step, gap in breaks:
         cut = soft_inside(np.abs(t - t_f) * W - gap / 2, canvas.edge)

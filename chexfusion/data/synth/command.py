@@ -146,7 +146,7 @@ def render_to_file(task) -> None:
     if fmt == "JPEG":
         image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     else:
-        image.save(buffer, format="PNG", compress_level=4)
+        image.save(buffer, format="PNG", compress_level=1)
     atomic_write_bytes(path, buffer.getvalue())
 
 

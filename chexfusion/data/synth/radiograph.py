@@ -15,6 +15,7 @@ import zlib
 from dataclasses import dataclass, replace
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 from .anatomy import Anatomy, draw_anatomy, render_frontal, render_lateral
@@ -90,27 +91,41 @@ def attenuation(scene) -> np.ndarray:
     return np.clip(att, 0, None)
 
 
+def position(att: np.ndarray, rng: np.random.Generator, portable: bool) -> np.ndarray:
+    """Small rotation, magnification and shift of the patient (bedside films vary more).
+
+    The frame is padded by repeating its edges first, so the body is not cut by
+    black wedges where the shift pulls in what lies outside the canvas.
+    """
+    size = att.shape[0]
+    angle = np.deg2rad(rng.normal(0, 3.5 if portable else 2.0))
+    zoom = rng.uniform(0.94, 1.05)
+    sx, sy = rng.normal(0, 0.03, size=2) * size / 2
+    pad = size // 8
+    padded = Image.fromarray(np.pad(att, pad, mode="edge"))
+    c, s = np.cos(angle) / zoom, np.sin(angle) / zoom
+    centre = size / 2
+    # output (x, y) -> input (x, y) of the padded frame
+    coeffs = (c, -s, centre - c * (centre + sx) + s * (centre + sy) + pad,
+              s, c, centre - s * (centre + sx) - c * (centre + sy) + pad)
+    moved = padded.transform((size, size), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR)
+    return np.asarray(moved, dtype=F32)
+
+
 def acquire(scene, rng: np.random.Generator, portable: bool) -> np.ndarray:
     """Positioning, exposure, blur and quantum noise, as a detector would record them."""
     size = scene.canvas.size
     att = attenuation(scene)
-    # Positioning: small rotation, magnification and shift of the patient.
-    angle = np.deg2rad(rng.normal(0, 3.5 if portable else 2.0))
-    zoom = rng.uniform(0.94, 1.05)
-    shift = rng.normal(0, 0.03, size=2) * size / 2
-    c, s = np.cos(angle), np.sin(angle)
-    matrix = np.array([[c, -s], [s, c]]) / zoom
-    centre = np.array([size / 2 - 0.5, size / 2 - 0.5])
-    offset = centre - matrix @ (centre + shift)
-    att = ndimage.affine_transform(att, matrix, offset=offset, order=1, mode="nearest")
+    att = position(att, rng, portable)
 
     # Detector values are close to linear in attenuation (log exposure); the window
     # ("white level") varies with exposure and is wider on the thicker lateral projection.
-    white = rng.uniform(1.45, 1.75) if scene.view == "lateral" else rng.uniform(1.2, 1.45)
+    # Soft tissue and bone stay grey so that metal (devices) is the only pure white.
+    white = rng.uniform(1.6, 1.85) if scene.view == "lateral" else rng.uniform(1.5, 1.75)
     image = att / white
     image *= 1 + rng.uniform(-0.05, 0.05) * scene.canvas.ys[:, None]  # heel effect
     np.clip(image, 0, 1, out=image)
-    image **= rng.uniform(0.75, 1.05)
+    image **= rng.uniform(0.68, 0.88)
     blur = rng.uniform(0.4, 0.9) * size / 256
     if blur > 0.3:
         image = ndimage.gaussian_filter(image, blur, truncate=2.5)
