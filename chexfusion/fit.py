@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from . import training
+from .errors import UserError
 from .metrics import json_safe
 
 HEADLINE = ("mAP", "mAUROC", "head_mAP", "medium_mAP", "tail_mAP")
@@ -148,6 +150,44 @@ def _truncate_history(path: Path, epochs_done: int) -> None:
         return
     lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= epochs_done]
     path.write_text("".join(ln + "\n" for ln in lines))
+
+
+@dataclass
+class Prepared:
+    """Everything ``fit`` trains with, after ``accelerator.prepare``."""
+
+    model: object
+    optimizer: object
+    scheduler: object
+    ema: object
+    train_loader: object
+    val_loader: object
+    steps_per_epoch: int
+
+
+def prepare_training(accelerator, stage_cfg, model, train_loader, val_loader, run_dir: Path, n_train: int,
+                     unit: str) -> Prepared:
+    """AdamW, the cosine schedule, EMA, the saved config and ``accelerator.prepare``: the same for both stages."""
+    from .config import save_config
+
+    cfg = stage_cfg.train
+    optimizer = torch.optim.AdamW(training.param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    steps_per_epoch = len(train_loader) // (cfg.grad_accum * accelerator.num_processes)
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise UserError(f"train.batch_size {cfg.batch_size} x {accelerator.num_processes} processes is larger "
+                        f"than the {n_train} training {unit}")
+    scheduler = schedule_for(accelerator, optimizer, cfg, steps_per_epoch)
+    ema = training.make_ema(model, cfg.ema_decay)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        save_config(stage_cfg, run_dir / "config.yaml")
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+    return Prepared(model, optimizer, scheduler, ema, train_loader, val_loader, steps_per_epoch)
 
 
 def schedule_for(accelerator, optimizer, cfg: training.OptimConfig, steps_per_epoch: int):

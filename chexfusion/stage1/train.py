@@ -18,14 +18,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import training
-from ..config import save_config, to_dict
+from ..config import to_dict
 from ..data.augment import AugmentedDataset, RadiographAugment
 from ..data.cxr_lt import read_cxr_lt
 from ..data.image_dataset import ImageDataset, collate_images
 from ..data.images import Preprocess
 from ..data.labels import LabelPolicy
 from ..errors import UserError
-from ..fit import finish_run, fit, schedule_for, summary_line
+from ..fit import finish_run, fit, prepare_training, summary_line
 from ..losses import build_loss
 from ..metrics import compute_metrics
 from .config import Stage1Config
@@ -141,22 +141,9 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
     if init_weights is not None:
         training.load_weights(model, init_weights)
     loss_fn = build_loss(cfg.loss.name, cfg.loss.params, prevalence)
-    optimizer = torch.optim.AdamW(training.param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
-    steps_per_epoch = len(train_loader) // (cfg.train.grad_accum * accelerator.num_processes)
-    if cfg.train.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
-    if steps_per_epoch < 1:
-        raise UserError(f"train.batch_size {cfg.train.batch_size} x {accelerator.num_processes} processes is larger "
-                        f"than the {len(train_set)} training images")
-    scheduler = schedule_for(accelerator, optimizer, cfg.train, steps_per_epoch)
-    ema = training.make_ema(model, cfg.train.ema_decay)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if accelerator.is_main_process:
-        save_config(cfg, run_dir / "config.yaml")
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler)
-    if ema is not None:
-        ema.to(accelerator.device)
+    prepared = prepare_training(accelerator, cfg, model, train_loader, val_loader, run_dir, len(train_set), "images")
+    model, optimizer, scheduler, ema, val_loader = (prepared.model, prepared.optimizer, prepared.scheduler,
+                                                     prepared.ema, prepared.val_loader)
 
     def batch_loss(m, batch):
         if "image" not in batch:  # every image of this batch was unreadable (skip_bad_images): no step
@@ -170,8 +157,8 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
         return {**metrics, "skipped_images": len(skipped)}
 
     state = fit(accelerator=accelerator, cfg=cfg.train, run_dir=run_dir, stage="stage1", model=model,
-                optimizer=optimizer, scheduler=scheduler, ema=ema, train_loader=train_loader,
-                steps_per_epoch=steps_per_epoch, epoch_setters=[sampler, train_set], batch_loss=batch_loss,
+                optimizer=optimizer, scheduler=scheduler, ema=ema, train_loader=prepared.train_loader,
+                steps_per_epoch=prepared.steps_per_epoch, epoch_setters=[sampler, train_set], batch_loss=batch_loss,
                 validate=lambda m: evaluate(m, val_loader, val_table, "validate"))
 
     # ---- final evaluation of the best weights ----------------------------------------------------------------
