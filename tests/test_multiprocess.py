@@ -24,7 +24,8 @@ Settings held fixed on purpose, reported to the lead:
   seeded alike, draw the same masks as each other);
 - warm-up is 0: accelerate steps a prepared scheduler once per process per
   optimizer step, and the warm-up factor counts those calls, so with two
-  processes the warm-up runs half a step ahead (see the xfail test below).
+  processes warm-up step k runs at (k + 1/2) / W of the peak rate instead of
+  (k + 1) / W (the first step at half the rate; see the xfail test below).
 
 Launch: ``accelerate launch --multi_gpu`` (the torchrun launcher: on a machine
 without CUDA the Accelerator sets up gloo). ``--cpu --num_processes 2`` would
