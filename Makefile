@@ -55,7 +55,7 @@ test-browser: $(STAMP)
 	$(BIN)/python -m pytest -q -m browser tests/browser
 
 bench: $(STAMP)
-	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	$(BIN)/python benchmarks/run_all.py
 
 clean-runs:
 	rm -rf stage1/runs stage2/runs features/*/ 
