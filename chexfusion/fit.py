@@ -191,10 +191,9 @@ def prepare_training(accelerator, stage_cfg, model, train_loader, val_loader, ru
 
 
 def schedule_for(accelerator, optimizer, cfg: training.OptimConfig, steps_per_epoch: int):
-    """Cosine schedule counted in scheduler calls (accelerate steps a prepared scheduler once per process)."""
-    n = accelerator.num_processes
-    return training.cosine_schedule(optimizer, steps_per_epoch * cfg.epochs * n,
-                                    int(cfg.warmup_epochs * steps_per_epoch) * n, cfg.min_lr_ratio)
+    """Cosine schedule in optimizer steps; accelerate steps a prepared scheduler once per process per step."""
+    return training.cosine_schedule(optimizer, steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch),
+                                    cfg.min_lr_ratio, calls_per_step=accelerator.num_processes)
 
 
 def finish_run(accelerator, run_dir: Path, results: dict, write_info: Callable[[], None]) -> None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.image_dataset import ImageDataset, collate_images
-from .data.studies import canonical_order
+from .data.studies import group_studies
 from .data.views import VIEW_INDEX, VIEWS
 from .errors import UserError
 
@@ -66,11 +66,8 @@ class Predictor(Protocol):
 
 def study_ordered_rows(frame) -> np.ndarray:
     """All rows, each study's images together in canonical order, studies in order of first appearance."""
-    order = []
-    groups = frame.groupby("study_id", sort=False).indices
-    for rows in groups.values():
-        order.extend(canonical_order(frame, np.asarray(rows)))
-    return np.asarray(order, dtype=np.int64)
+    groups = group_studies(frame)
+    return np.concatenate(list(groups.values())).astype(np.int64) if groups else np.zeros(0, np.int64)
 
 
 def _image_batches(table, image_root, pre, rows, batch_size, skip_bad_images, progress, desc):

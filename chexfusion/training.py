@@ -102,10 +102,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def cosine_schedule(optimizer, total_steps: int, warmup_steps: int, min_lr_ratio: float):
-    """Linear warm-up then cosine decay to ``min_lr_ratio`` of the peak, stepped once per optimizer step."""
+def cosine_schedule(optimizer, total_steps: int, warmup_steps: int, min_lr_ratio: float, calls_per_step: int = 1):
+    """Linear warm-up then cosine decay to ``min_lr_ratio`` of the peak, counted in optimizer steps.
 
-    def factor(step: int) -> float:
+    ``calls_per_step``: how often the scheduler is stepped per optimizer step (accelerate steps a prepared
+    scheduler once per process), so the rate of optimizer step k is the same for any process count.
+    """
+
+    def factor(call: int) -> float:
+        step = call // calls_per_step
         if warmup_steps > 0 and step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))

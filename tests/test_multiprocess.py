@@ -22,10 +22,10 @@ Settings held fixed on purpose, reported to the lead:
 - dropout is 0: each rank draws its dropout masks from its own torch RNG, so
   a two-process run can never reproduce one process's masks (and both ranks,
   seeded alike, draw the same masks as each other);
-- warm-up is 0: accelerate steps a prepared scheduler once per process per
-  optimizer step, and the warm-up factor counts those calls, so with two
-  processes warm-up step k runs at (k + 1/2) / W of the peak rate instead of
-  (k + 1) / W (the first step at half the rate; see the xfail test below).
+- warm-up is on (0.5 epoch): accelerate steps a prepared scheduler once per
+  process per optimizer step, and the schedule counts optimizer steps
+  (``calls_per_step``), so the rates match one process (the last test checks
+  the schedule alone).
 
 Launch: ``accelerate launch --multi_gpu`` (the torchrun launcher: on a machine
 without CUDA the Accelerator sets up gloo). ``--cpu --num_processes 2`` would
@@ -58,10 +58,10 @@ TOLERANCE = 1e-3
 # One torch thread per process, in here as in the launched runs: the same kernels on both sides, two processes on
 # two cores, and no thread oversubscription on a machine shared with other jobs (it slowed these runs five-fold).
 THREADS = 1
-STAGE1 = {"train.epochs": 1, "train.max_steps_per_epoch": 3, "train.warmup_epochs": 0, "model.decoder_dropout": 0,
+STAGE1 = {"train.epochs": 1, "train.max_steps_per_epoch": 3, "train.warmup_epochs": 0.5, "model.decoder_dropout": 0,
           "data.test_csv": "null"}
 FEATURES = {"features.shard_rows": 64}  # several shards per split, so both ranks write some
-STAGE2 = {"train.epochs": 1, "train.max_steps_per_epoch": 3, "train.warmup_epochs": 0, "model.dropout": 0}
+STAGE2 = {"train.epochs": 1, "train.max_steps_per_epoch": 3, "train.warmup_epochs": 0.5, "model.dropout": 0}
 
 
 def _free_port() -> int:
@@ -173,9 +173,6 @@ def test_stage2_on_two_processes_trains_the_model_of_one(runs, tiny_data):
         _assert_metrics_close(m1[split]["study_level"], m2[split]["study_level"])
 
 
-@pytest.mark.xfail(strict=True, reason="the warm-up counts scheduler calls, and accelerate steps a prepared "
-                   "scheduler once per process per optimizer step: fix in chexfusion.fit.schedule_for / "
-                   "training.cosine_schedule (count optimizer steps), then drop this marker and the warm-up 0 above")
 def test_learning_rate_per_optimizer_step_does_not_depend_on_the_process_count(monkeypatch):
     import accelerate.scheduler
 
