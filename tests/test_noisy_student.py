@@ -14,7 +14,7 @@ from chexfusion.errors import UserError
 from chexfusion.stage1.config import NoisyStudentConfig, Stage1Config
 from chexfusion.stage1.model import load_stage1_run
 from chexfusion.stage1.noisy_student import (
-    PSEUDO_LABELS, REPORT, read_pseudo_labels, round_config, student_targets, write_pseudo_labels)
+    PSEUDO_LABELS, REPORT, align_to_prevalence, read_pseudo_labels, round_config, student_targets, write_pseudo_labels)
 
 NAN = np.nan
 
@@ -32,6 +32,16 @@ def test_student_targets_keep_the_sets_own_labels_and_fill_the_rest(mode, uncert
     got_targets, got_mask = student_targets(raw, teacher, ns)
     np.testing.assert_allclose(got_targets[0], targets, atol=1e-6)
     np.testing.assert_array_equal(got_mask[0], mask)
+
+
+def test_aligned_pseudo_labels_match_the_prevalence_and_keep_the_ranking():
+    rng = np.random.default_rng(0)
+    inflated = rng.uniform(0.2, 0.9, size=(500, 3)).astype(np.float32)  # an ASL teacher: everything looks likely
+    prevalence = np.array([0.3, 0.05, 0.002])
+    aligned = align_to_prevalence(inflated, prevalence)
+    np.testing.assert_allclose(aligned.mean(axis=0), prevalence, rtol=1e-3)
+    for k in range(3):
+        assert (np.argsort(aligned[:, k], kind="stable") == np.argsort(inflated[:, k], kind="stable")).all()
 
 
 def test_round_zero_is_plain_stage1_and_students_get_the_noise(repo_root):

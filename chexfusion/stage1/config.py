@@ -74,6 +74,7 @@ class NoisyStudentConfig:
     external: list[ExternalSetConfig] = field(default_factory=list)
     pseudo_label: str = "soft"  # soft: teacher probabilities | hard: probability >= threshold
     threshold: float = 0.5
+    align_prevalence: bool = True  # shift each class's pseudo-labels to the labelled prevalence (keeps the ranking)
     uncertain_label: str = "pseudo"  # an external -1: pseudo (the teacher decides) | zero | one | ignore
     student_init: str = "scratch"  # scratch (Noisy Student, Xie et al. 2020) | teacher (start from its weights)
     student_epochs: int = 0  # 0: train.epochs

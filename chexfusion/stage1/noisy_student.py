@@ -146,6 +146,25 @@ def read_pseudo_labels(path: Path, teacher_sha256: str, sets, classes: list[str]
     return aligned.drop(columns="_merge")
 
 
+def align_to_prevalence(probs: np.ndarray, prevalence: np.ndarray, steps: int = 60) -> np.ndarray:
+    """Shift each class's logits by one constant so that its mean probability over the images equals ``prevalence``.
+
+    Losses built for the long tail (ASL, focal) leave a model's probabilities far above the class frequencies (the
+    demo teacher's mean is ~6x the mean prevalence); as soft targets those would teach the student that every finding
+    is a coin flip. One shift per class keeps the teacher's ranking of the images (all AUROC / AP information) and
+    restores the frequencies the labelled data has -- an assumption that the external set's prevalence is similar.
+    """
+    probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-6, 1 - 1e-6)
+    target = np.clip(np.asarray(prevalence, dtype=np.float64), 1e-4, 1 - 1e-4)
+    logits = np.log(probs) - np.log1p(-probs)
+    low, high = np.full(target.shape, -30.0), np.full(target.shape, 30.0)
+    for _ in range(steps):  # bisection: the mean probability grows with the shift
+        shift = 0.5 * (low + high)
+        too_high = (1.0 / (1.0 + np.exp(-(logits + shift)))).mean(axis=0) > target
+        high, low = np.where(too_high, shift, high), np.where(too_high, low, shift)
+    return (1.0 / (1.0 + np.exp(-(logits + 0.5 * (low + high))))).astype(np.float32)
+
+
 def student_targets(raw: np.ndarray, probs: np.ndarray, ns: NoisyStudentConfig) -> tuple[np.ndarray, np.ndarray]:
     """(targets, mask) [N, K]: the set's own 1 / 0 where it has them, the teacher's (soft or hard) label elsewhere."""
     raw = np.asarray(raw, dtype=np.float32)
@@ -220,9 +239,11 @@ def _student_data(accelerator, r: int, top: Path, cfg: Stage1Config):
         if accelerator.is_main_process:
             write_pseudo_labels(path, frame, teacher.weights_sha256)
         accelerator.wait_for_everyone()
-    probs = frame[teacher.classes].to_numpy(dtype=np.float32)
+    probs = frame[teacher.classes].to_numpy(dtype=np.float32, copy=True)
     raw = np.concatenate([table.raw_labels for _, table in sets])
     readable = ~np.isnan(probs).any(axis=1)
+    if cfg.noisy_student.align_prevalence and readable.any():
+        probs[readable] = align_to_prevalence(probs[readable], teacher.train_prevalence)
     targets, mask = student_targets(raw, np.nan_to_num(probs), cfg.noisy_student)
     data = PseudoLabelledImages(sets, cfg, teacher.preprocess, targets, mask, np.flatnonzero(readable))
     own = np.isin(raw, (0.0, 1.0))
