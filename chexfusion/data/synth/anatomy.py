@@ -227,7 +227,7 @@ def render_frontal(a: Anatomy, canvas: Canvas) -> Scene:
     aorta_edge = [(a.spine_x + 0.105 + a.aorta_wave * (0.7 + 0.6 * np.sin(2.0 * np.pi * (y - knob_y) / 0.45))
                    * np.clip((y - knob_y) / 0.15, 0, 1), y) for y in ys_ao]
     aorta_poly = [(a.spine_x + 0.0, knob_y)] + aorta_edge + [(a.spine_x + 0.0, ys_ao[-1])]
-    heart += polygons(canvas, [(aorta_poly, 1.0)], blur_px=max(0.8, n / 256))
+    heart += polygons(canvas, [(aorta_poly, 1.0)], blur_px=0)  # blurred with the heart below
     np.clip(heart, 0, 1, out=heart)
     heart = ndimage.gaussian_filter(heart, max(0.8, n / 200), truncate=2.5)
     air *= 1 - 0.85 * heart

@@ -103,7 +103,10 @@ def prepare_output(out: Path) -> None:
             shutil.rmtree(out / name, ignore_errors=True)
         for name in [f"{s}.csv" for s in SPLITS] + [META_NAME]:
             (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
 
 
 def available_cpus() -> int:

@@ -136,7 +136,7 @@ def strokes(canvas: Canvas, polylines, blur_px: float = 0.6) -> np.ndarray:
     """
     items, all_px, pad = [], [], 0.0
     for points, width, value in polylines:
-        px = [canvas.to_px(x, y) for x, y in points]
+        px = ((np.asarray(points, dtype=float) + 1) / canvas.px).tolist()
         width_px = width / canvas.px
         drawn = max(1, int(round(width_px)))
         items.append((px, drawn, float(value) * min(1.0, width_px / drawn)))

@@ -13,11 +13,23 @@ from .signs import (at, blob, densify, lucency, one_lung, opacify, patch_texture
                     spot)
 
 
+RETROCARDIAC = 0.25  # share of lower-lobe opacities hidden behind the heart on the frontal view
+
+
+def retrocardiac_spot(rng):
+    """Left lower lobe behind the heart: masked by the cardiac shadow on the frontal view, clear on the
+    lateral one (the classic missed retrocardiac pneumonia)."""
+    return dict(side=1, u=float(rng.uniform(0.02, 0.2)), v=float(rng.uniform(0.75, 0.92)),
+                w=float(rng.uniform(0.7, 0.88)))
+
+
 def p_lung_opacity(rng):
     n = 1 + int(rng.random() < 0.35)
-    return dict(sev=severity(rng), patches=[dict(spot(rng, u=(0.25, 0.8), v=(0.25, 0.85)),
-                                                 a=float(rng.uniform(0.14, 0.24)), b=float(rng.uniform(0.12, 0.2)))
-                                            for _ in range(n)])
+    patches = []
+    for _ in range(n):
+        where = retrocardiac_spot(rng) if rng.random() < RETROCARDIAC else spot(rng, u=(0.25, 0.8), v=(0.25, 0.85))
+        patches.append(dict(where, a=float(rng.uniform(0.14, 0.24)), b=float(rng.uniform(0.12, 0.2))))
+    return dict(sev=severity(rng), patches=patches)
 
 
 def d_lung_opacity(scene, p, rng):
@@ -53,11 +65,13 @@ def d_consolidation(scene, p, rng):
 
 
 def p_pneumonia(rng):
-    centre = spot(rng, u=(0.3, 0.75), v=(0.45, 0.9))
+    hidden = rng.random() < RETROCARDIAC
+    centre = retrocardiac_spot(rng) if hidden else spot(rng, u=(0.3, 0.75), v=(0.45, 0.9))
     n = int(rng.integers(8, 14))
-    return dict(centre, sev=severity(rng), both=bool(rng.random() < 0.25),
+    spread = 0.06 if hidden else 0.09
+    return dict(centre, sev=severity(rng), both=bool(rng.random() < 0.25) and not hidden,
                 blobs=[(float(dx), float(dy), float(r)) for dx, dy, r in
-                       zip(rng.normal(0, 0.09, n), rng.normal(0, 0.08, n), rng.uniform(0.04, 0.065, n))])
+                       zip(rng.normal(0, spread, n), rng.normal(0, spread * 0.9, n), rng.uniform(0.04, 0.065, n))])
 
 
 def d_pneumonia(scene, p, rng):
