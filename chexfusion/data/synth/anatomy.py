@@ -139,10 +139,6 @@ class Scene:
         bottom = lateral_dome(a, x) - 0.03
         return x, top + v * (bottom - top)
 
-    def scale(self) -> float:
-        """Normalised size of "one unit" of lesion size in this view (both views alike)."""
-        return 1.0
-
 
 # ---------------------------------------------------------------------------
 # Frontal geometry

@@ -184,8 +184,3 @@ def smooth_noise(rng: np.random.Generator, canvas: Canvas, cells: int) -> np.nda
     off = int(round(1.5 * step))
     arr = np.asarray(big, dtype=F32)[off:off + canvas.size, off:off + canvas.size]
     return np.ascontiguousarray(arr)
-
-
-def curve_points(fn, t0: float, t1: float, n: int = 16):
-    """Sample a parametric curve ``fn(t) -> (x, y)`` at ``n`` points."""
-    return [fn(t) for t in np.linspace(t0, t1, n)]

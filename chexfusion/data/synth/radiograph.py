@@ -18,11 +18,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ..views import FRONTAL
 from .anatomy import Anatomy, draw_anatomy, render_frontal, render_lateral
 from .drawing import F32, Canvas
 from .findings import SIGNATURES
-
-FRONTAL, LATERAL = "frontal", "lateral"
 
 # Attenuation of the layers relative to soft tissue (see anatomy.py).
 AIR_WEIGHT = 1.0
