@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -47,11 +46,15 @@ class FitState:
 
 
 def fit(*, accelerator, cfg: training.OptimConfig, run_dir: Path, stage: str, model, optimizer, scheduler, ema,
-        train_loader, steps_per_epoch: int, epoch_setters: list, batch_loss: Callable, validate: Callable) -> FitState:
+        train_loader, steps_per_epoch: int, epoch_setters: list, batch_loss: Callable, validate: Callable,
+        seed: int) -> FitState:
     """Train ``model`` (already ``accelerator.prepare``-d) for ``cfg.epochs``, resuming from ``run_dir/checkpoint``.
 
     ``batch_loss(model, batch) -> loss`` (None for a batch with nothing to learn from) and ``validate(model) -> metrics dict`` are the stage's own parts;
     ``epoch_setters`` are the samplers/datasets whose ``set_epoch`` fixes each epoch's order and augmentations.
+    Dropout and stochastic depth draw from a torch generator re-seeded from (``seed``, epoch, batch, process) at
+    every batch: a resumed run draws the masks of an uninterrupted one (restoring one global RNG state is not
+    enough -- building a DataLoader iterator draws from it too), and two processes draw different masks.
     """
     log = accelerator.print
     ckpt_dir, history_path = run_dir / "checkpoint", run_dir / "history.jsonl"
@@ -66,18 +69,23 @@ def fit(*, accelerator, cfg: training.OptimConfig, run_dir: Path, stage: str, mo
     skipped = 0
     for epoch in range(progress.epoch, cfg.epochs):
         model.train()
+        if hasattr(train_loader, "set_epoch"):
+            # accelerate's loader re-sets its sampler's epoch from its own counter, which counts only loops run to
+            # the end (not one cut short by max_steps_per_epoch, nor a resumed one): give it the true epoch
+            train_loader.set_epoch(epoch)
         for obj in epoch_setters:
             obj.set_epoch(epoch)
         loader = train_loader
         if progress.step_in_epoch:
             loader = accelerator.skip_first_batches(train_loader, progress.step_in_epoch * cfg.grad_accum)
-        started, losses = time.time(), []
+        started = time.time()
         bar = tqdm(total=steps_per_epoch, initial=progress.step_in_epoch, desc=f"{stage} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not accelerator.is_local_main_process)
-        for batch in loader:
+        for batch_index, batch in enumerate(loader, start=progress.step_in_epoch * cfg.grad_accum):
             if progress.step_in_epoch >= steps_per_epoch:
                 break
             skipped += len(batch.get("skipped", []))
+            training.seed_batch(seed, epoch, batch_index, accelerator.process_index)
             with accelerator.accumulate(model):
                 loss = batch_loss(model, batch)
                 if loss is None:  # nothing to learn from in this batch
@@ -92,11 +100,11 @@ def fit(*, accelerator, cfg: training.OptimConfig, run_dir: Path, stage: str, mo
                 continue
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model), step=progress.global_step)
-            losses.append(loss.item())
+            progress.loss_sum, progress.loss_count = progress.loss_sum + loss.item(), progress.loss_count + 1
             progress.step_in_epoch += 1
             progress.global_step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if (cfg.checkpoint_every_steps and progress.step_in_epoch % cfg.checkpoint_every_steps == 0
                     and progress.step_in_epoch < steps_per_epoch):
                 _save(accelerator, ckpt_dir, model, optimizer, scheduler, ema, progress)
@@ -106,13 +114,14 @@ def fit(*, accelerator, cfg: training.OptimConfig, run_dir: Path, stage: str, mo
 
         eval_model = ema.module if ema is not None else model
         metrics = validate(eval_model)
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
+        mean_loss = progress.loss_sum / progress.loss_count if progress.loss_count else None
+        record = {"epoch": epoch + 1, "train_loss": mean_loss,
                   "lr": scheduler.get_last_lr()[0], "train_seconds": round(train_seconds, 2),
                   "seconds": round(time.time() - started, 2),
                   **{k: metrics.get(k) for k in HEADLINE}}
         loss_text = "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
         log(f"{stage} epoch {epoch + 1}: loss {loss_text}  validation {summary_line(metrics)}")
-        progress.epoch, progress.step_in_epoch = epoch + 1, 0
+        progress.epoch, progress.step_in_epoch, progress.loss_sum, progress.loss_count = epoch + 1, 0, 0.0, 0
         score = metrics["mAP"] if metrics.get("mAP") is not None else -math.inf
         if score > progress.best_score or progress.best_epoch < 0:
             progress.best_score, progress.best_epoch = score, epoch + 1

@@ -71,6 +71,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def seed_batch(seed: int, epoch: int, batch_index: int, process_index: int) -> None:
+    """Seed torch's global generator (CPU and CUDA) for one training batch from where the batch is, not from
+    what ran before it: the same masks after a resume, different masks on each process."""
+    derived = np.random.SeedSequence([seed % 2**32, epoch, batch_index, process_index]).generate_state(1)[0]
+    torch.manual_seed(int(derived))
+
+
 class EpochPermutationSampler(torch.utils.data.Sampler):
     """Shuffles with a permutation drawn from (seed, epoch): the same order on every rank and after a resume."""
 
@@ -181,6 +188,8 @@ class Progress:
     global_step: int = 0
     best_score: float = -math.inf
     best_epoch: int = -1
+    loss_sum: float = 0.0  # the epoch's training loss so far: a resumed epoch reports the loss of all its steps
+    loss_count: int = 0
 
 
 def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, ema, progress: Progress) -> None:

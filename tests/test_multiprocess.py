@@ -19,9 +19,9 @@ store has no randomness and no reduction across ranks: it must be identical
 byte for byte.
 
 Settings held fixed on purpose, reported to the lead:
-- dropout is 0: each rank draws its dropout masks from its own torch RNG, so
-  a two-process run can never reproduce one process's masks (and both ranks,
-  seeded alike, draw the same masks as each other);
+- dropout is 0: each rank draws its dropout masks from a generator seeded by
+  (seed, epoch, batch, rank), so the ranks draw different masks from each
+  other and a two-process run can never reproduce one process's masks;
 - warm-up is on (0.5 epoch): accelerate steps a prepared scheduler once per
   process per optimizer step, and the schedule counts optimizer steps
   (``calls_per_step``), so the rates match one process (the last test checks
@@ -49,6 +49,7 @@ import torch
 from safetensors.torch import load_file
 
 import pipeline
+from chexfusion.io import file_sha256
 
 pytestmark = pytest.mark.slow
 
@@ -153,8 +154,8 @@ def test_stage1_on_two_processes_trains_the_model_of_one(runs, tiny_data):
 
 
 def test_feature_store_of_two_processes_is_byte_identical(runs):
-    def files(folder: Path) -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+    def files(folder: Path) -> dict[str, str]:
+        return {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
 
     one, two = files(runs["one"]["store"]), files(runs["two"]["store"])
     assert sorted(one) == sorted(two)

@@ -11,6 +11,7 @@ import pipeline
 from chexfusion.config import load_config
 from chexfusion.data.augment import AugmentConfig
 from chexfusion.errors import UserError
+from chexfusion.io import file_sha256
 from chexfusion.stage1.config import NoisyStudentConfig, Stage1Config
 from chexfusion.stage1.model import load_stage1_run
 from chexfusion.stage1.noisy_student import (
@@ -124,7 +125,7 @@ def test_one_round_writes_pseudo_labels_and_report_and_a_rerun_redoes_nothing(ti
     for row in report["table"]:
         assert set(row["validation"]) == {"mAP", "mAUROC", "head_mAP", "medium_mAP", "tail_mAP"}
     # The top folder is the final student, usable as any stage-1 run.
-    assert (top / "model.safetensors").read_bytes() == (top / "round-1" / "model.safetensors").read_bytes()
+    assert file_sha256(top / "model.safetensors") == file_sha256(top / "round-1" / "model.safetensors")
     assert json.loads((top / "metrics.json").read_text())["noisy_student"] == report
     assert run.model(torch.zeros(1, 3, pipeline.IMAGE_SIZE, pipeline.IMAGE_SIZE)).shape == (1, len(run.classes))
 

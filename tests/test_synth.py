@@ -16,6 +16,7 @@ from chexfusion.data.synth.findings import SIGNATURES, view_only
 from chexfusion.data.synth.labels import LATENT, draw_study_labels, label_model, written_labels
 from chexfusion.data.synth.radiograph import RadiographSpec, render
 from chexfusion.data.views import view_of
+from chexfusion.io import file_sha256
 
 BASE_COLUMNS = ["dicom_id", "subject_id", "study_id", "ViewPosition", "ViewCodeSequence_CodeMeaning", "fpath"]
 NIH_NAMES = {"Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
@@ -33,8 +34,9 @@ def read_rows(path: Path) -> tuple[list[str], list[dict]]:
         return list(reader.fieldnames), list(reader)
 
 
-def all_files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+def all_files(root: Path) -> dict[str, str]:
+    """relative path -> sha256: equal dicts mean byte-identical trees; a failure diff stays short."""
+    return {str(p.relative_to(root)): file_sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

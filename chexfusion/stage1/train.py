@@ -159,7 +159,7 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
     state = fit(accelerator=accelerator, cfg=cfg.train, run_dir=run_dir, stage="stage1", model=model,
                 optimizer=optimizer, scheduler=scheduler, ema=ema, train_loader=prepared.train_loader,
                 steps_per_epoch=prepared.steps_per_epoch, epoch_setters=[sampler, train_set], batch_loss=batch_loss,
-                validate=lambda m: evaluate(m, val_loader, val_table, "validate"))
+                validate=lambda m: evaluate(m, val_loader, val_table, "validate"), seed=cfg.seed)
 
     # ---- final evaluation of the best weights ----------------------------------------------------------------
     best = accelerator.unwrap_model(ema.module if ema is not None else model)

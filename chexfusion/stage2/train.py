@@ -120,7 +120,7 @@ def train_stage2(cfg: Stage2Config) -> dict:
     state = fit(accelerator=accelerator, cfg=cfg.train, run_dir=run_dir, stage="stage2", model=model,
                 optimizer=optimizer, scheduler=scheduler, ema=ema, train_loader=prepared.train_loader,
                 steps_per_epoch=prepared.steps_per_epoch, epoch_setters=[sampler], batch_loss=batch_loss,
-                validate=lambda m: evaluate(m, "val", val_loader, "validate"))
+                validate=lambda m: evaluate(m, "val", val_loader, "validate"), seed=cfg.seed)
 
     # ---- final evaluation: best weights, and the stage-1 max-over-images baseline ------------------------------
     best = accelerator.unwrap_model(ema.module if ema is not None else model)

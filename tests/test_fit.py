@@ -1,0 +1,85 @@
+"""The shared epoch loop: each epoch sees its own order, and dropout is drawn from where a batch is."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from chexfusion import fit as fit_module
+from chexfusion import training
+
+
+class RowsSeen(torch.utils.data.Dataset):
+    """Eight one-number samples; ``set_epoch`` is recorded like the augmentation's epoch."""
+
+    def __init__(self):
+        self.epoch, self.seen = 0, []
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, row):
+        self.seen.append((self.epoch, row))
+        return {"x": torch.tensor([float(row)]), "row": row}
+
+
+@dataclass
+class StageConfig:
+    """What ``prepare_training`` reads of a stage config."""
+
+    train: training.OptimConfig
+
+
+def _train(tmp_path, epochs, max_steps, before_fit=lambda: None):
+    cfg = training.OptimConfig(epochs=epochs, batch_size=2, lr=1e-2, warmup_epochs=0, max_steps_per_epoch=max_steps,
+                               checkpoint_every_steps=1)
+    accelerator = training.make_accelerator(cfg)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.Dropout(0.5), torch.nn.Linear(4, 1))
+    dataset = RowsSeen()
+    sampler = training.EpochPermutationSampler(len(dataset), seed=3)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, sampler=sampler, drop_last=True)
+    val_loader = torch.utils.data.DataLoader(dataset, batch_size=8)
+    prepared = fit_module.prepare_training(accelerator, StageConfig(cfg), model, loader, val_loader, tmp_path, 8,
+                                           "samples")
+    losses = []
+    before_fit()
+
+    def batch_loss(m, batch):
+        loss = (m(batch["x"]) ** 2).mean()
+        losses.append(loss.item())
+        return loss
+
+    fit_module.fit(accelerator=accelerator, cfg=cfg, run_dir=tmp_path, stage="toy", model=prepared.model,
+                   optimizer=prepared.optimizer, scheduler=prepared.scheduler, ema=prepared.ema,
+                   train_loader=prepared.train_loader, steps_per_epoch=prepared.steps_per_epoch,
+                   epoch_setters=[sampler, dataset], batch_loss=batch_loss, validate=lambda m: {"mAP": 0.0}, seed=7)
+    return dataset.seen, losses
+
+
+def test_an_epoch_cut_short_by_max_steps_does_not_repeat_the_order_of_the_last(tmp_path):
+    seen, _ = _train(tmp_path, epochs=3, max_steps=2)
+    for epoch in range(3):
+        rows = [row for e, row in seen if e == epoch]
+        sampler = training.EpochPermutationSampler(8, seed=3)
+        sampler.set_epoch(epoch)
+        expected = list(sampler)[:len(rows)]
+        assert rows == expected, f"epoch {epoch}"
+    firsts = [[row for e, row in seen if e == epoch][:4] for epoch in range(3)]
+    assert firsts[0] != firsts[1] != firsts[2]
+
+
+def test_dropout_masks_depend_on_the_batch_not_on_what_ran_before(tmp_path):
+    """The same model trained twice gives the same losses although something drew from torch's RNG in between
+    (as building a DataLoader iterator does after a resume)."""
+    _, first = _train(tmp_path / "a", epochs=2, max_steps=3)
+    _, second = _train(tmp_path / "b", epochs=2, max_steps=3, before_fit=lambda: torch.rand(1000))
+    assert first == second
+    assert len(set(np.round(first, 6))) > 1
+    assert json.loads((tmp_path / "a" / "history.jsonl").read_text().splitlines()[0])["epoch"] == 1
