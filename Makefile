@@ -16,7 +16,7 @@ DATA_STAMP   := $(DATA_DIR)/.complete
 STAGE1_CONFIG ?= stage1/config.yaml
 STAGE2_CONFIG ?= stage2/config.yaml
 
-.PHONY: install data stage1 features stage2 evaluate ablate test test-browser bench clean-runs help
+.PHONY: install data stage1 features stage2 evaluate ablate text-queries zero-shot test test-browser bench clean-runs help
 
 help:
 	@sed -n '2,4p' Makefile
@@ -46,6 +46,23 @@ stage2: features
 
 ablate: $(DATA_STAMP)
 	$(BIN)/python -m chexfusion.ablate --stage1-config $(STAGE1_CONFIG) --stage2-config $(STAGE2_CONFIG)
+
+# Stage 2 with class-name (text) queries on the demo feature store (after make stage2): compare with learned queries.
+text-queries: features
+	$(CX) stage2 --config stage2/text-queries.yaml
+
+# Zero-shot protocol (docs/zero_shot.md): train both stages with text queries WITHOUT three findings, then score
+# them by name on the test split and evaluate them.
+ZERO_SHOT_CLASSES := Hydropneumothorax,Lobar Atelectasis,Rib Fracture
+ZERO_SHOT_OUT     := stage2/runs/zero-shot/held-out
+zero-shot: $(DATA_STAMP)
+	$(CX) stage1 --config stage1/zero-shot.yaml
+	$(CX) features --config stage2/zero-shot.yaml
+	$(CX) stage2 --config stage2/zero-shot.yaml
+	$(CX) predict --model stage2/runs/zero-shot --csv $(DATA_DIR)/test.csv --image-root $(DATA_DIR) \
+		--classes "$(ZERO_SHOT_CLASSES)" --out $(ZERO_SHOT_OUT)/predictions.csv
+	$(CX) evaluate --pred $(ZERO_SHOT_OUT)/predictions.csv --labels $(DATA_DIR)/test.csv \
+		--train-labels $(DATA_DIR)/train.csv --classes "$(ZERO_SHOT_CLASSES)" --out $(ZERO_SHOT_OUT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -225,6 +225,27 @@ class Stage2Predictor:
         return PredictionResult(np.asarray(rows_out, dtype=np.int64), probs, skipped)
 
 
+def use_classes(predictor: Predictor, names: list[str]) -> None:
+    """Make ``predictor`` score ``names`` instead of its run's classes: zero-shot scoring of findings it never saw.
+
+    Only a run trained with text queries can do this: the names are encoded with the text setup it was trained
+    with (from the embedding cache when possible) and become its decoder's queries. Names it was trained on get
+    the embeddings they were trained with; a new name's training prevalence is unknown (NaN).
+    """
+    run = predictor.run
+    record = run.info.get("text_queries")
+    if not record:
+        raise UserError(f"run {run.path} has learned class queries: it scores only its own {len(predictor.classes)} "
+                        f"classes (train it with model.queries=text to score other names)")
+    from .text.queries import zero_shot_queries
+
+    queries = zero_shot_queries(record, list(names), run.path)
+    predictor.model.decoder.set_label_queries(queries)
+    known = dict(zip(predictor.classes, np.asarray(predictor.train_prevalence, dtype=np.float64)))
+    predictor.train_prevalence = np.array([known.get(name, np.nan) for name in names])
+    predictor.classes = list(names)
+
+
 def load_predictor(run_dir: str | Path, device: str | None = None) -> Predictor:
     """A predictor for a stage-1 or stage-2 run folder (the kind is read from its run.json)."""
     import json
@@ -246,5 +267,5 @@ def load_predictor(run_dir: str | Path, device: str | None = None) -> Predictor:
     raise UserError(f"{info_path}: unknown run kind '{kind}'")
 
 
-__all__ = ["load_predictor", "Predictor", "Stage1Predictor", "Stage2Predictor", "PredictionResult",
+__all__ = ["load_predictor", "use_classes", "Predictor", "Stage1Predictor", "Stage2Predictor", "PredictionResult",
            "route_view", "cached_features", "aggregate_by_study", "VIEWS"]

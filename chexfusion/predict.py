@@ -17,6 +17,34 @@ def add_arguments(parser) -> None:
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="skip missing or unreadable images (counted and reported; their rows are absent)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    names = parser.add_mutually_exclusive_group()
+    names.add_argument("--classes", metavar="A,B", help="score these class names instead of the run's own "
+                       "(comma-separated; names it never saw are scored zero-shot: runs with model.queries=text)")
+    names.add_argument("--classes-file", metavar="FILE", help="as --classes, one name per line ('#' comments)")
+
+
+def requested_classes(args) -> list[str] | None:
+    """The names of --classes / --classes-file, checked: none empty, none twice."""
+    from .errors import UserError
+
+    if args.classes is not None:
+        source, names = "--classes", [name.strip() for name in args.classes.split(",")]
+    elif args.classes_file is not None:
+        try:
+            lines = open(args.classes_file, encoding="utf-8").read().splitlines()
+        except OSError as exc:
+            raise UserError(f"--classes-file {args.classes_file}: {exc.strerror}") from None
+        source = args.classes_file
+        names = [line.split("#", 1)[0].strip() for line in lines]
+        names = [name for name in names if name]
+    else:
+        return None
+    if not names or any(not name for name in names):
+        raise UserError(f"{source}: empty class name (give names separated by commas)")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UserError(f"{source}: class '{twice[0]}' given twice")
+    return names
 
 
 def run(args) -> int:
@@ -24,12 +52,15 @@ def run(args) -> int:
 
     from .data.cxr_lt import read_cxr_lt
     from .errors import UserError
-    from .inference import load_predictor
+    from .inference import load_predictor, use_classes
     from .predictions import write_predictions
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    names = requested_classes(args)
     predictor = load_predictor(args.model, args.device)
+    if names is not None:
+        use_classes(predictor, names)
     if args.aggregate and predictor.kind == "stage2":
         raise UserError("--aggregate applies to stage-1 runs; a stage-2 run already predicts per study")
     table = read_cxr_lt(args.csv, classes=[])

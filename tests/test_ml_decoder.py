@@ -94,15 +94,31 @@ def test_text_queries_score_any_number_of_classes_with_the_same_weights():
     assert attention.shape == (3, 3, 10)
 
 
+def test_set_label_queries_are_saved_with_the_weights_and_scored_by_default():
+    """A run stores its class embeddings in its state dict: a rebuilt decoder scores them without the text model."""
+    torch.manual_seed(0)
+    decoder = MLDecoder(4, in_dim=24, query_dim=16, **SMALL).eval()
+    names = torch.randn(4, 16)
+    decoder.set_label_queries(names)
+    rebuilt = MLDecoder(4, in_dim=24, query_dim=16, **SMALL).eval()
+    rebuilt.load_state_dict(decoder.state_dict())
+    x = tokens()
+    assert torch.equal(rebuilt(x), decoder(x, queries=names))
+    rebuilt.set_label_queries(names[:2])  # zero-shot: another list of class names, same weights
+    assert rebuilt.num_classes == 2 and torch.allclose(rebuilt(x), decoder(x)[:, :2], atol=1e-6)
+
+
 def test_query_arguments_are_checked():
     learned = MLDecoder(5, in_dim=24, **SMALL)
     with pytest.raises(ValueError, match="learned queries"):
         learned(tokens(), queries=torch.randn(5, 16))
     text = MLDecoder(5, in_dim=24, query_dim=16, **SMALL)
-    with pytest.raises(ValueError, match="pass queries="):
-        text(tokens())
     with pytest.raises(ValueError, match=r"queries must be \[K, 16\]"):
         text(tokens(), queries=torch.randn(5, 8))
+    with pytest.raises(ValueError, match=r"queries must be \[K, 16\]"):
+        text.set_label_queries(torch.randn(5, 8))
+    with pytest.raises(ValueError, match="learned queries"):
+        learned.set_label_queries(torch.randn(5, 16))
     mask = torch.zeros(3, 10, dtype=torch.bool)
     mask[0] = True
     with pytest.raises(ValueError, match="at least one unmasked token"):

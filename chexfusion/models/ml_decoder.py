@@ -109,6 +109,18 @@ class MLDecoder(nn.Module):
             self.num_groups = None
             self.query_projection = nn.Sequential(nn.Linear(query_dim, dim), nn.ReLU())
             self.class_score = nn.Linear(dim, 1)
+            # The class-name embeddings the model was trained with live in its weights file, so a run scores its
+            # classes without the text model; zeros until set_label_queries fills them (or the weights load).
+            self.register_buffer("label_queries", torch.zeros(num_classes, query_dim))
+
+    def set_label_queries(self, queries: Tensor) -> None:
+        """Make ``queries`` ``[K, query_dim]`` (K = any number of class names) the classes this decoder scores."""
+        if self.query_dim is None:
+            raise ValueError("this ML-Decoder has learned queries; build it with query_dim to set class embeddings")
+        if queries.ndim != 2 or queries.shape[1] != self.query_dim:
+            raise ValueError(f"queries must be [K, {self.query_dim}], got {tuple(queries.shape)}")
+        self.label_queries = queries.detach().to(device=self.label_queries.device, dtype=torch.float32).clone()
+        self.num_classes = queries.shape[0]
 
     def _initial_queries(self, queries: Tensor | None, batch: int, dtype: torch.dtype) -> Tensor:
         if self.query_dim is None:
@@ -117,7 +129,7 @@ class MLDecoder(nn.Module):
             start = self.group_queries
         else:
             if queries is None:
-                raise ValueError(f"this ML-Decoder scores a query matrix [K, {self.query_dim}]: pass queries=")
+                queries = self.label_queries
             if queries.ndim != 2 or queries.shape[1] != self.query_dim:
                 raise ValueError(f"queries must be [K, {self.query_dim}], got {tuple(queries.shape)}")
             weight = self.query_projection[0].weight

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from ..data.augment import AugmentConfig
 from ..errors import UserError
+from ..text.queries import TextQueryConfig, check_query_kind
 from ..training import OptimConfig
 
 VIEW_FILTERS = ("all", "frontal", "lateral")
@@ -40,8 +41,8 @@ class ModelConfig:
     decoder_ff_dim: int = 1024
     decoder_dropout: float = 0.1
     decoder_groups: int | None = None  # None: one query per class up to 100
-    queries: str = "learned"  # learned | text (label embeddings, see chexfusion.text)
-    text_encoder: str | None = None  # transformers model name or folder, for queries: text
+    queries: str = "learned"  # learned | text: class-name embeddings (docs/zero_shot.md)
+    text: TextQueryConfig = field(default_factory=TextQueryConfig)  # used when queries is text
 
 
 @dataclass
@@ -134,10 +135,7 @@ class Stage1Config:
         for key in ("uncertain_label", "blank_label"):
             if getattr(self.data, key) not in ("zero", "one", "ignore"):
                 raise UserError(f"config key 'data.{key}' must be zero, one or ignore")
-        if self.model.queries not in ("learned", "text"):
-            raise UserError("config key 'model.queries' must be learned or text")
-        if self.model.queries == "text" and not self.model.text_encoder:
-            raise UserError("config key 'model.text_encoder' is required when model.queries is text")
+        check_query_kind(self.model.queries)
         if self.train.epochs < 1 or self.train.batch_size < 1:
             raise UserError("config keys 'train.epochs' and 'train.batch_size' must be at least 1")
         self.noisy_student.validate()

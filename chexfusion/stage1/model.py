@@ -17,10 +17,10 @@ import numpy as np
 from ..config import from_dict, read_yaml
 from ..data.images import Preprocess
 from ..errors import UserError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, file_sha256
 from ..models.backbone import create_backbone
 from ..models.image_classifier import ImageClassifier
-from ..io import file_sha256
+from ..text.queries import class_queries
 from ..training import load_weights
 from .config import Stage1Config
 
@@ -32,13 +32,26 @@ def decoder_kwargs(model_cfg) -> dict:
 
 def build_image_model(cfg: Stage1Config, num_classes: int, query_dim: int | None = None,
                       pretrained: bool | None = None) -> ImageClassifier:
+    """``query_dim``: the text-embedding width when ``model.queries`` is text (the decoder then scores a matrix)."""
     m = cfg.model
     backbone = create_backbone(m.backbone, pretrained=m.pretrained if pretrained is None else pretrained,
                                checkpoint_path=m.checkpoint_path, drop_path_rate=m.drop_path_rate)
     return ImageClassifier(backbone, num_classes, decoder_kwargs(m), query_dim=query_dim)
 
 
-def write_run_info(run_dir: Path, cfg: Stage1Config, classes, prevalence, pre: Preprocess, model) -> None:
+def build_for_classes(cfg: Stage1Config, classes: list[str]) -> tuple[ImageClassifier, dict | None]:
+    """The model to train on ``classes``: with text queries, their embeddings are set in its decoder and the
+    returned record (setup and width) goes into run.json."""
+    if cfg.model.queries != "text":
+        return build_image_model(cfg, len(classes)), None
+    queries, record = class_queries(cfg.model.text, classes)
+    model = build_image_model(cfg, len(classes), query_dim=record["dim"])
+    model.decoder.set_label_queries(queries)
+    return model, record
+
+
+def write_run_info(run_dir: Path, cfg: Stage1Config, classes, prevalence, pre: Preprocess, model,
+                   text_queries: dict | None = None) -> None:
     info = {
         "kind": "stage1",
         "name": cfg.name,
@@ -50,6 +63,7 @@ def write_run_info(run_dir: Path, cfg: Stage1Config, classes, prevalence, pre: P
         "feature_shape": list(model.backbone.feature_shape(pre.image_size)),
         "weights": "model.safetensors",
         "weights_sha256": file_sha256(Path(run_dir) / "model.safetensors"),
+        "text_queries": text_queries,
     }
     atomic_write_json(Path(run_dir) / "run.json", info)
 
@@ -96,7 +110,9 @@ def load_stage1_run(run_dir: str | Path, map_location: str = "cpu") -> Stage1Run
     run_dir = Path(run_dir)
     info = read_run_info(run_dir, "stage1")
     cfg = from_dict(Stage1Config, read_yaml(run_dir / "config.yaml"))
-    model = build_image_model(cfg, num_classes=len(info["classes"]), pretrained=False)
+    text = info.get("text_queries")
+    model = build_image_model(cfg, num_classes=len(info["classes"]), pretrained=False,
+                              query_dim=text["dim"] if text else None)
     weights = run_dir / info["weights"]
     if file_sha256(weights) != info["weights_sha256"]:
         raise UserError(f"{weights} does not match the hash in {run_dir / 'run.json'}: the run folder was modified")

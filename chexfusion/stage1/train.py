@@ -29,7 +29,7 @@ from ..fit import finish_run, fit, prepare_training, summary_line
 from ..losses import build_loss
 from ..metrics import compute_metrics
 from .config import Stage1Config
-from .model import build_image_model, write_run_info
+from .model import build_for_classes, write_run_info
 
 
 def select_rows(table, views: str) -> np.ndarray:
@@ -137,7 +137,7 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
         f"processes={accelerator.num_processes}")
 
     # ---- model, loss, optimisation ---------------------------------------------------------------------------
-    model = build_image_model(cfg, num_classes=len(classes))
+    model, text_queries = build_for_classes(cfg, classes)
     if init_weights is not None:
         training.load_weights(model, init_weights)
     loss_fn = build_loss(cfg.loss.name, cfg.loss.params, prevalence)
@@ -173,7 +173,7 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
                                                       cfg.train.batch_size, None, cfg.train.num_workers))
         results["test"] = evaluate(best, test_loader, test_table, "test")
     finish_run(accelerator, run_dir, results,
-               lambda: write_run_info(run_dir, cfg, classes, prevalence, pre, best))
+               lambda: write_run_info(run_dir, cfg, classes, prevalence, pre, best, text_queries))
     log(f"stage 1 validation ({cfg.name}, best epoch {state.progress.best_epoch}): {summary_line(results['validation'])}")
     if "test" in results:
         log(f"stage 1 test       ({cfg.name}): {summary_line(results['test'])}")

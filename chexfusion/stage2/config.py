@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from ..errors import UserError
 from ..feature_store.config import FeatureConfig
 from ..stage1.config import LossConfig
+from ..text.queries import TextQueryConfig, check_query_kind
 from ..training import OptimConfig
 
 
@@ -35,8 +36,8 @@ class FusionConfig:
     decoder_heads: int = 8
     decoder_ff_dim: int = 1024
     decoder_groups: int | None = None
-    queries: str = "learned"  # learned | text
-    text_encoder: str | None = None
+    queries: str = "learned"  # learned | text: class-name embeddings (docs/zero_shot.md)
+    text: TextQueryConfig = field(default_factory=TextQueryConfig)  # used when queries is text
 
 
 @dataclass
@@ -57,7 +58,4 @@ class Stage2Config:
                 raise UserError(f"config key 'data.{key}' must be zero, one or ignore")
         if self.model.max_images < 1:
             raise UserError("config key 'model.max_images' must be at least 1")
-        if self.model.queries not in ("learned", "text"):
-            raise UserError("config key 'model.queries' must be learned or text")
-        if self.model.queries == "text" and not self.model.text_encoder:
-            raise UserError("config key 'model.text_encoder' is required when model.queries is text")
+        check_query_kind(self.model.queries)

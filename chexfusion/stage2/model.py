@@ -16,10 +16,10 @@ import numpy as np
 from ..config import from_dict, read_yaml
 from ..data.images import Preprocess
 from ..errors import UserError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, file_sha256
 from ..models.fusion import StudyFusion
 from ..stage1.model import Stage1Run, load_stage1_run, read_run_info
-from ..io import file_sha256
+from ..text.queries import class_queries
 from ..training import load_weights
 from .config import Stage2Config
 
@@ -35,7 +35,19 @@ def build_fusion_model(cfg: Stage2Config, num_classes: int, feature_shape, query
                        query_dim=query_dim)
 
 
-def write_run_info(run_dir: Path, cfg: Stage2Config, classes, prevalence, store_manifest: dict) -> None:
+def build_for_classes(cfg: Stage2Config, classes: list[str], feature_shape) -> tuple[StudyFusion, dict | None]:
+    """The fusion model to train on ``classes``; with text queries their embeddings are set in its decoder and the
+    returned record goes into run.json (as in stage 1)."""
+    if cfg.model.queries != "text":
+        return build_fusion_model(cfg, len(classes), feature_shape), None
+    queries, record = class_queries(cfg.model.text, classes)
+    model = build_fusion_model(cfg, len(classes), feature_shape, query_dim=record["dim"])
+    model.decoder.set_label_queries(queries)
+    return model, record
+
+
+def write_run_info(run_dir: Path, cfg: Stage2Config, classes, prevalence, store_manifest: dict,
+                   text_queries: dict | None = None) -> None:
     """Copy the backbone runs into the run folder and record everything predict needs."""
     backbones = {}
     for slot, src in cfg.features.backbone_slots().items():
@@ -62,6 +74,7 @@ def write_run_info(run_dir: Path, cfg: Stage2Config, classes, prevalence, store_
         "max_images": cfg.model.max_images,
         "weights": "model.safetensors",
         "weights_sha256": file_sha256(Path(run_dir) / "model.safetensors"),
+        "text_queries": text_queries,
     }
     atomic_write_json(Path(run_dir) / "run.json", info)
 
@@ -98,7 +111,8 @@ def load_stage2_run(run_dir: str | Path, map_location: str = "cpu") -> Stage2Run
         backbones[slot] = load_stage1_run(run_dir / b["path"], map_location)
         if backbones[slot].weights_sha256 != b["weights_sha256"]:
             raise UserError(f"{run_dir / b['path']} is not the backbone this stage-2 run was trained on")
-    model = build_fusion_model(cfg, len(info["classes"]), info["feature_shape"])
+    text = info.get("text_queries")
+    model = build_fusion_model(cfg, len(info["classes"]), info["feature_shape"], query_dim=text["dim"] if text else None)
     weights = run_dir / info["weights"]
     if file_sha256(weights) != info["weights_sha256"]:
         raise UserError(f"{weights} does not match the hash in {run_dir / 'run.json'}: the run folder was modified")

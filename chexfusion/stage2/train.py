@@ -26,7 +26,7 @@ from ..losses import build_loss
 from ..metrics import compute_metrics
 from .config import Stage2Config
 from .data import StudyDataset, collate_studies, image_study, study_labels
-from .model import build_fusion_model, write_run_info
+from .model import build_for_classes, write_run_info
 from .store import open_store_for, stage1_classes
 
 
@@ -102,7 +102,7 @@ def train_stage2(cfg: Stage2Config) -> dict:
         f"({cfg.features.routing} backbone), device={accelerator.device}, processes={accelerator.num_processes}")
 
     # ---- model, loss, optimisation -----------------------------------------------------------------------------
-    model = build_fusion_model(cfg, len(classes), store.shape)
+    model, text_queries = build_for_classes(cfg, classes, store.shape)
     loss_fn = build_loss(cfg.loss.name, cfg.loss.params, prevalence)
     prepared = prepare_training(accelerator, cfg, model, train_loader, val_loader, run_dir,
                                 len(splits['train'].dataset), "studies")
@@ -129,7 +129,8 @@ def train_stage2(cfg: Stage2Config) -> dict:
     if "test" in splits:
         results["test"] = evaluate(best, "test", accelerator.prepare(loader(splits["test"])), "test")
     results["stage1_baseline"] = stage1_baseline(cfg, store, splits, classes, prevalence, accelerator)
-    finish_run(accelerator, run_dir, results, lambda: write_run_info(run_dir, cfg, classes, prevalence, store.manifest))
+    finish_run(accelerator, run_dir, results,
+               lambda: write_run_info(run_dir, cfg, classes, prevalence, store.manifest, text_queries))
     for split in ("validation", "test"):
         if split in results:
             log(f"stage 2 {split:<10} ({cfg.name}, image level): {summary_line(results[split])}")
