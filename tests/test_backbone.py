@@ -74,6 +74,14 @@ def test_params_unused_by_the_feature_path_are_frozen():
     assert trainable and all(p.grad is not None for p in trainable)
 
 
+def test_a_backbone_built_under_inference_mode_is_the_same_without_a_warning(caplog):
+    """Frozen backbones are loaded under inference_mode (features, predict): the same parameters, no warning."""
+    with torch.inference_mode():
+        backbone = Backbone("convnext_atto")
+    assert backbone.frozen_unused == ["head.norm.bias", "head.norm.weight"]
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_pretrained_absent_offline_is_a_clear_user_error(offline_empty_caches):
     with pytest.raises(UserError) as err:
         Backbone("resnet10t", pretrained=True)

@@ -246,12 +246,13 @@ class Backbone(nn.Module):
 
     def _freeze_unused_parameters(self) -> None:
         trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        meta = {n: torch.empty_like(p, device="meta").requires_grad_(n in trainable)
-                for n, p in self.model.named_parameters()}
         try:
-            with torch.enable_grad():  # also when the model is built under no_grad / inference_mode
+            # also when the model is built under no_grad / inference_mode (a frozen backbone loaded for features)
+            with torch.inference_mode(False), torch.enable_grad():
+                meta = {n: torch.empty_like(p, device="meta").requires_grad_(n in trainable)
+                        for n, p in self.model.named_parameters()}
                 out = self._meta_forward_features(self._probe_size(), meta)
-            grads = torch.autograd.grad(out.float().sum(), [meta[n] for n in trainable], allow_unused=True)
+                grads = torch.autograd.grad(out.float().sum(), [meta[n] for n in trainable], allow_unused=True)
         except RuntimeError as exc:  # a family that cannot run on the meta device: keep everything trainable
             log.warning("could not find unused parameters of %s on the meta device: %s", self.name, exc)
             return
