@@ -100,12 +100,14 @@ def test_set_label_queries_are_saved_with_the_weights_and_scored_by_default():
     decoder = MLDecoder(4, in_dim=24, query_dim=16, **SMALL).eval()
     names = torch.randn(4, 16)
     decoder.set_label_queries(names)
+    decoder.center_queries()  # the training classes' mean: kept for any names scored later
     rebuilt = MLDecoder(4, in_dim=24, query_dim=16, **SMALL).eval()
     rebuilt.load_state_dict(decoder.state_dict())
     x = tokens()
     assert torch.equal(rebuilt(x), decoder(x, queries=names))
-    rebuilt.set_label_queries(names[:2])  # zero-shot: another list of class names, same weights
+    rebuilt.set_label_queries(names[:2])  # zero-shot: another list of class names, same weights and centre
     assert rebuilt.num_classes == 2 and torch.allclose(rebuilt(x), decoder(x)[:, :2], atol=1e-6)
+    assert torch.equal(rebuilt.query_center, names.mean(dim=0))
 
 
 def test_query_arguments_are_checked():

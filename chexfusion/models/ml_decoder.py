@@ -108,10 +108,16 @@ class MLDecoder(nn.Module):
         else:
             self.num_groups = None
             self.query_projection = nn.Sequential(nn.Linear(query_dim, dim), nn.ReLU())
-            self.class_score = nn.Linear(dim, 1)
+            # Each class's scoring vector and bias are read from its embedding by one shared map, as learned
+            # queries have their own (group_weight, class_bias): a name never seen in training gets its own too.
+            self.class_scorer = nn.Linear(query_dim, dim + 1)
             # The class-name embeddings the model was trained with live in its weights file, so a run scores its
             # classes without the text model; zeros until set_label_queries fills them (or the weights load).
             self.register_buffer("label_queries", torch.zeros(num_classes, query_dim))
+            # Name embeddings share a large common direction ("a chest x-ray showing ..."); queries are taken
+            # relative to the training classes' mean (and re-normalised), so what tells classes apart is not a
+            # small difference of large vectors. Zero (no centring) until center_queries sets it.
+            self.register_buffer("query_center", torch.zeros(query_dim))
 
     def set_label_queries(self, queries: Tensor) -> None:
         """Make ``queries`` ``[K, query_dim]`` (K = any number of class names) the classes this decoder scores."""
@@ -122,23 +128,34 @@ class MLDecoder(nn.Module):
         self.label_queries = queries.detach().to(device=self.label_queries.device, dtype=torch.float32).clone()
         self.num_classes = queries.shape[0]
 
+    def center_queries(self) -> None:
+        """Fix the centre of the query space at the mean of the current (training) class embeddings."""
+        if self.query_dim is None:
+            raise ValueError("this ML-Decoder has learned queries")
+        self.query_center = self.label_queries.mean(dim=0).clone()
+
+    def _text_queries(self, queries: Tensor | None) -> Tensor:
+        """The class embeddings to score (given, or the stored ones), centred and unit length, in weight dtype."""
+        queries = self.label_queries if queries is None else queries
+        if queries.ndim != 2 or queries.shape[1] != self.query_dim:
+            raise ValueError(f"queries must be [K, {self.query_dim}], got {tuple(queries.shape)}")
+        weight = self.class_scorer.weight
+        centred = queries.to(device=weight.device, dtype=torch.float32) - self.query_center.float()
+        return nn.functional.normalize(centred, dim=-1).to(weight.dtype)
+
     def _initial_queries(self, queries: Tensor | None, batch: int, dtype: torch.dtype) -> Tensor:
         if self.query_dim is None:
             if queries is not None:
                 raise ValueError("this ML-Decoder has learned queries; build it with query_dim to pass a query matrix")
             start = self.group_queries
         else:
-            if queries is None:
-                queries = self.label_queries
-            if queries.ndim != 2 or queries.shape[1] != self.query_dim:
-                raise ValueError(f"queries must be [K, {self.query_dim}], got {tuple(queries.shape)}")
-            weight = self.query_projection[0].weight
-            start = self.query_projection(queries.to(device=weight.device, dtype=weight.dtype))
+            start = self.query_projection(queries)
         return start.to(dtype).unsqueeze(0).expand(batch, -1, -1)
 
-    def _logits(self, decoded: Tensor) -> Tensor:
+    def _logits(self, decoded: Tensor, queries: Tensor | None) -> Tensor:
         if self.query_dim is not None:
-            return self.class_score(decoded).squeeze(-1)
+            scorer = self.class_scorer(queries).to(decoded.dtype)
+            return torch.einsum("bkd,kd->bk", decoded, scorer[:, :-1]) + scorer[:, -1]
         per_group = torch.einsum("bgd,gdc->bgc", decoded, self.group_weight.to(decoded.dtype))
         return per_group.flatten(1)[:, : self.num_classes] + self.class_bias.to(decoded.dtype)
 
@@ -167,13 +184,15 @@ class MLDecoder(nn.Module):
                 raise ValueError("every sample needs at least one unmasked token")
             tokens = tokens.masked_fill(key_padding_mask.unsqueeze(-1), 0)
         memory = self.token_projection(tokens)
+        if self.query_dim is not None:
+            queries = self._text_queries(queries)
         decoded = self._initial_queries(queries, tokens.shape[0], memory.dtype)
         attention_sum = None
         for layer in self.layers:
             decoded, weights = layer(decoded, memory, key_padding_mask, need_weights=return_attention)
             if return_attention:
                 attention_sum = weights if attention_sum is None else attention_sum + weights
-        logits = self._logits(decoded)
+        logits = self._logits(decoded, queries)
         if return_attention:
             return logits, attention_sum / len(self.layers)
         return logits

@@ -47,6 +47,7 @@ def build_for_classes(cfg: Stage1Config, classes: list[str]) -> tuple[ImageClass
     queries, record = class_queries(cfg.model.text, classes)
     model = build_image_model(cfg, len(classes), query_dim=record["dim"])
     model.decoder.set_label_queries(queries)
+    model.decoder.center_queries()
     return model, record
 
 

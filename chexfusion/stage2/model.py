@@ -43,6 +43,7 @@ def build_for_classes(cfg: Stage2Config, classes: list[str], feature_shape) -> t
     queries, record = class_queries(cfg.model.text, classes)
     model = build_fusion_model(cfg, len(classes), feature_shape, query_dim=record["dim"])
     model.decoder.set_label_queries(queries)
+    model.decoder.center_queries()
     return model, record
 
 
