@@ -176,7 +176,26 @@ def save_weights(module: torch.nn.Module, path: Path) -> None:
 def load_weights(module: torch.nn.Module, path: Path) -> None:
     if not Path(path).is_file():
         raise UserError(f"weights file not found: {path}")
-    module.load_state_dict(load_file(str(path)))
+    load_state(module, path, "retrain the run, or load it with the chexfusion version that trained it")
+
+
+def load_state(module: torch.nn.Module, path: Path, advice: str) -> None:
+    """Load a safetensors file into ``module``; a damaged file or one written for another model (another
+    config, another chexfusion version) is a one-line UserError naming the file, a tensor and ``advice``."""
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error type for a damaged file
+        raise UserError(f"{path} is not a readable safetensors file ({exc}); {advice}") from None
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    reshaped = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or reshaped:
+        example = (missing or unexpected or reshaped)[0]
+        raise UserError(f"{path} does not fit the model built from this config ({len(missing)} missing, "
+                        f"{len(unexpected)} unexpected, {len(reshaped)} mis-shaped tensors, e.g. '{example}'): "
+                        f"it was written for another model or by another chexfusion version; {advice}")
+    module.load_state_dict(state)
 
 
 @dataclass
@@ -224,9 +243,10 @@ def find_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, ema) -> Progress:
-    model.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")))
+    advice = f"delete {ckpt_dir} to train this run from the start"
+    load_state(model, ckpt_dir / "model.safetensors", advice)
     if ema is not None and (ckpt_dir / "ema.safetensors").is_file():
-        ema.module.load_state_dict(load_file(str(ckpt_dir / "ema.safetensors")))
+        load_state(ema.module, ckpt_dir / "ema.safetensors", advice)
     state = torch.load(ckpt_dir / "state.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

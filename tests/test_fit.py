@@ -6,10 +6,12 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import torch
 
 from chexfusion import fit as fit_module
 from chexfusion import training
+from chexfusion.errors import UserError
 
 
 class RowsSeen(torch.utils.data.Dataset):
@@ -83,3 +85,20 @@ def test_dropout_masks_depend_on_the_batch_not_on_what_ran_before(tmp_path):
     assert first == second
     assert len(set(np.round(first, 6))) > 1
     assert json.loads((tmp_path / "a" / "history.jsonl").read_text().splitlines()[0])["epoch"] == 1
+
+
+def test_a_checkpoint_of_another_model_is_a_one_line_error_naming_it(tmp_path):
+    """A run folder whose checkpoint another model (or chexfusion version) wrote: say so, do not traceback."""
+    small, other = torch.nn.Linear(2, 3), torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    optimizer = torch.optim.AdamW(small.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    training.save_checkpoint(tmp_path / "checkpoint", small, optimizer, scheduler, None, training.Progress())
+    with pytest.raises(UserError, match=r"checkpoint/model.safetensors does not fit .* e\.g\. '0\.bias'.*delete"):
+        training.load_checkpoint(tmp_path / "checkpoint", other, optimizer, scheduler, None)
+    (tmp_path / "weights.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="weights.safetensors is not a readable safetensors file"):
+        training.load_weights(small, tmp_path / "weights.safetensors")
+    wide = torch.nn.Linear(2, 4)
+    training.save_weights(wide, tmp_path / "wide.safetensors")
+    with pytest.raises(UserError, match=r"2 mis-shaped tensors, e\.g\. 'bias'"):
+        training.load_weights(small, tmp_path / "wide.safetensors")
