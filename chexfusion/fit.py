@@ -31,10 +31,14 @@ HEADLINE = ("mAP", "mAUROC", "head_mAP", "medium_mAP", "tail_mAP")
 
 
 def summary_line(metrics: dict) -> str:
+    """The headline metrics on one line; mAP with its chance level (the mean prevalence of the scored classes)."""
     def fmt(v):
         return "n/a" if v is None else f"{v:.3f}"
 
-    return "  ".join(f"{k} {fmt(metrics.get(k))}" for k in HEADLINE)
+    line = "  ".join(f"{k} {fmt(metrics.get(k))}" for k in HEADLINE)
+    if metrics.get("chance_mAP") is not None:
+        line = line.replace("  mAUROC", f" (chance {fmt(metrics['chance_mAP'])})  mAUROC", 1)
+    return line
 
 
 @dataclass

@@ -173,6 +173,8 @@ def compute_metrics(
 
     result = {
         "mAP": _mean(c["AP"] for c in per_class.values()),
+        # what a random ranking scores on average: each scored class's AP is then its evaluation-set prevalence
+        "chance_mAP": _mean(c["n_pos"] / c["n_valid"] for c in per_class.values() if c["AP"] is not None),
         "mAUROC": _mean(c["AUROC"] for c in per_class.values()),
         "mF1": _mean(c["F1"] for c in per_class.values()),
         "mECE": _mean(c["ECE"] for c in per_class.values()),

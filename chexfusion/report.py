@@ -40,6 +40,8 @@ def summary_table(metrics: dict) -> str:
         ci = intervals.get(key)
         suffix = f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
         lines.append(f"{key:<12}{_fmt(metrics[key]):>8}{suffix}")
+    if metrics.get("chance_mAP") is not None:  # absent from metrics.json files of older versions
+        lines.append(f"{'chance mAP':<12}{_fmt(metrics['chance_mAP']):>8}  (mean prevalence of the scored classes)")
     lines.append(f"{'n images':<12}{metrics['n_images']:>8}")
     lines.append(f"{'n classes':<12}{metrics['n_classes_scored']:>8} scored of {metrics['n_classes']}")
     if metrics["undefined_classes"]:

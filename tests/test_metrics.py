@@ -169,3 +169,15 @@ def test_bad_inputs_are_programming_errors():
         compute_metrics(np.full((3, 1), 2), np.zeros((3, 1)), ["a"])
     with pytest.raises(ValueError):
         compute_metrics(np.ones((3, 1)), np.full((3, 1), math.nan), ["a"])
+
+
+def test_chance_map_is_the_mean_prevalence_of_the_scored_classes():
+    """What a random ranking scores: the printed baseline next to every mAP (stage logs, evaluate)."""
+    from chexfusion.fit import summary_line
+
+    y = np.zeros((10, 3))
+    y[:2, 0] = 1  # prevalence 0.2
+    y[:5, 1] = 1  # prevalence 0.5; class 2 has no positive: no AP, left out like in mAP
+    result = compute_metrics(y, np.random.default_rng(0).random((10, 3)), ["a", "b", "c"])
+    assert result["chance_mAP"] == pytest.approx(0.35)
+    assert "(chance 0.350)" in summary_line(result)
