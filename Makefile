@@ -44,8 +44,10 @@ features: $(DATA_STAMP)
 stage2: features
 	$(CX) stage2 --config $(STAGE2_CONFIG)
 
+ABLATE_LOSSES ?= bce,focal,asl,weighted_asl
 ablate: $(DATA_STAMP)
-	$(BIN)/python -m chexfusion.ablate --stage1-config $(STAGE1_CONFIG) --stage2-config $(STAGE2_CONFIG)
+	$(BIN)/python -m chexfusion.ablate --stage1-config $(STAGE1_CONFIG) --stage2-config $(STAGE2_CONFIG) \
+		--losses $(ABLATE_LOSSES)
 
 # Stage 2 with class-name (text) queries on the demo feature store (after make stage2): compare with learned queries.
 text-queries: features

@@ -1,4 +1,4 @@
-"""Shared vs per-view backbones: train what is missing, then one table on the test split.
+"""Shared vs per-view backbones, and the stage-2 loss: train what is missing, then tables on the test split.
 
 ``python -m chexfusion.ablate`` (``make ablate``) trains, or reuses when already
 trained, the shared stage-1 backbone and the frontal-only and lateral-only ones,
@@ -10,6 +10,11 @@ there is one), for
 - stage 1, max over a study's images (the single-image baseline),
 - stage 2 over the shared backbone,
 - stage 2 over per-view backbones.
+
+With ``--losses bce,focal,...`` it also trains stage 2 on the shared store with
+each of those losses (the config's own loss keeps its parameters, the others
+take their defaults; everything else is the config's) and writes
+``ablations/losses.md`` and ``.json``.
 
 All rows are image-level metrics on the same split (each image carries its
 study's prediction), the CXR-LT convention.
@@ -64,10 +69,13 @@ def main(argv=None) -> int:
     parser.add_argument("--stage2-config", default="stage2/config.yaml")
     parser.add_argument("--per-view-config", default="stage2/per-view.yaml")
     parser.add_argument("--split", default="test", choices=["validation", "test"])
+    parser.add_argument("--losses", default="", metavar="A,B",
+                        help="also compare these stage-2 losses on the shared store (e.g. bce,focal,asl,weighted_asl)")
     parser.add_argument("--out", default="ablations")
     parser.add_argument("overrides", nargs="*", help="key=value applied to every stage-1 and stage-2 config")
     args = parser.parse_args(argv)
     try:
+        losses = check_losses(args.losses)
         for config in (args.stage1_config, args.frontal_config, args.lateral_config):
             _run("stage1", "--config", config, *args.overrides)
         for config in (args.stage2_config, args.per_view_config):
@@ -90,10 +98,61 @@ def main(argv=None) -> int:
         atomic_write_text(out / "routing.md", markdown(table, args.split, view_only))
         print(markdown(table, args.split, view_only))
         print(f"wrote {out / 'routing.md'} and {out / 'routing.json'}")
+        if losses:
+            compare_losses(shared_cfg, shared, losses, args)
     except UserError as exc:
         print(f"chexfusion ablate: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def check_losses(text: str) -> list[str]:
+    """The names of --losses, checked before anything trains."""
+    from .losses import LOSS_NAMES
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in LOSS_NAMES]
+    if unknown:
+        raise UserError(f"--losses: unknown loss '{unknown[0]}' (known: {', '.join(LOSS_NAMES)})")
+    return names
+
+
+def compare_losses(shared_cfg, shared_metrics: dict, losses: list[str], args) -> None:
+    """Stage 2 on the shared store once per loss; the config's own loss is the run already trained."""
+    import dataclasses
+
+    from .config import save_config
+
+    out = Path(args.out)
+    rows = {}
+    for name in losses:
+        if name == shared_cfg.loss.name:
+            metrics = shared_metrics
+        else:
+            # a resolved config file per loss: an override could only add to the config's loss.params
+            cfg = dataclasses.replace(shared_cfg, name=f"{shared_cfg.name}-loss-{name}",
+                                      loss=dataclasses.replace(shared_cfg.loss, name=name, params={}))
+            save_config(cfg, out / f"stage2-loss-{name}.yaml")
+            _run("stage2", "--config", out / f"stage2-loss-{name}.yaml")
+            metrics = json.loads((Path(cfg.output_dir) / cfg.name / "metrics.json").read_text())
+        rows[name] = _row(metrics[args.split], {})
+    text = losses_markdown(rows, args.split, shared_cfg)
+    atomic_write_json(out / "losses.json", {"split": args.split, "rows": rows})
+    atomic_write_text(out / "losses.md", text)
+    print(text)
+    print(f"wrote {out / 'losses.md'} and {out / 'losses.json'}")
+
+
+def losses_markdown(rows: dict, split: str, cfg) -> str:
+    cols = ["mAP", "mAUROC", "head_mAP", "medium_mAP", "tail_mAP"]
+    lines = [f"# Stage-2 loss ({split} split, image level, shared backbone)", "",
+             f"Everything but the loss as in the stage-2 config; `{cfg.loss.name}` with its parameters "
+             f"{json.dumps(cfg.loss.params)}, the others with their defaults.", "",
+             "| loss | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for name, row in rows.items():
+        cells = ["n/a" if row.get(c) is None else f"{row[c]:.3f}" for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(table: dict, split: str, view_only: dict) -> str:
