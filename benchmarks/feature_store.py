@@ -249,7 +249,7 @@ def main() -> None:
         result["note"] = (
             f"a shard write also hashes the file (sha256, the record that resume and `features --verify` "
             f"check): without it the write ratio is {result['write_ratio_without_sha256']:.2f}; a read "
-            f"decodes Parquet pages into one numpy array where np.load maps the bytes once "
+            f"assembles the maps from Parquet pages where np.load reads the bytes in one call "
             f"(ratio {result['read_ratio']:.2f}; the list layout reads at {result['list_layout_read_ratio']:.2f})")
     print(f"{mb:.1f} MB of float16 maps ({args.rows} x {args.width}); medians of {args.repeats} fresh processes")
     print(f"write: store {speed['write-store']:.0f} MB/s ({speed['write-store-without-sha256']:.0f} without sha256), "
