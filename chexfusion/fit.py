@@ -35,10 +35,10 @@ def summary_line(metrics: dict) -> str:
     def fmt(v):
         return "n/a" if v is None else f"{v:.3f}"
 
-    line = "  ".join(f"{k} {fmt(metrics.get(k))}" for k in HEADLINE)
+    parts = [f"{k} {fmt(metrics.get(k))}" for k in HEADLINE]
     if metrics.get("chance_mAP") is not None:
-        line = line.replace("  mAUROC", f" (chance {fmt(metrics['chance_mAP'])})  mAUROC", 1)
-    return line
+        parts[HEADLINE.index("mAP")] += f" (chance {fmt(metrics['chance_mAP'])})"
+    return "  ".join(parts)
 
 
 @dataclass

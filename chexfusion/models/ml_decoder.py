@@ -123,8 +123,7 @@ class MLDecoder(nn.Module):
         """Make ``queries`` ``[K, query_dim]`` (K = any number of class names) the classes this decoder scores."""
         if self.query_dim is None:
             raise ValueError("this ML-Decoder has learned queries; build it with query_dim to set class embeddings")
-        if queries.ndim != 2 or queries.shape[1] != self.query_dim:
-            raise ValueError(f"queries must be [K, {self.query_dim}], got {tuple(queries.shape)}")
+        self._check_query_matrix(queries)
         self.label_queries = queries.detach().to(device=self.label_queries.device, dtype=torch.float32).clone()
         self.num_classes = queries.shape[0]
 
@@ -137,11 +136,14 @@ class MLDecoder(nn.Module):
     def _text_queries(self, queries: Tensor | None) -> Tensor:
         """The class embeddings to score (given, or the stored ones), centred and unit length, in weight dtype."""
         queries = self.label_queries if queries is None else queries
-        if queries.ndim != 2 or queries.shape[1] != self.query_dim:
-            raise ValueError(f"queries must be [K, {self.query_dim}], got {tuple(queries.shape)}")
+        self._check_query_matrix(queries)
         weight = self.class_scorer.weight
         centred = queries.to(device=weight.device, dtype=torch.float32) - self.query_center.float()
         return nn.functional.normalize(centred, dim=-1).to(weight.dtype)
+
+    def _check_query_matrix(self, queries: Tensor) -> None:
+        if queries.ndim != 2 or queries.shape[1] != self.query_dim:
+            raise ValueError(f"queries must be [K, {self.query_dim}], got {tuple(queries.shape)}")
 
     def _initial_queries(self, queries: Tensor | None, batch: int, dtype: torch.dtype) -> Tensor:
         if self.query_dim is None:

@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..io import atomic_write_json, file_sha256
 from ..models.backbone import create_backbone
 from ..models.image_classifier import ImageClassifier
-from ..text.queries import class_queries
+from ..text.queries import build_with_queries, recorded_query_dim
 from ..training import load_weights
 from .config import Stage1Config
 
@@ -42,13 +42,7 @@ def build_image_model(cfg: Stage1Config, num_classes: int, query_dim: int | None
 def build_for_classes(cfg: Stage1Config, classes: list[str]) -> tuple[ImageClassifier, dict | None]:
     """The model to train on ``classes``: with text queries, their embeddings are set in its decoder and the
     returned record (setup and width) goes into run.json."""
-    if cfg.model.queries != "text":
-        return build_image_model(cfg, len(classes)), None
-    queries, record = class_queries(cfg.model.text, classes)
-    model = build_image_model(cfg, len(classes), query_dim=record["dim"])
-    model.decoder.set_label_queries(queries)
-    model.decoder.center_queries()
-    return model, record
+    return build_with_queries(cfg.model, classes, lambda query_dim: build_image_model(cfg, len(classes), query_dim))
 
 
 def write_run_info(run_dir: Path, cfg: Stage1Config, classes, prevalence, pre: Preprocess, model,
@@ -111,9 +105,8 @@ def load_stage1_run(run_dir: str | Path, map_location: str = "cpu") -> Stage1Run
     run_dir = Path(run_dir)
     info = read_run_info(run_dir, "stage1")
     cfg = from_dict(Stage1Config, read_yaml(run_dir / "config.yaml"))
-    text = info.get("text_queries")
     model = build_image_model(cfg, num_classes=len(info["classes"]), pretrained=False,
-                              query_dim=text["dim"] if text else None)
+                              query_dim=recorded_query_dim(info))
     weights = run_dir / info["weights"]
     if file_sha256(weights) != info["weights_sha256"]:
         raise UserError(f"{weights} does not match the hash in {run_dir / 'run.json'}: the run folder was modified")

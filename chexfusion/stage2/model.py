@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..io import atomic_write_json, file_sha256
 from ..models.fusion import StudyFusion
 from ..stage1.model import Stage1Run, load_stage1_run, read_run_info
-from ..text.queries import class_queries
+from ..text.queries import build_with_queries, recorded_query_dim
 from ..training import load_weights
 from .config import Stage2Config
 
@@ -38,13 +38,8 @@ def build_fusion_model(cfg: Stage2Config, num_classes: int, feature_shape, query
 def build_for_classes(cfg: Stage2Config, classes: list[str], feature_shape) -> tuple[StudyFusion, dict | None]:
     """The fusion model to train on ``classes``; with text queries their embeddings are set in its decoder and the
     returned record goes into run.json (as in stage 1)."""
-    if cfg.model.queries != "text":
-        return build_fusion_model(cfg, len(classes), feature_shape), None
-    queries, record = class_queries(cfg.model.text, classes)
-    model = build_fusion_model(cfg, len(classes), feature_shape, query_dim=record["dim"])
-    model.decoder.set_label_queries(queries)
-    model.decoder.center_queries()
-    return model, record
+    return build_with_queries(cfg.model, classes,
+                              lambda query_dim: build_fusion_model(cfg, len(classes), feature_shape, query_dim))
 
 
 def write_run_info(run_dir: Path, cfg: Stage2Config, classes, prevalence, store_manifest: dict,
@@ -112,8 +107,7 @@ def load_stage2_run(run_dir: str | Path, map_location: str = "cpu") -> Stage2Run
         backbones[slot] = load_stage1_run(run_dir / b["path"], map_location)
         if backbones[slot].weights_sha256 != b["weights_sha256"]:
             raise UserError(f"{run_dir / b['path']} is not the backbone this stage-2 run was trained on")
-    text = info.get("text_queries")
-    model = build_fusion_model(cfg, len(info["classes"]), info["feature_shape"], query_dim=text["dim"] if text else None)
+    model = build_fusion_model(cfg, len(info["classes"]), info["feature_shape"], query_dim=recorded_query_dim(info))
     weights = run_dir / info["weights"]
     if file_sha256(weights) != info["weights_sha256"]:
         raise UserError(f"{weights} does not match the hash in {run_dir / 'run.json'}: the run folder was modified")

@@ -44,6 +44,25 @@ def class_queries(cfg: TextQueryConfig, classes: list[str]) -> tuple[torch.Tenso
     return matrix, record
 
 
+def build_with_queries(model_cfg, classes: list[str], build) -> tuple[object, dict | None]:
+    """The model a stage trains on ``classes``: ``build(query_dim)`` makes it (``query_dim`` None for learned
+    queries); with text queries the classes' embeddings are set in its decoder and centred there, and the record
+    for run.json is returned with it."""
+    if model_cfg.queries != "text":
+        return build(None), None
+    queries, record = class_queries(model_cfg.text, classes)
+    model = build(record["dim"])
+    model.decoder.set_label_queries(queries)
+    model.decoder.center_queries()
+    return model, record
+
+
+def recorded_query_dim(run_info: dict) -> int | None:
+    """The query width a run folder's model was built with (None: learned queries), from its run.json."""
+    record = run_info.get("text_queries")
+    return record["dim"] if record else None
+
+
 def zero_shot_queries(record: dict, classes: list[str], run_dir) -> torch.Tensor:
     """Encode ``classes`` with the text setup a run was trained with; refuse an encoder with other files."""
     cfg = TextQueryConfig(**{k: record[k] for k in ("encoder", "pooling", "template", "synonyms")})
