@@ -240,7 +240,8 @@ def use_classes(predictor: Predictor, names: list[str]) -> None:
     from .text.queries import zero_shot_queries
 
     queries = zero_shot_queries(record, list(names), run.path)
-    predictor.model.decoder.set_label_queries(queries)
+    trained = list(run.info["classes"])
+    predictor.model.decoder.set_label_queries(queries, [trained.index(n) if n in trained else -1 for n in names])
     known = dict(zip(predictor.classes, np.asarray(predictor.train_prevalence, dtype=np.float64)))
     predictor.train_prevalence = np.array([known.get(name, np.nan) for name in names])
     predictor.classes = list(names)

@@ -110,6 +110,37 @@ def test_set_label_queries_are_saved_with_the_weights_and_scored_by_default():
     assert torch.equal(rebuilt.query_center, names.mean(dim=0))
 
 
+def test_class_residuals_correct_trained_classes_only_and_start_at_zero():
+    """Residuals start at zero (training starts from the pure text head), move only the trained classes, follow a
+    trained name into another class list, and are saved with the weights."""
+    torch.manual_seed(0)
+    decoder = MLDecoder(3, in_dim=24, query_dim=16, **SMALL).eval()
+    names, x = torch.randn(3, 16), tokens()
+    decoder.set_label_queries(names)
+    decoder.center_queries()
+    plain = decoder(x)
+    decoder.add_class_residual()
+    assert torch.equal(decoder(x), plain)
+    with torch.no_grad():
+        decoder.residual_scorer.normal_()
+        decoder.residual_query.normal_()
+    corrected = decoder(x)
+    assert not torch.allclose(corrected, plain, atol=1e-3)
+    assert torch.equal(decoder(x, queries=names), plain)  # an explicit matrix is not the trained classes
+    rebuilt = MLDecoder(3, in_dim=24, query_dim=16, **SMALL).eval()
+    rebuilt.add_class_residual()
+    rebuilt.load_state_dict(decoder.state_dict())
+    new_name = torch.randn(1, 16)
+    rebuilt.set_label_queries(torch.cat([names[2:], new_name]), trained_index=[2, -1])
+    both = rebuilt(x)
+    assert torch.allclose(both[:, 0], corrected[:, 2], atol=1e-6)  # trained class 2 keeps its correction
+    assert torch.allclose(both[:, 1], decoder(x, queries=new_name)[:, 0], atol=1e-6)  # a new name gets none
+    with pytest.raises(ValueError, match="trained_index"):
+        rebuilt.set_label_queries(torch.randn(2, 16))
+    with pytest.raises(ValueError, match="trained_index"):
+        rebuilt.set_label_queries(torch.randn(2, 16), trained_index=[0, 3])
+
+
 def test_query_arguments_are_checked():
     learned = MLDecoder(5, in_dim=24, **SMALL)
     with pytest.raises(ValueError, match="learned queries"):

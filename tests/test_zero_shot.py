@@ -38,7 +38,9 @@ def text_runs(tiny_data, tmp_path_factory, repo_root, text_cache):
         stage1 = pipeline.train_stage1(tiny_data, runs, name="text1", **TEXT,
                                        **{"data.exclude_classes": "[" + ", ".join(HELD_OUT) + "]"})
         store = pipeline.build_features(tiny_data, runs, runs / "store", stage1)
-        stage2 = pipeline.train_stage2(tiny_data, runs, store, stage1, name="text2", **TEXT)
+        # stage 2 also with per-class residuals: a trained name asked by name must keep its correction
+        stage2 = pipeline.train_stage2(tiny_data, runs, store, stage1, name="text2", **TEXT,
+                                       **{"model.text.residual": "true"})
     return {"stage1": stage1, "stage2": stage2, "runs": runs, "store": store}
 
 
@@ -55,6 +57,7 @@ def test_a_text_query_run_keeps_its_class_embeddings_in_its_weights(text_runs, s
     record = info["text_queries"]
     assert record["encoder"] == "minilm" and record["pooling"] == "mean" and record["dim"] == 384
     assert record["encoder_files"]  # the content ids a zero-shot request is checked against
+    assert record["residual"] == (stage == "stage2")
     stored = load_file(str(text_runs[stage] / "model.safetensors"))["decoder.label_queries"].numpy()
     np.testing.assert_allclose(stored, label_embeddings(info["classes"], "minilm"), atol=1e-6)
 

@@ -18,6 +18,10 @@ Two ways to get the queries:
   decoder width by a learned linear layer, and scored by one linear map *shared*
   by all classes. No weight depends on the class count, so the same head scores
   any number of classes, including names never seen in training (zero-shot).
+  Optionally (:meth:`MLDecoder.add_class_residual`) each *training* class also
+  gets a learned correction of its query and scoring vector, zero at the start:
+  the shared maps still carry what names have in common (and all that an unseen
+  name gets), the corrections what one class's picture needs beyond its name.
 
 Layouts: every tensor is batch-first, ``tokens`` is ``[B, L, in_dim]`` and
 ``key_padding_mask`` is ``[B, L]`` bool with True marking padding. The public
@@ -119,13 +123,49 @@ class MLDecoder(nn.Module):
             # small difference of large vectors. Zero (no centring) until center_queries sets it.
             self.register_buffer("query_center", torch.zeros(query_dim))
 
-    def set_label_queries(self, queries: Tensor) -> None:
-        """Make ``queries`` ``[K, query_dim]`` (K = any number of class names) the classes this decoder scores."""
+    def set_label_queries(self, queries: Tensor, trained_index: Tensor | None = None) -> None:
+        """Make ``queries`` ``[K, query_dim]`` (K = any number of class names) the classes this decoder scores.
+
+        With class residuals, ``trained_index[k]`` is the training class that row ``k`` is (its correction is
+        used) or -1 for a name not trained on; None means the rows are the training classes in order.
+        """
         if self.query_dim is None:
             raise ValueError("this ML-Decoder has learned queries; build it with query_dim to set class embeddings")
         self._check_query_matrix(queries)
+        if self.has_class_residual:
+            trained = self.residual_scorer.shape[0]
+            if trained_index is None:
+                if queries.shape[0] != trained:
+                    raise ValueError(f"{queries.shape[0]} query rows for {trained} trained classes: pass trained_index")
+                trained_index = torch.arange(trained)
+            trained_index = torch.as_tensor(trained_index, dtype=torch.long)
+            if trained_index.shape != (queries.shape[0],) or bool(((trained_index < -1) | (trained_index >= trained)).any()):
+                raise ValueError(f"trained_index must be [{queries.shape[0]}] with values in -1..{trained - 1}")
+            self.residual_index = trained_index.to(self.residual_index.device)
         self.label_queries = queries.detach().to(device=self.label_queries.device, dtype=torch.float32).clone()
         self.num_classes = queries.shape[0]
+
+    @property
+    def has_class_residual(self) -> bool:
+        return hasattr(self, "residual_scorer")
+
+    def add_class_residual(self) -> None:
+        """Give each current (training) class a learned correction of its query and of its scoring vector and bias.
+
+        Both start at zero, so training starts from the pure text head. Call it before the optimizer is made and
+        before loading weights that have them.
+        """
+        if self.query_dim is None:
+            raise ValueError("this ML-Decoder has learned queries")
+        trained, dim = self.label_queries.shape[0], self.class_scorer.out_features - 1
+        self.residual_query = nn.Parameter(torch.zeros(trained, dim, device=self.label_queries.device))
+        self.residual_scorer = nn.Parameter(torch.zeros(trained, dim + 1, device=self.label_queries.device))
+        self.register_buffer("residual_index", torch.arange(trained, device=self.label_queries.device))
+
+    def _class_residual(self, param: Tensor) -> Tensor:
+        """Rows of ``param`` for the current classes; zero for a name that was not trained on."""
+        index = self.residual_index
+        return param[index.clamp(min=0)] * (index >= 0).unsqueeze(1).to(param.dtype)
 
     def center_queries(self) -> None:
         """Fix the centre of the query space at the mean of the current (training) class embeddings."""
@@ -145,18 +185,23 @@ class MLDecoder(nn.Module):
         if queries.ndim != 2 or queries.shape[1] != self.query_dim:
             raise ValueError(f"queries must be [K, {self.query_dim}], got {tuple(queries.shape)}")
 
-    def _initial_queries(self, queries: Tensor | None, batch: int, dtype: torch.dtype) -> Tensor:
+    def _initial_queries(self, queries: Tensor | None, batch: int, dtype: torch.dtype, residual: bool) -> Tensor:
         if self.query_dim is None:
             if queries is not None:
                 raise ValueError("this ML-Decoder has learned queries; build it with query_dim to pass a query matrix")
             start = self.group_queries
         else:
             start = self.query_projection(queries)
+            if residual:
+                start = start + self._class_residual(self.residual_query).to(start.dtype)
         return start.to(dtype).unsqueeze(0).expand(batch, -1, -1)
 
-    def _logits(self, decoded: Tensor, queries: Tensor | None) -> Tensor:
+    def _logits(self, decoded: Tensor, queries: Tensor | None, residual: bool) -> Tensor:
         if self.query_dim is not None:
-            scorer = self.class_scorer(queries).to(decoded.dtype)
+            scorer = self.class_scorer(queries)
+            if residual:
+                scorer = scorer + self._class_residual(self.residual_scorer).to(scorer.dtype)
+            scorer = scorer.to(decoded.dtype)
             return torch.einsum("bkd,kd->bk", decoded, scorer[:, :-1]) + scorer[:, -1]
         per_group = torch.einsum("bgd,gdc->bgc", decoded, self.group_weight.to(decoded.dtype))
         return per_group.flatten(1)[:, : self.num_classes] + self.class_bias.to(decoded.dtype)
@@ -186,15 +231,16 @@ class MLDecoder(nn.Module):
                 raise ValueError("every sample needs at least one unmasked token")
             tokens = tokens.masked_fill(key_padding_mask.unsqueeze(-1), 0)
         memory = self.token_projection(tokens)
+        residual = queries is None and self.query_dim is not None and self.has_class_residual  # stored classes only
         if self.query_dim is not None:
             queries = self._text_queries(queries)
-        decoded = self._initial_queries(queries, tokens.shape[0], memory.dtype)
+        decoded = self._initial_queries(queries, tokens.shape[0], memory.dtype, residual)
         attention_sum = None
         for layer in self.layers:
             decoded, weights = layer(decoded, memory, key_padding_mask, need_weights=return_attention)
             if return_attention:
                 attention_sum = weights if attention_sum is None else attention_sum + weights
-        logits = self._logits(decoded, queries)
+        logits = self._logits(decoded, queries, residual)
         if return_attention:
             return logits, attention_sum / len(self.layers)
         return logits

@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..io import atomic_write_json, file_sha256
 from ..models.backbone import create_backbone
 from ..models.image_classifier import ImageClassifier
-from ..text.queries import build_with_queries, recorded_query_dim
+from ..text.queries import build_with_queries, recorded_query_dim, restore_text_head
 from ..training import load_weights
 from .config import Stage1Config
 
@@ -107,6 +107,7 @@ def load_stage1_run(run_dir: str | Path, map_location: str = "cpu") -> Stage1Run
     cfg = from_dict(Stage1Config, read_yaml(run_dir / "config.yaml"))
     model = build_image_model(cfg, num_classes=len(info["classes"]), pretrained=False,
                               query_dim=recorded_query_dim(info))
+    restore_text_head(model, info)
     weights = run_dir / info["weights"]
     if file_sha256(weights) != info["weights_sha256"]:
         raise UserError(f"{weights} does not match the hash in {run_dir / 'run.json'}: the run folder was modified")

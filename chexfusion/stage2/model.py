@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..io import atomic_write_json, file_sha256
 from ..models.fusion import StudyFusion
 from ..stage1.model import Stage1Run, load_stage1_run, read_run_info
-from ..text.queries import build_with_queries, recorded_query_dim
+from ..text.queries import build_with_queries, recorded_query_dim, restore_text_head
 from ..training import load_weights
 from .config import Stage2Config
 
@@ -108,6 +108,7 @@ def load_stage2_run(run_dir: str | Path, map_location: str = "cpu") -> Stage2Run
         if backbones[slot].weights_sha256 != b["weights_sha256"]:
             raise UserError(f"{run_dir / b['path']} is not the backbone this stage-2 run was trained on")
     model = build_fusion_model(cfg, len(info["classes"]), info["feature_shape"], query_dim=recorded_query_dim(info))
+    restore_text_head(model, info)
     weights = run_dir / info["weights"]
     if file_sha256(weights) != info["weights_sha256"]:
         raise UserError(f"{weights} does not match the hash in {run_dir / 'run.json'}: the run folder was modified")

@@ -29,6 +29,7 @@ class TextQueryConfig:
     pooling: str = "mean"  # mean | cls
     template: str = DEFAULT_TEMPLATE
     synonyms: bool = True  # also encode the class's phrases from chexfusion/resources/label_synonyms.csv
+    residual: bool = False  # + a learned per-class correction for the trained classes (MLDecoder.add_class_residual)
 
 
 def check_query_kind(kind: str) -> None:
@@ -54,6 +55,8 @@ def build_with_queries(model_cfg, classes: list[str], build) -> tuple[object, di
     model = build(record["dim"])
     model.decoder.set_label_queries(queries)
     model.decoder.center_queries()
+    if model_cfg.text.residual:
+        model.decoder.add_class_residual()
     return model, record
 
 
@@ -61,6 +64,13 @@ def recorded_query_dim(run_info: dict) -> int | None:
     """The query width a run folder's model was built with (None: learned queries), from its run.json."""
     record = run_info.get("text_queries")
     return record["dim"] if record else None
+
+
+def restore_text_head(model, run_info: dict) -> None:
+    """Shape a freshly built model's decoder like the recorded run's (class residuals) before its weights load."""
+    record = run_info.get("text_queries")
+    if record and record.get("residual"):
+        model.decoder.add_class_residual()
 
 
 def zero_shot_queries(record: dict, classes: list[str], run_dir) -> torch.Tensor:
