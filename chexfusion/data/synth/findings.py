@@ -128,7 +128,7 @@ SIGNATURES: dict[str, Signature] = {s.name: s for s in [
               p_embolism, frontal=d_embolism, lateral=d_embolism),
     Signature("Pulmonary Hypertension", "bulging pulmonary trunk, large hila, pruned periphery", BOTH,
               p_hypertension, adjust=a_hypertension, frontal=d_hypertension, lateral=d_hypertension),
-    Signature("Rib Fracture", "gap and step in one to three ribs, usually a healing callus", BOTH, p_rib_fracture,
+    Signature("Rib Fracture", "gap and step in one to three ribs, often a healing callus", BOTH, p_rib_fracture,
               adjust=a_rib_fracture, frontal=d_rib_fracture, lateral=d_rib_fracture),
     Signature("Round(ed) Atelectasis", "round pleura-based opacity with a comet tail, plus plate-like bands", BOTH,
               p_rounded_atelectasis, adjust=a_atelectasis, frontal=d_rounded_atelectasis,

@@ -15,8 +15,8 @@ from .signs import severity, side_of
 def p_rib_fracture(rng):
     n = int(rng.integers(1, 4))
     k0 = int(rng.integers(3, 8))
-    return dict(side=side_of(rng), sev=severity(rng), callus=bool(rng.random() < 0.9),
-                breaks=[(k0 + i, float(rng.uniform(0.45, 0.75)), float(rng.uniform(0.035, 0.055)) * rng.choice([-1, 1]),
+    return dict(side=side_of(rng), sev=severity(rng), callus=bool(rng.random() < 0.85),
+                breaks=[(k0 + i, float(rng.uniform(0.6, 0.9)), float(rng.uniform(0.035, 0.055)) * rng.choice([-1, 1]),
                          float(rng.uniform(0.022, 0.032))) for i in range(n)])
 
 
@@ -26,23 +26,18 @@ def a_rib_fracture(anatomy, p):
 
 
 def d_rib_fracture(scene, p, rng):
-    """Broken ribs: a gap and a step in the rib, usually with a fusiform healing callus.
-
-    The breaks sit on the lateral half of the rib, over the lung, where a
-    callus stands out against aerated lung (a radiologist's usual find); at the
-    chest wall itself it would drown in the overlapping soft tissue.
-    """
+    """Broken ribs: a gap and a step in the rib, often with a fusiform healing callus."""
     a = scene.anatomy
     if not p["callus"]:
         return
     for k, t, _step, _gap in p["breaks"]:
         if scene.view == "frontal":
             x, y = rib_point(a, p["side"], k, t)
-            add_ellipse(scene.bone, scene.canvas, x, y, 0.06, 0.04, 0.3 + 0.1 * p["sev"], profile="dome")
+            add_ellipse(scene.bone, scene.canvas, x, y, 0.05, 0.034, 0.18 + 0.08 * p["sev"], profile="dome")
         else:
             sx = float(lateral_spine_x(a, 0.0))
             x, y = sx - 0.15 - 0.25 * t, a.apex_y + 0.1 + 0.088 * k
-            add_ellipse(scene.bone, scene.canvas, x, y, 0.055, 0.038, 0.28 + 0.1 * p["sev"], profile="dome")
+            add_ellipse(scene.bone, scene.canvas, x, y, 0.045, 0.032, 0.18 + 0.08 * p["sev"], profile="dome")
 
 
 def p_clavicle_fracture(rng):
