@@ -345,7 +345,8 @@ class FeatureStore:
         permutation drawn from ``(seed, epoch)`` and studies pass through a
         buffer of ``shuffle_buffer`` studies from which a random one is yielded
         each time: the same order for the same (seed, epoch). Besides that, the
-        split's metadata stays in memory as Arrow columns (~100 bytes an image).
+        split's metadata stays in memory (:class:`SplitMetadata`, ~100 bytes an
+        image); each study's ``index`` is its row there.
         """
         self.last_stream_stats = StreamStats()
         stream = _SplitStream(self, split, self.last_stream_stats)
