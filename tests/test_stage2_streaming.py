@@ -187,6 +187,15 @@ def test_streamed_run_trains_and_writes_metrics(streamed_run):
     assert load_stage2_run(run).classes == metrics["classes"]
 
 
+def test_data_loader_workers_do_not_change_a_streamed_run(streamed_run, tiny_data, tiny_stage1, store):
+    """train.num_workers is an execution setting: two workers train the weights of none."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        run = pipeline.train_stage2(tiny_data, store.parent, store, tiny_stage1, name="workers", **STREAMED,
+                                    **{"train.num_workers": 2})
+    assert file_sha256(run / "model.safetensors") == file_sha256(streamed_run[0] / "model.safetensors")
+    assert (run / "metrics.json").read_text() == (streamed_run[0] / "metrics.json").read_text()
+
+
 def test_same_weights_score_the_same_streamed_and_in_memory(streamed_run, store, tiny_data):
     """Validation and test metrics, and the stage-1 baseline, through both readers (the run streamed them all)."""
     run = streamed_run[0]
