@@ -6,6 +6,7 @@ to be the same function when the store is written and when it is checked.
 """
 
 import functools
+import gc
 import hashlib
 import json
 import os
@@ -474,3 +475,16 @@ def test_split_metadata_knows_every_study_and_image_without_the_maps(store):
         a, b = meta.study_starts[study.index], meta.study_stops[study.index]
         assert meta.study_ids[study.index] == study.study_id and study.csv_rows.tolist() == meta.csv_rows[a:b].tolist()
     assert split.study(2).index == 2
+
+
+def test_a_finished_stream_frees_its_row_groups_without_the_garbage_collector(store):
+    """Stage 2 starts a stream every epoch: a finished one must not hold its decoded row groups until the
+    garbage collector happens to run (a reference cycle would)."""
+    opened = FeatureStore(store)
+    gc.disable()
+    try:
+        before = pa.total_allocated_bytes()
+        assert sum(1 for _ in opened.iter_studies("train", shuffle_buffer=2, seed=0)) == 5
+        assert pa.total_allocated_bytes() <= before
+    finally:
+        gc.enable()

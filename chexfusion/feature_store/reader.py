@@ -192,19 +192,25 @@ class StreamStats:
 
 
 class _RowGroupCache:
-    """The decoded maps of at most ``capacity`` row groups, least recently used evicted first."""
+    """The decoded maps of at most ``capacity`` row groups, least recently used evicted first.
 
-    def __init__(self, read, capacity: int, stats: StreamStats):
-        self.read, self.capacity, self.stats = read, capacity, stats
+    ``get`` takes the reader at each call rather than keeping it: a bound method
+    of the stream held here would be a reference cycle, and a finished stream
+    (one per epoch in stage 2) would keep its row groups until the garbage
+    collector happened to run.
+    """
+
+    def __init__(self, capacity: int, stats: StreamStats):
+        self.capacity, self.stats = capacity, stats
         self.items: OrderedDict[int, np.ndarray] = OrderedDict()
 
-    def get(self, g: int) -> np.ndarray:
+    def get(self, g: int, read) -> np.ndarray:
         if g in self.items:
             self.items.move_to_end(g)
             return self.items[g]
         while len(self.items) >= self.capacity:
             self.items.popitem(last=False)
-        self.items[g] = self.read(g)
+        self.items[g] = read(g)
         self.stats.row_group_reads += 1
         self.stats.max_decoded_row_groups = max(self.stats.max_decoded_row_groups, len(self.items))
         self.stats.max_decoded_rows = max(self.stats.max_decoded_rows, sum(len(a) for a in self.items.values()))
@@ -382,7 +388,7 @@ class _SplitStream:
         owner = np.searchsorted(self.group_starts, self.meta.study_starts, side="right") - 1  # non-decreasing
         self.first_study = np.searchsorted(owner, np.arange(self.num_groups + 1))
         self.files: OrderedDict[Path, pq.ParquetFile] = OrderedDict()
-        self.cache = _RowGroupCache(self._read_group, capacity=2, stats=stats)
+        self.cache = _RowGroupCache(capacity=2, stats=stats)
 
     def _read_group(self, g: int) -> np.ndarray:
         path, index = self.groups[g][0], self.groups[g][1]
@@ -398,7 +404,7 @@ class _SplitStream:
         """Maps of rows [start, stop): from the row group holding ``start`` and, for a study that runs on, the next."""
         pieces, g = [], int(np.searchsorted(self.group_starts, start, side="right")) - 1
         while start < stop:
-            data, base, n = self.cache.get(g), self.groups[g][2], self.groups[g][3]
+            data, base, n = self.cache.get(g, self._read_group), self.groups[g][2], self.groups[g][3]
             end = min(stop, base + n)
             pieces.append(data[start - base:end - base])
             start, g = end, g + 1
