@@ -293,8 +293,8 @@ def render(plan: dict) -> tuple[str, dict]:
     split_bytes = store_bytes[(None, dtype)] * n_train
     group = s2.features.row_group_rows * store_bytes[(None, dtype)]
     buffer = a["shuffle_buffer"] * a["images_per_study"] * store_bytes[(None, dtype)]
-    out(f"| stage 2 data, split in memory (what stage 2 does today) | {fmt_bytes(split_bytes)} in every process "
-        f"(unpooled {dtype}); {fmt_bytes(store_bytes[((8, 8), dtype)] * n_train)} pooled 8x8 | "
+    out(f"| stage 2 data, split in memory (when it fits `features.max_memory_gb`) | {fmt_bytes(split_bytes)} in "
+        f"every process (unpooled {dtype}); {fmt_bytes(store_bytes[((8, 8), dtype)] * n_train)} pooled 8x8 | "
         f"`FeatureStore.load_split` of the training split |")
     out(f"| stage 2 data, streamed | {fmt_bytes(2 * group + buffer)} | two row groups of "
         f"{s2.features.row_group_rows} rows ({fmt_bytes(group)} each) + a shuffle buffer of {a['shuffle_buffer']} "
@@ -322,9 +322,9 @@ def render(plan: dict) -> tuple[str, dict]:
         "all ranks finish. The bytes do not depend on the number of ranks (tests/test_multiprocess.py), and a "
         "killed run resumes shard by shard.")
     out(f"- **Stage 2**: reads the store by shards and row groups ({s2.features.row_group_rows} rows, "
-        f"{fmt_bytes(group)} unpooled): in memory when the split fits, streamed otherwise. Under several "
-        "processes each rank currently loads the whole training split: ranks should stream disjoint row groups "
-        "instead (see below).")
+        f"{fmt_bytes(group)} unpooled): in memory when the split fits `features.max_memory_gb`, streamed otherwise. "
+        "Streamed under several processes, every rank reads the whole split and keeps its slice of each global batch "
+        "(see below).")
     out(f"- **Ordering rows by study** (`inference.study_ordered_rows`, used by extraction and predict) costs "
         f"{plan['ordering_s'] * 1e3:.2f} ms per study here, {fmt_time(plan['ordering_s'] * n_images / a['images_per_study'])} "
         f"for all {n_images / a['images_per_study']:,.0f} studies, in every process.")
@@ -333,11 +333,11 @@ def render(plan: dict) -> tuple[str, dict]:
     # ---- findings
     out("## What does not scale yet")
     out("")
-    out(f"- Stage 2 loads the whole training split in every process (`stage2.train.Split` -> `load_split`): "
-        f"{fmt_bytes(split_bytes)} unpooled {dtype}, x{gpus} on an {gpus}-GPU machine; `features.max_memory_gb` "
-        f"({s2.features.max_memory_gb:g} in stage2/cxr-lt.yaml) is not consulted. Until stage 2 streams "
-        f"(`iter_studies`, rank-sharded row groups), the full recipe needs `features.pool` [8, 8] "
-        f"({fmt_bytes(store_bytes[((8, 8), dtype)] * n_train)} per process).")
+    out(f"- Stage 2 streams the unpooled training split ({fmt_bytes(split_bytes)} {dtype}, over "
+        f"`features.max_memory_gb` {s2.features.max_memory_gb:g} in stage2/cxr-lt.yaml), and every one of the "
+        f"{gpus} processes reads all of it each epoch ({gpus} x {fmt_bytes(split_bytes)}, from one page cache on one "
+        "machine) to keep its slice of each global batch: rank-sharded row groups would read it once, at the price "
+        "of a data order that depends on the number of ranks.")
     out("- Feature extraction and predict run the backbone in fp32 (no autocast); the GPU figures above assume AMP "
         "like the published throughput.")
     out("- `study_ordered_rows` runs one pandas call per study (figure above); one vectorised sort "

@@ -54,6 +54,7 @@ class OptimConfig:
 def make_accelerator(cfg: OptimConfig):
     """An ``accelerate.Accelerator`` for CPU, one GPU or many processes, chosen at launch."""
     from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
     precision = cfg.mixed_precision
     if precision == "auto":
@@ -62,7 +63,11 @@ def make_accelerator(cfg: OptimConfig):
         raise UserError(f"config key 'train.mixed_precision' must be auto, no, fp16 or bf16, got '{precision}'")
     # cpu=True on a machine without CUDA, so that a multi-process CPU launch (gloo) sets up the process group.
     cpu = cfg.cpu or not torch.cuda.is_available()
-    return Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
+    # dispatch_batches off: every process iterates its own loader. It is already off for map-style datasets;
+    # for a streamed split (an IterableDataset) accelerate would otherwise read on process 0 alone and concatenate
+    # the processes' batches, which fails for batches padded to different numbers of images.
+    return Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
+                       dataloader_config=DataLoaderConfiguration(dispatch_batches=False))
 
 
 def seed_everything(seed: int) -> None:

@@ -6,6 +6,7 @@ to be the same function when the store is written and when it is checked.
 """
 
 import functools
+import gc
 import hashlib
 import json
 import os
@@ -456,3 +457,34 @@ def test_streaming_yields_every_study_once_whole_with_bounded_buffers(store):
     assert stats.max_buffered_studies == 2
     assert shuffled(0)[0] == order0  # deterministic for (seed, epoch)
     assert any(shuffled(e)[0] != order0 for e in (1, 2, 3))
+
+
+def test_split_metadata_knows_every_study_and_image_without_the_maps(store):
+    opened = FeatureStore(store)
+    split, meta = opened.load_split("train"), opened.split_metadata("train")
+    assert len(meta) == len(split) == 5 and meta.num_images == split.num_images == 11
+    assert list(meta.study_ids) == list(split.study_ids)
+    assert meta.study_starts.tolist() == split.study_starts.tolist()
+    assert meta.study_stops.tolist() == split.study_stops.tolist()
+    assert meta.views.tolist() == split.views.tolist()
+    assert meta.csv_rows.tolist() == split.meta["csv_row"].tolist()
+    assert meta.dicom_ids.to_pylist() == split.meta["dicom_id"].tolist()
+    # a streamed study names its row in the metadata, in store order and shuffled alike
+    assert [s.index for s in opened.iter_studies("train")] == list(range(5))
+    for study in opened.iter_studies("train", shuffle_buffer=2, seed=1):
+        a, b = meta.study_starts[study.index], meta.study_stops[study.index]
+        assert meta.study_ids[study.index] == study.study_id and study.csv_rows.tolist() == meta.csv_rows[a:b].tolist()
+    assert split.study(2).index == 2
+
+
+def test_a_finished_stream_frees_its_row_groups_without_the_garbage_collector(store):
+    """Stage 2 starts a stream every epoch: a finished one must not hold its decoded row groups until the
+    garbage collector happens to run (a reference cycle would)."""
+    opened = FeatureStore(store)
+    gc.disable()
+    try:
+        before = pa.total_allocated_bytes()
+        assert sum(1 for _ in opened.iter_studies("train", shuffle_buffer=2, seed=0)) == 5
+        assert pa.total_allocated_bytes() <= before
+    finally:
+        gc.enable()

@@ -6,7 +6,11 @@ batch, so each optimizer step sees the same global batch: the sampler draws one
 permutation from (seed, epoch) on every rank, accelerate gives rank r the
 batches r, r+2, ... of it, and DDP averages the two half-batch gradients into
 the full-batch mean (every label is scored, so both halves weigh the same).
-Augmentations draw from (seed, epoch, row), independent of the rank.
+Augmentations draw from (seed, epoch, row), independent of the rank. Stage 2
+runs a second time with every split streamed (``features.reader`` stream):
+accelerate wraps the stream in ``IterableDatasetShard``, each process reads it
+whole and keeps its slice of every global batch, so the global batches are
+again those of one process.
 
 Tolerances. The arithmetic is the same up to summation order (the all-reduce,
 kernels at batch 8 instead of 16), ~1e-7 relative per step; Adam divides by the
@@ -63,6 +67,7 @@ STAGE1 = {"train.epochs": 1, "train.max_steps_per_epoch": 3, "train.warmup_epoch
           "data.test_csv": "null"}
 FEATURES = {"features.shard_rows": 64}  # several shards per split, so both ranks write some
 STAGE2 = {"train.epochs": 1, "train.max_steps_per_epoch": 3, "train.warmup_epochs": 0.5, "model.dropout": 0}
+STREAM = {"features.reader": "stream"}
 
 
 def _free_port() -> int:
@@ -111,8 +116,17 @@ def _run_both(tiny_data: Path, root: Path, repo_root: Path) -> dict:
     _launch(repo_root, "stage2", "--config", "stage2/config.yaml",
             *pipeline.stage2_overrides(tiny_data, two / "stage2", two / "store", stage1, **FEATURES, **STAGE2,
                                        **{"train.batch_size": half["stage2"]}))
-    return {"one": {"stage1": stage1, "store": store, "stage2": stage2},
-            "two": {"stage1": two / "stage1" / "tiny", "store": two / "store", "stage2": two / "stage2" / "tiny"}}
+    # Stage 2 again with every split streamed: each process reads the whole stream and keeps its slice of every
+    # global batch, the slice the in-memory sampler gives it.
+    streamed = pipeline.train_stage2(tiny_data, one / "stage2", store, stage1, name="streamed", **FEATURES, **STAGE2,
+                                     **STREAM, **{"train.batch_size": GLOBAL_BATCH["stage2"]})
+    out = _launch(repo_root, "stage2", "--config", "stage2/config.yaml",
+                  *pipeline.stage2_overrides(tiny_data, two / "stage2", two / "store", stage1, "streamed", **FEATURES,
+                                             **STAGE2, **STREAM, **{"train.batch_size": half["stage2"]}))
+    assert "reads split 'train' streamed" in out and "reads split 'val' streamed" in out
+    return {"one": {"stage1": stage1, "store": store, "stage2": stage2, "streamed": streamed},
+            "two": {"stage1": two / "stage1" / "tiny", "store": two / "store", "stage2": two / "stage2" / "tiny",
+                    "streamed": two / "stage2" / "streamed"}}
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +178,9 @@ def test_feature_store_of_two_processes_is_byte_identical(runs):
         assert one[name] == two[name], name
 
 
-def test_stage2_on_two_processes_trains_the_model_of_one(runs, tiny_data):
-    one, two = runs["one"]["stage2"], runs["two"]["stage2"]
+@pytest.mark.parametrize("run", ["stage2", "streamed"])
+def test_stage2_on_two_processes_trains_the_model_of_one(runs, tiny_data, run):
+    one, two = runs["one"][run], runs["two"][run]
     assert _max_weight_difference(one, two) <= TOLERANCE
     np.testing.assert_allclose(_validation_probs(two, tiny_data), _validation_probs(one, tiny_data), atol=TOLERANCE)
     m1, m2 = _metrics(one), _metrics(two)

@@ -7,6 +7,7 @@ Public API::
         .check_matches(FeatureStore.expected_from_config(cfg, splits))  # refuse a stale one
         .load_split(split) -> SplitFeatures                            # in memory
         .iter_studies(split, shuffle_buffer, seed, epoch)              # streamed, whole studies
+        .split_metadata(split) -> SplitMetadata                        # ids, views, study bounds; no maps
         .verify()                                                      # shard checksums
 
 Layout and contract: ``schema.py`` (columns, Parquet settings), ``manifest.py``
@@ -16,7 +17,7 @@ shards, resume). Importing this package does not import torch; writing does.
 
 from .config import FeatureConfig
 from .manifest import expected_from_config
-from .reader import FeatureStore, SplitFeatures, StreamStats, StudyFeatures
+from .reader import FeatureStore, SplitFeatures, SplitMetadata, StreamStats, StudyFeatures
 
 
 def build_store(features_cfg, splits, accelerator=None, progress: bool = True):
@@ -26,5 +27,5 @@ def build_store(features_cfg, splits, accelerator=None, progress: bool = True):
     return _build_store(features_cfg, splits, accelerator=accelerator, progress=progress)
 
 
-__all__ = ["FeatureConfig", "FeatureStore", "SplitFeatures", "StudyFeatures", "StreamStats", "build_store",
-           "expected_from_config"]
+__all__ = ["FeatureConfig", "FeatureStore", "SplitFeatures", "SplitMetadata", "StudyFeatures", "StreamStats",
+           "build_store", "expected_from_config"]

@@ -22,6 +22,9 @@ LAYOUTS = ("binary", "list")
 # CXR-LT images are `unknown`; most of them are frontal (portable AP films with the tag missing), so the
 # frontal backbone is the default; "lateral" is there for data sets where the opposite holds.
 UNKNOWN_VIEW_ROUTES = ("frontal", "lateral")
+# How stage 2 reads each split: auto loads it in memory when its maps fit in max_memory_gb and streams it
+# otherwise; memory and stream force one reader (stage2/streaming.py, features/README.md).
+READERS = ("auto", "memory", "stream")
 
 
 @dataclass
@@ -40,11 +43,14 @@ class FeatureConfig:
     row_group_rows: int = 256  # rows per Parquet row group: the unit the streaming reader holds in memory
     num_workers: int = 0
     skip_bad_images: bool = False
-    max_memory_gb: float = 4.0  # reader: load a split in memory below this, else stream it
+    max_memory_gb: float = 4.0  # stage 2, reader auto: load a split in memory below this, else stream it
+    reader: str = "auto"  # stage 2: auto | memory | stream (see READERS above)
+    shuffle_buffer: int = 256  # stage 2 streaming the training split: studies shuffled across row groups
 
     def validate(self) -> None:
         """Refuse a bad value by its key, before any backbone is loaded."""
-        choices = {"routing": ROUTINGS, "dtype": DTYPES, "layout": LAYOUTS, "unknown_view": UNKNOWN_VIEW_ROUTES}
+        choices = {"routing": ROUTINGS, "dtype": DTYPES, "layout": LAYOUTS, "unknown_view": UNKNOWN_VIEW_ROUTES,
+                   "reader": READERS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"config key 'features.{key}' must be one of {list(allowed)}, "
@@ -56,7 +62,7 @@ class FeatureConfig:
             raise UserError("features.routing is shared: set features.shared_backbone (a stage-1 run folder)")
         if self.pool is not None and (len(self.pool) != 2 or min(self.pool) < 1):
             raise UserError(f"config key 'features.pool' must be null or [h, w] with h, w >= 1, got {self.pool}")
-        for key in ("batch_size", "shard_rows", "row_group_rows"):
+        for key in ("batch_size", "shard_rows", "row_group_rows", "shuffle_buffer"):
             if getattr(self, key) < 1:
                 raise UserError(f"config key 'features.{key}' must be at least 1, got {getattr(self, key)}")
         if self.num_workers < 0:

@@ -8,8 +8,9 @@ contiguous ``[N, C*h*w]`` array, which costs a second copy of the split (and
 twice its memory for a moment) unless the split is a single chunk.
 
 Streaming (:meth:`FeatureStore.iter_studies`), for stores larger than memory:
-only the metadata columns of the split are loaded; the maps are read one row
-group at a time. A row group *owns* the studies that start in it; a study that
+only the metadata columns of the split are loaded (:meth:`FeatureStore.split_metadata`,
+which also tells a reader up front which studies and labels to expect); the maps
+are read one row group at a time. A row group *owns* the studies that start in it; a study that
 runs past its end takes its remaining rows from the next row group (studies
 are contiguous in store order). At most two row groups are decoded at a time,
 plus a shuffle buffer of whole studies, so memory does not grow with the store.
@@ -48,6 +49,7 @@ class StudyFeatures:
     views: np.ndarray  # [n] int64 indices into chexfusion.data.views.VIEWS
     dicom_ids: list[str]
     csv_rows: np.ndarray  # [n] int64 rows of the split's CSV (for labels)
+    index: int = -1  # the study's position in the split's store order (its row in SplitMetadata / SplitFeatures)
 
 
 def _arrow_strings(values) -> pa.Array:
@@ -148,7 +150,35 @@ class SplitFeatures:
             views=self.views[start:stop],
             dicom_ids=self.meta["dicom_id"].iloc[start:stop].tolist(),
             csv_rows=self.meta["csv_row"].to_numpy(dtype=np.int64)[start:stop],
+            index=i,
         )
+
+
+@dataclass
+class SplitMetadata:
+    """A split without its maps: per-image metadata in store order, and where each study starts and stops.
+
+    What a streamed split knows before any map is read (~100 bytes an image), so a
+    reader of :meth:`FeatureStore.iter_studies` can label every study and image up
+    front. Study ``i`` is study ``i`` of :meth:`FeatureStore.load_split` and the
+    ``index`` of the :class:`StudyFeatures` that ``iter_studies`` yields for it.
+    """
+
+    split: str
+    views: np.ndarray  # [N] int64 view indices
+    csv_rows: np.ndarray  # [N] int64 rows of the split's CSV
+    dicom_ids: pa.Array  # [N] strings
+    study_ids: np.ndarray  # [S] in store order
+    study_starts: np.ndarray  # [S] first row of each study
+    study_stops: np.ndarray  # [S] one past its last row
+
+    def __len__(self) -> int:
+        """Number of studies."""
+        return len(self.study_starts)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.views)
 
 
 @dataclass
@@ -162,19 +192,25 @@ class StreamStats:
 
 
 class _RowGroupCache:
-    """The decoded maps of at most ``capacity`` row groups, least recently used evicted first."""
+    """The decoded maps of at most ``capacity`` row groups, least recently used evicted first.
 
-    def __init__(self, read, capacity: int, stats: StreamStats):
-        self.read, self.capacity, self.stats = read, capacity, stats
+    ``get`` takes the reader at each call rather than keeping it: a bound method
+    of the stream held here would be a reference cycle, and a finished stream
+    (one per epoch in stage 2) would keep its row groups until the garbage
+    collector happened to run.
+    """
+
+    def __init__(self, capacity: int, stats: StreamStats):
+        self.capacity, self.stats = capacity, stats
         self.items: OrderedDict[int, np.ndarray] = OrderedDict()
 
-    def get(self, g: int) -> np.ndarray:
+    def get(self, g: int, read) -> np.ndarray:
         if g in self.items:
             self.items.move_to_end(g)
             return self.items[g]
         while len(self.items) >= self.capacity:
             self.items.popitem(last=False)
-        self.items[g] = self.read(g)
+        self.items[g] = read(g)
         self.stats.row_group_reads += 1
         self.stats.max_decoded_row_groups = max(self.stats.max_decoded_row_groups, len(self.items))
         self.stats.max_decoded_rows = max(self.stats.max_decoded_rows, sum(len(a) for a in self.items.values()))
@@ -279,6 +315,22 @@ class FeatureStore:
 
     # ---- streaming -----------------------------------------------------------------------------------------
 
+    def split_metadata(self, split: str) -> SplitMetadata:
+        """The split's metadata columns and study bounds, without its maps (see :class:`SplitMetadata`)."""
+        paths = self._shard_paths(split)
+        meta = pa.concat_tables([self._open(p, memory_map=False).read(columns=list(READ_META)) for p in paths]) \
+            if paths else None
+        if meta is None or not meta.num_rows:
+            empty = np.zeros(0, np.int64)
+            return SplitMetadata(split, empty, empty, pa.array([], pa.string()), np.zeros(0, object), empty, empty)
+        study_ids = meta.column("study_id").combine_chunks()
+        starts, stops = study_bounds(study_ids)
+        return SplitMetadata(split, views=view_indices(meta.column("view")),
+                             csv_rows=meta.column("csv_row").to_numpy().astype(np.int64),
+                             dicom_ids=meta.column("dicom_id").combine_chunks(),
+                             study_ids=study_ids.take(pa.array(starts)).to_numpy(zero_copy_only=False).astype(object),
+                             study_starts=starts, study_stops=stops)
+
     def _row_groups(self, split: str) -> list[tuple[Path, int, int, int]]:
         """(shard path, row group index, first row, rows) of every row group of the split, in store order."""
         groups, start = [], 0
@@ -299,7 +351,8 @@ class FeatureStore:
         permutation drawn from ``(seed, epoch)`` and studies pass through a
         buffer of ``shuffle_buffer`` studies from which a random one is yielded
         each time: the same order for the same (seed, epoch). Besides that, the
-        split's metadata stays in memory as Arrow columns (~100 bytes an image).
+        split's metadata stays in memory (:class:`SplitMetadata`, ~100 bytes an
+        image); each study's ``index`` is its row there.
         """
         self.last_stream_stats = StreamStats()
         stream = _SplitStream(self, split, self.last_stream_stats)
@@ -326,24 +379,16 @@ class _SplitStream:
     """A split read row group by row group; a row group yields the studies that start in it."""
 
     def __init__(self, store: FeatureStore, split: str, stats: StreamStats):
-        self.store = store
-        paths = store._shard_paths(split)
-        meta = pa.concat_tables([store._open(p, memory_map=False).read(columns=list(READ_META)) for p in paths]) \
-            if paths else None
+        self.store, self.meta = store, store.split_metadata(split)
         self.groups = store._row_groups(split)  # (path, index, first row, rows)
-        self.num_groups = len(self.groups) if meta is not None and meta.num_rows else 0
+        self.num_groups = len(self.groups) if self.meta.num_images else 0
         if not self.num_groups:
             return
-        self.views = view_indices(meta.column("view"))
-        self.study_ids = meta.column("study_id").combine_chunks()
-        self.dicom_ids = meta.column("dicom_id").combine_chunks()
-        self.csv_rows = meta.column("csv_row").to_numpy().astype(np.int64)
-        self.starts, self.stops = study_bounds(self.study_ids)
         self.group_starts = np.array([g[2] for g in self.groups], dtype=np.int64)
-        owner = np.searchsorted(self.group_starts, self.starts, side="right") - 1  # non-decreasing
+        owner = np.searchsorted(self.group_starts, self.meta.study_starts, side="right") - 1  # non-decreasing
         self.first_study = np.searchsorted(owner, np.arange(self.num_groups + 1))
         self.files: OrderedDict[Path, pq.ParquetFile] = OrderedDict()
-        self.cache = _RowGroupCache(self._read_group, capacity=2, stats=stats)
+        self.cache = _RowGroupCache(capacity=2, stats=stats)
 
     def _read_group(self, g: int) -> np.ndarray:
         path, index = self.groups[g][0], self.groups[g][1]
@@ -359,18 +404,19 @@ class _SplitStream:
         """Maps of rows [start, stop): from the row group holding ``start`` and, for a study that runs on, the next."""
         pieces, g = [], int(np.searchsorted(self.group_starts, start, side="right")) - 1
         while start < stop:
-            data, base, n = self.cache.get(g), self.groups[g][2], self.groups[g][3]
+            data, base, n = self.cache.get(g, self._read_group), self.groups[g][2], self.groups[g][3]
             end = min(stop, base + n)
             pieces.append(data[start - base:end - base])
             start, g = end, g + 1
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def studies_of_group(self, g: int, copy: bool) -> Iterator[StudyFeatures]:
+        m = self.meta
         for s in range(self.first_study[g], self.first_study[g + 1]):
-            a, b = int(self.starts[s]), int(self.stops[s])
+            a, b = int(m.study_starts[s]), int(m.study_stops[s])
             maps = self._rows(a, b).reshape(b - a, *self.store.shape)
-            yield StudyFeatures(self.study_ids[a].as_py(), maps.copy() if copy else maps, self.views[a:b],
-                                self.dicom_ids.slice(a, b - a).to_pylist(), self.csv_rows[a:b])
+            yield StudyFeatures(str(m.study_ids[s]), maps.copy() if copy else maps, m.views[a:b],
+                                m.dicom_ids.slice(a, b - a).to_pylist(), m.csv_rows[a:b], index=int(s))
 
 
 def describe(store: FeatureStore) -> str:

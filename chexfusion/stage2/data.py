@@ -5,7 +5,8 @@ frontal first: the store keeps a study's images together and in canonical
 order), their view indices, and the study's label. CXR-LT labels are
 study-level, so all images of a study carry the same row of labels; should they
 differ, a class is positive for the study when any image is, and scored unless
-every image ignores it.
+every image ignores it. A split too large for memory yields the same items
+from ``streaming.StreamedStudies``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The stage-2 training loop, top to bottom.
 
-open the feature store (refused if stale) -> studies and their labels ->
+open the feature store (refused if stale) -> studies and their labels, each
+split in memory or streamed (``streaming.py``) ->
 build the fusion model -> ``fit`` (train, validate, keep the best, resume) ->
 evaluate the best weights at study level and at image level (the CXR-LT
 convention: every image gets its study's prediction), next to the stage-1
@@ -28,20 +29,36 @@ from .config import Stage2Config
 from .data import StudyDataset, collate_studies, image_study, study_labels
 from .model import build_for_classes, write_run_info
 from .store import open_store_for, stage1_classes
+from .streaming import StreamedStudies, choose_reader
 
 
 class Split:
-    """One split as stage 2 sees it: cached maps, studies, image and study labels."""
+    """One split as stage 2 sees it: cached maps (in memory, or streamed), studies, image and study labels.
 
-    def __init__(self, store, name: str, csv: str, classes: list[str], policy: LabelPolicy, max_images: int):
-        self.features = store.load_split(name)
+    ``stream``: None loads the split in memory; else the keyword arguments of
+    :class:`StreamedStudies` (shuffle buffer, seed, block) and only the split's
+    metadata is loaded (``features`` is None). ``layout`` is what both readers
+    know up front: per-image views and where each study starts and stops.
+    """
+
+    def __init__(self, store, name: str, csv: str, classes: list[str], policy: LabelPolicy, max_images: int,
+                 stream: dict | None = None):
+        self.name = name
+        if stream is None:
+            self.features = self.layout = store.load_split(name)
+            rows = self.features.meta["csv_row"].to_numpy()
+        else:
+            self.features, self.layout = None, store.split_metadata(name)
+            rows = self.layout.csv_rows
         table = read_cxr_lt(csv, classes=classes, require_labels=True)
         targets, mask = table.targets(policy)
-        rows = self.features.meta["csv_row"].to_numpy()
         self.image_targets, self.image_mask = targets[rows], mask[rows]
-        self.image_study = image_study(self.features)
-        self.targets, self.mask = study_labels(self.features, self.image_targets, self.image_mask)
-        self.dataset = StudyDataset(self.features, self.targets, self.mask, max_images)
+        self.image_study = image_study(self.layout)
+        self.targets, self.mask = study_labels(self.layout, self.image_targets, self.image_mask)
+        if stream is None:
+            self.dataset = StudyDataset(self.features, self.targets, self.mask, max_images)
+        else:
+            self.dataset = StreamedStudies(store, name, len(self.layout), self.targets, self.mask, max_images, **stream)
         self.skipped = store.manifest["splits"][name].get("skipped", [])
 
 
@@ -59,9 +76,15 @@ def study_probs(model, loader, accelerator, desc: str) -> tuple[np.ndarray, np.n
 
 
 def split_metrics(split: Split, probs: np.ndarray, study_index: np.ndarray, classes, prevalence) -> dict:
-    """Study-level metrics, and image-level ones with each image carrying its study's prediction."""
-    by_study = np.empty_like(probs)
-    by_study[study_index] = probs
+    """Study-level metrics, and image-level ones with each image carrying its study's prediction.
+
+    A study may come twice (accelerate completes the last batch of a streamed split under several processes with
+    studies from its first batch); every study must come at least once.
+    """
+    by_study, scored = np.empty((len(split.targets), probs.shape[1]), probs.dtype), np.zeros(len(split.targets), bool)
+    by_study[study_index], scored[study_index] = probs, True
+    if not scored.all():
+        raise RuntimeError(f"split '{split.name}': {int((~scored).sum())} of {len(scored)} studies were not scored")
     image_probs = by_study[split.image_study]
     image = compute_metrics(split.image_targets, image_probs, classes, train_prevalence=prevalence,
                             mask=split.image_mask)
@@ -85,11 +108,23 @@ def train_stage2(cfg: Stage2Config) -> dict:
     store = open_store_for(cfg)
     classes, prevalence = stage1_classes(cfg)
     policy = LabelPolicy(uncertain=cfg.data.uncertain_label, blank=cfg.data.blank_label)
-    splits = {"train": Split(store, "train", cfg.data.train_csv, classes, policy, cfg.model.max_images),
-              "val": Split(store, "val", cfg.data.val_csv, classes, policy, cfg.model.max_images)}
+    csvs = {"train": cfg.data.train_csv, "val": cfg.data.val_csv}
     if cfg.data.test_csv and "test" in store.manifest["splits"]:
-        splits["test"] = Split(store, "test", cfg.data.test_csv, classes, policy, cfg.model.max_images)
-    sampler = training.EpochPermutationSampler(len(splits["train"].dataset), cfg.seed)
+        csvs["test"] = cfg.data.test_csv
+    splits = {}
+    for name, csv in csvs.items():
+        reader, why = choose_reader(cfg.features, store, name)
+        log(f"stage 2 reads split '{name}' {'in memory' if reader == 'memory' else 'streamed'}: {why}")
+        stream = None
+        if reader == "stream":  # training: an order from (seed, epoch); evaluation: store order
+            stream = dict(shuffle_buffer=cfg.features.shuffle_buffer if name == "train" else 0, seed=cfg.seed,
+                          block=cfg.train.batch_size * accelerator.num_processes)
+        splits[name] = Split(store, name, csv, classes, policy, cfg.model.max_images, stream)
+    if splits["train"].features is not None:
+        sampler = training.EpochPermutationSampler(len(splits["train"].dataset), cfg.seed)
+        epoch_setters = [sampler]
+    else:
+        sampler, epoch_setters = None, [splits["train"].dataset]
 
     def loader(split, sampler=None, drop_last=False):
         return torch.utils.data.DataLoader(split.dataset, batch_size=cfg.train.batch_size, sampler=sampler,
@@ -119,7 +154,7 @@ def train_stage2(cfg: Stage2Config) -> dict:
 
     state = fit(accelerator=accelerator, cfg=cfg.train, run_dir=run_dir, stage="stage2", model=model,
                 optimizer=optimizer, scheduler=scheduler, ema=ema, train_loader=prepared.train_loader,
-                steps_per_epoch=prepared.steps_per_epoch, epoch_setters=[sampler], batch_loss=batch_loss,
+                steps_per_epoch=prepared.steps_per_epoch, epoch_setters=epoch_setters, batch_loss=batch_loss,
                 validate=lambda m: evaluate(m, "val", val_loader, "validate"), seed=cfg.seed)
 
     # ---- final evaluation: best weights, and the stage-1 max-over-images baseline ------------------------------
@@ -153,7 +188,7 @@ def stage1_baseline(cfg, store, splits, classes, prevalence, accelerator) -> dic
         probs = baseline_image_probs(cfg, store, split, classes, accelerator.device)
         if probs is None:
             return {}
-        study_max = np.maximum.reduceat(probs, split.features.study_starts, axis=0)
+        study_max = np.maximum.reduceat(probs, split.layout.study_starts, axis=0)
         out[key] = compute_metrics(split.image_targets, study_max[split.image_study], classes,
                                    train_prevalence=prevalence, mask=split.image_mask)
     return out

@@ -1,0 +1,261 @@
+"""Stage 2 on a streamed store: which reader a split gets, the streamed items, a streamed run and its resume.
+
+A store of the tiny pipeline written with row groups of 8 rows (studies
+straddle them; the training split is 19 row groups in 5 shards) stands in for a
+store larger than memory: ``features.max_memory_gb`` 1e-6 makes every split
+stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from accelerate.data_loader import prepare_data_loader
+
+import pipeline
+from chexfusion import training
+from chexfusion.config import from_dict, read_yaml
+from chexfusion.data.labels import LabelPolicy
+from chexfusion.errors import UserError
+from chexfusion.feature_store import FeatureConfig, FeatureStore
+from chexfusion.io import file_sha256
+from chexfusion.metrics import json_safe
+from chexfusion.stage2.config import Stage2Config
+from chexfusion.stage2.data import StudyDataset, collate_studies
+from chexfusion.stage2.model import load_stage2_run
+from chexfusion.stage2.streaming import StreamedStudies, choose_reader
+from chexfusion.stage2.train import Split, split_metrics, stage1_baseline, study_probs
+
+STORE = {"features.row_group_rows": 8, "features.shard_rows": 32}
+STREAMED = {**STORE, "features.max_memory_gb": "0.000001", "features.shuffle_buffer": 16, "seed": 5,
+            "train.checkpoint_every_steps": 2}
+BATCH = 8  # pipeline.stage2_overrides: train.batch_size
+
+
+@pytest.fixture(scope="module")
+def store(tiny_data, tiny_stage1, tmp_path_factory, repo_root, monkeypatch_module):
+    monkeypatch_module.chdir(repo_root)
+    runs = tmp_path_factory.mktemp("streamed")
+    return pipeline.build_features(tiny_data, runs, runs / "store", tiny_stage1, **STORE)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def streamed_run(tiny_data, tiny_stage1, store):
+    """Stage 2 with every split streamed (auto, under a 1e-6 GB budget); its log."""
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        run = pipeline.train_stage2(tiny_data, store.parent, store, tiny_stage1, name="streamed", **STREAMED)
+    return run, log.getvalue()
+
+
+def labelled(store_path, split="train"):
+    store = FeatureStore(store_path)
+    meta = store.split_metadata(split)
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, (len(meta), 3)).astype(np.float32)
+    return store, meta, targets, np.ones_like(targets)
+
+
+def streamed(store_path, epoch=0, block=BATCH, split="train", shuffle_buffer=16):
+    store, meta, targets, mask = labelled(store_path, split)
+    dataset = StreamedStudies(store, split, len(meta), targets, mask, max_images=2, shuffle_buffer=shuffle_buffer,
+                              seed=5, block=block)
+    dataset.set_epoch(epoch)
+    return dataset
+
+
+def studies_of(batches) -> list[int]:
+    return [int(s) for batch in batches for s in batch["study"]]
+
+
+# ---- the reader each split gets ----------------------------------------------------------------------------
+
+
+def test_auto_streams_a_split_over_the_memory_budget_and_the_key_forces_either(store):
+    opened = FeatureStore(store)
+    reader, why = choose_reader(FeatureConfig(max_memory_gb=1e-6), opened, "train")
+    assert reader == "stream" and "features.max_memory_gb" in why
+    assert choose_reader(FeatureConfig(), opened, "train")[0] == "memory"  # 4 GB: the tiny split fits
+    assert choose_reader(FeatureConfig(reader="memory", max_memory_gb=1e-6), opened, "train")[0] == "memory"
+    assert choose_reader(FeatureConfig(reader="stream"), opened, "train") == ("stream", "features.reader is stream")
+
+
+def test_bad_reader_or_shuffle_buffer_is_a_user_error_naming_the_key(tiny_data, tiny_stage1, store, tmp_path,
+                                                                      run_cli, repo_root, monkeypatch):
+    with pytest.raises(UserError, match="features.reader"):
+        FeatureConfig(reader="disk").validate()
+    with pytest.raises(UserError, match="features.shuffle_buffer"):
+        FeatureConfig(shuffle_buffer=0).validate()
+    monkeypatch.chdir(repo_root)
+    code, _, err = run_cli("stage2", "--config", "stage2/config.yaml",
+                           *pipeline.stage2_overrides(tiny_data, tmp_path, store, tiny_stage1, "bad"),
+                           "features.reader=disk")
+    assert code == 2 and "features.reader" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- the streamed items ------------------------------------------------------------------------------------
+
+
+def test_streamed_items_are_the_in_memory_items(store):
+    """Same maps (cut to max_images), views, study index and labels as StudyDataset, whatever the order."""
+    opened, _, targets, mask = labelled(store)
+    split = opened.load_split("train")
+    in_memory = StudyDataset(split, targets, mask, max_images=2)
+    dataset = streamed(store)
+    items = list(dataset)
+    assert any(len(it["views"]) < len(split.study(it["study"]).views) for it in items)  # some studies are cut
+    for item in items:
+        expected = in_memory[item["study"]]
+        assert item.keys() == expected.keys()
+        for key in ("features", "views", "target", "mask"):
+            assert item[key].dtype == expected[key].dtype and torch.equal(item[key], expected[key]), key
+    stats = dataset.store.last_stream_stats  # memory stays bounded: two row groups and the buffer
+    assert stats.max_decoded_row_groups <= 2 and stats.max_buffered_studies == 16
+
+
+def test_every_study_once_per_epoch_in_an_order_drawn_from_seed_and_epoch(store):
+    n = len(FeatureStore(store).split_metadata("train"))
+    orders = {epoch: [it["study"] for it in streamed(store, epoch)] for epoch in (0, 1)}
+    for order in orders.values():
+        assert sorted(order) == list(range(n))
+    assert orders[0] != orders[1]
+    assert [it["study"] for it in streamed(store, 0)] == orders[0]
+    assert [it["study"] for it in streamed(store, 0, split="val", shuffle_buffer=0)] == \
+        list(range(len(FeatureStore(store).split_metadata("val"))))  # evaluation: store order
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_two_workers_give_the_batches_of_one(store, drop_last):
+    """Workers split the stream by whole batches: the same batches in the same order, every study once."""
+    def batches(workers):
+        loader = torch.utils.data.DataLoader(streamed(store, epoch=1), batch_size=BATCH, collate_fn=collate_studies,
+                                             num_workers=workers, drop_last=drop_last)
+        return list(loader), len(loader)
+
+    (one, length), (two, _) = batches(0), batches(2)
+    n = len(FeatureStore(store).split_metadata("train"))
+    order = [it["study"] for it in streamed(store, epoch=1)]
+    assert studies_of(two) == studies_of(one) == order[:len(order) - (n % BATCH if drop_last else 0)]
+    assert len(one) == length  # the length fit and the schedule count on
+    for a, b in zip(one, two):
+        assert torch.equal(a["features"], b["features"]) and torch.equal(a["image_mask"], b["image_mask"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_two_processes_share_each_global_batch_as_in_memory(store, workers):
+    """Under accelerate (dispatch_batches off) process r takes its slice of every global batch of 2 x 4 studies."""
+    ranks = []
+    for rank in range(2):
+        loader = torch.utils.data.DataLoader(streamed(store, epoch=2, block=2 * 4), batch_size=4,
+                                             collate_fn=collate_studies, num_workers=workers, drop_last=True)
+        shard = prepare_data_loader(loader, num_processes=2, process_index=rank, put_on_device=False,
+                                    dispatch_batches=False)
+        shard.set_epoch(2)
+        ranks.append([studies_of([batch]) for batch in shard])
+    order = [it["study"] for it in streamed(store, epoch=2)]
+    steps = len(order) // 8
+    assert len(ranks[0]) == len(ranks[1]) == steps == len(loader) // 2  # steps_per_epoch of prepare_training
+    assert [s for k in range(steps) for s in ranks[0][k] + ranks[1][k]] == order[:steps * 8]
+
+
+# ---- a streamed run ----------------------------------------------------------------------------------------
+
+
+def test_streamed_run_trains_and_writes_metrics(streamed_run):
+    run, log = streamed_run
+    for split in ("train", "val", "test"):
+        assert f"stage 2 reads split '{split}' streamed: its maps take" in log
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["validation"]["mAP"] is not None and metrics["test"]["study_level"]["mAP"] is not None
+    assert set(metrics["stage1_baseline"]) == {"validation", "test"}
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2] and all(h["train_loss"] > 0 for h in history)
+    assert load_stage2_run(run).classes == metrics["classes"]
+
+
+def test_data_loader_workers_do_not_change_a_streamed_run(streamed_run, tiny_data, tiny_stage1, store):
+    """train.num_workers is an execution setting: two workers train the weights of none."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        run = pipeline.train_stage2(tiny_data, store.parent, store, tiny_stage1, name="workers", **STREAMED,
+                                    **{"train.num_workers": 2})
+    assert file_sha256(run / "model.safetensors") == file_sha256(streamed_run[0] / "model.safetensors")
+    assert (run / "metrics.json").read_text() == (streamed_run[0] / "metrics.json").read_text()
+
+
+def test_same_weights_score_the_same_streamed_and_in_memory(streamed_run, store, tiny_data):
+    """Validation and test metrics, and the stage-1 baseline, through both readers (the run streamed them all)."""
+    run = streamed_run[0]
+    cfg = from_dict(Stage2Config, read_yaml(run / "config.yaml"))
+    model, metrics = load_stage2_run(run).model, json.loads((run / "metrics.json").read_text())
+    classes, prevalence = metrics["classes"], np.asarray(json.loads((run / "run.json").read_text())["train_prevalence"])
+    opened, policy, accelerator = FeatureStore(store), LabelPolicy(), training.make_accelerator(cfg.train)
+    csvs = {"val": tiny_data / "development.csv", "test": tiny_data / "test.csv"}
+    in_memory, scored = {}, {}
+    for name, csv in csvs.items():
+        for reader, stream in (("memory", None), ("stream", dict(shuffle_buffer=0, seed=cfg.seed, block=BATCH))):
+            split = Split(opened, name, str(csv), classes, policy, cfg.model.max_images, stream)
+            assert (split.features is None) == (reader == "stream")
+            loader = torch.utils.data.DataLoader(split.dataset, batch_size=BATCH, collate_fn=collate_studies)
+            scored[name, reader] = split_metrics(split, *study_probs(model, loader, accelerator, name), classes,
+                                                 prevalence)
+            if reader == "memory":
+                in_memory[name] = split
+    for name, key in (("val", "validation"), ("test", "test")):
+        assert_close(scored[name, "stream"], scored[name, "memory"])
+        assert_close(metrics[key], scored[name, "memory"])
+    assert_close(metrics["stage1_baseline"],
+                 stage1_baseline(cfg, opened, in_memory, classes, prevalence, accelerator))
+
+
+def assert_close(a, b, path=""):
+    """Equal up to 1e-6 (NaN and JSON's null alike: metrics.json went through json_safe)."""
+    a, b = (json.loads(json.dumps(json_safe(x))) for x in (a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, abs=1e-6), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.slow
+def test_killed_streamed_run_resumes_to_the_same_result(streamed_run, tiny_data, tiny_stage1, store, repo_root):
+    """kill -9 in the middle of epoch 2 (after a checkpoint at step 12 of 20), re-run: the uninterrupted result."""
+    whole = streamed_run[0]
+    args = pipeline.stage2_overrides(tiny_data, store.parent, store, tiny_stage1, "killed", **STREAMED)
+    killed = subprocess.run([sys.executable, "-m", "chexfusion", "stage2", "--config", "stage2/config.yaml", *args],
+                            cwd=repo_root, env={**os.environ, "CHEXFUSION_TEST_KILL_AT_STEP": "13"},
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    progress = json.loads((store.parent / "killed" / "checkpoint" / "progress.json").read_text())
+    assert progress["epoch"] == 1 and progress["step_in_epoch"] == 2
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        resumed = pipeline.train_stage2(tiny_data, store.parent, store, tiny_stage1, name="killed", **STREAMED)
+    assert "resuming" in log.getvalue()
+    assert file_sha256(resumed / "model.safetensors") == file_sha256(whole / "model.safetensors")
+    a, b = (json.loads((r / "metrics.json").read_text()) for r in (whole, resumed))
+    assert a["validation"] == b["validation"] and a["test"] == b["test"]
+    history = [[{k: v for k, v in json.loads(line).items() if not k.endswith("seconds")}
+                for line in (r / "history.jsonl").read_text().splitlines()] for r in (whole, resumed)]
+    assert history[0] == history[1]
