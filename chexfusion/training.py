@@ -279,8 +279,12 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_same_config(run_dir: Path, cfg_dict: dict) -> None:
-    """Refuse to resume or reuse a run folder that was made with a different configuration."""
+def check_same_config(run_dir: Path, cfg_dict: dict, defaults: dict | None = None) -> None:
+    """Refuse to resume or reuse a run folder that was made with a different configuration.
+
+    A key the saved config lacks (added to chexfusion after the run was made) counts as its default in
+    ``defaults``, so a newer version still recognises a run made before the key existed.
+    """
     import yaml
 
     saved_path = Path(run_dir) / "config.yaml"
@@ -288,6 +292,8 @@ def check_same_config(run_dir: Path, cfg_dict: dict) -> None:
         return
     saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
     current = _flatten(cfg_dict)
+    for key, value in _flatten(defaults or {}).items():
+        saved.setdefault(key, value)
     for key in sorted(set(saved) | set(current)):
         if key in EXECUTION_ONLY_KEYS:
             continue

@@ -102,3 +102,19 @@ def test_a_checkpoint_of_another_model_is_a_one_line_error_naming_it(tmp_path):
     training.save_weights(wide, tmp_path / "wide.safetensors")
     with pytest.raises(UserError, match=r"2 mis-shaped tensors, e\.g\. 'bias'"):
         training.load_weights(small, tmp_path / "wide.safetensors")
+
+
+def test_a_run_made_before_a_config_key_existed_is_still_recognised(tmp_path):
+    """A key added to chexfusion later counts as its default in an older run's config.yaml, not as a change."""
+    import yaml
+
+    from chexfusion.errors import UserError
+    from chexfusion.training import check_same_config
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"name": "demo", "features": {"dtype": "float16"}}))
+    defaults = {"name": "demo", "features": {"dtype": "float16", "reader": "auto"}}
+    check_same_config(tmp_path, {"name": "demo", "features": {"dtype": "float16", "reader": "auto"}}, defaults)
+    with pytest.raises(UserError, match="features.reader='auto', not 'stream'"):
+        check_same_config(tmp_path, {"name": "demo", "features": {"dtype": "float16", "reader": "stream"}}, defaults)
+    with pytest.raises(UserError, match="features.reader"):  # without defaults a missing key is a difference
+        check_same_config(tmp_path, {"name": "demo", "features": {"dtype": "float16", "reader": "auto"}})

@@ -104,7 +104,7 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
     training.seed_everything(cfg.seed)
     log = accelerator.print
     run_dir = Path(cfg.output_dir) / cfg.name
-    training.check_same_config(run_dir, to_dict(cfg))
+    training.check_same_config(run_dir, to_dict(cfg), defaults=to_dict(Stage1Config()))
     if (run_dir / "metrics.json").is_file():
         results = json.loads((run_dir / "metrics.json").read_text())
         log(f"stage 1 run {run_dir} is complete (delete the folder to train it again)")

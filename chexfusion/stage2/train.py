@@ -97,7 +97,7 @@ def train_stage2(cfg: Stage2Config) -> dict:
     training.seed_everything(cfg.seed)
     log = accelerator.print
     run_dir = Path(cfg.output_dir) / cfg.name
-    training.check_same_config(run_dir, to_dict(cfg))
+    training.check_same_config(run_dir, to_dict(cfg), defaults=to_dict(Stage2Config()))
     if (run_dir / "metrics.json").is_file():
         results = json.loads((run_dir / "metrics.json").read_text())
         log(f"stage 2 run {run_dir} is complete (delete the folder to train it again)")
