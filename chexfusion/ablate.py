@@ -110,7 +110,9 @@ def check_losses(text: str) -> list[str]:
     """The names of --losses, checked before anything trains."""
     from .losses import LOSS_NAMES
 
-    names = [name.strip() for name in text.split(",") if name.strip()]
+    from .name_lists import parse_name_list
+
+    names = parse_name_list(text, "--losses")
     unknown = [name for name in names if name not in LOSS_NAMES]
     if unknown:
         raise UserError(f"--losses: unknown loss '{unknown[0]}' (known: {', '.join(LOSS_NAMES)})")

@@ -64,12 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ece-bins", type=_positive_int, default=15, help="ECE / reliability bins (default 15)")
 
 
-def _split_names(values: list[str] | str | None) -> list[str] | None:
-    if values is None:
-        return None
-    values = [values] if isinstance(values, str) else values
-    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
-    return names or None
+def _split_names(values: list[str] | str | None, option: str) -> list[str] | None:
+    from .name_lists import parse_name_list
+
+    return None if values is None else parse_name_list(values, option)
 
 
 def _quote(ids) -> str:
@@ -183,7 +181,7 @@ def run(args) -> int:
     policy = LabelPolicy(uncertain=args.label_policy_uncertain)
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    evaluation = load_evaluation(args.pred, args.labels, _split_names(args.classes), policy)
+    evaluation = load_evaluation(args.pred, args.labels, _split_names(args.classes, "--classes"), policy)
     notes = []
     if evaluation.not_evaluated:
         notes.append(f"Not evaluated (no label column in {args.labels}): {', '.join(evaluation.not_evaluated)}.")
@@ -207,7 +205,7 @@ def run(args) -> int:
     metrics["not_evaluated"] = evaluation.not_evaluated
     metrics["sources"] = sources
 
-    pr_classes = _split_names(args.pr_classes)
+    pr_classes = _split_names(args.pr_classes, "--pr-classes")
     if pr_classes:
         for name in pr_classes:
             if name not in metrics["per_class"]:

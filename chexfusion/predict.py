@@ -26,25 +26,18 @@ def add_arguments(parser) -> None:
 def requested_classes(args) -> list[str] | None:
     """The names of --classes / --classes-file, checked: none empty, none twice."""
     from .errors import UserError
+    from .name_lists import check_distinct, parse_name_list
 
     if args.classes is not None:
-        source, names = "--classes", [name.strip() for name in args.classes.split(",")]
-    elif args.classes_file is not None:
+        return parse_name_list(args.classes, "--classes")
+    if args.classes_file is not None:
         try:
             lines = open(args.classes_file, encoding="utf-8").read().splitlines()
         except OSError as exc:
             raise UserError(f"--classes-file {args.classes_file}: {exc.strerror}") from None
-        source = args.classes_file
         names = [line.split("#", 1)[0].strip() for line in lines]
-        names = [name for name in names if name]
-    else:
-        return None
-    if not names or any(not name for name in names):
-        raise UserError(f"{source}: empty class name (give names separated by commas)")
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise UserError(f"{source}: class '{twice[0]}' given twice")
-    return names
+        return check_distinct([name for name in names if name], args.classes_file)  # minus blank/comment lines
+    return None
 
 
 def run(args) -> int:

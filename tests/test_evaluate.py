@@ -187,6 +187,9 @@ def test_class_choice_errors_exit_2(dataset, run_cli):
     _assert_user_error(*run_cli(*base, "--classes", "Bulla"), "labels.csv", "'Bulla'")
     _assert_user_error(*run_cli(*base, "--classes", "Nonexistent"), "pred.csv", "'Nonexistent'")
     _assert_user_error(*run_cli(*base, "--pr-classes", "Atelectasis,Nope"), "--pr-classes", "'Nope'")
+    # an empty or repeated name is refused, not dropped (one rule with predict and ablate)
+    _assert_user_error(*run_cli(*base, "--classes", "Atelectasis,,Fracture"), "--classes", "empty name")
+    _assert_user_error(*run_cli(*base, "--classes", "Fracture,Fracture"), "--classes", "'Fracture' given twice")
     _assert_user_error(*run_cli("evaluate", "--pred", folder / "absent.csv", "--labels", folder / "labels.csv"),
                        "absent.csv")
 

@@ -134,8 +134,8 @@ def test_an_encoder_with_other_files_is_refused(text_runs, tiny_data, tmp_path, 
     assert "is not the one run" in err and name in err
 
 
-@pytest.mark.parametrize("value, message", [("Pneumonia,,Bulla", "empty class name"),
-                                            ("Bulla,Bulla", "class 'Bulla' given twice")])
+@pytest.mark.parametrize("value, message", [("Pneumonia,,Bulla", "--classes: empty name"),
+                                            ("Bulla,Bulla", "--classes: 'Bulla' given twice")])
 def test_bad_class_lists_are_one_line_errors(text_runs, tiny_data, tmp_path, run_cli, value, message):
     code, _, err = run_cli("predict", "--model", text_runs["stage1"], "--csv", tiny_data / "test.csv",
                            "--image-root", tiny_data, "--out", tmp_path / "p.csv", "--classes", value)
