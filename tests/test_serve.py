@@ -162,7 +162,7 @@ def test_openapi_documents_predict_and_health(client):
     schema = client.get("/openapi.json").json()
     post = schema["paths"]["/api/predict"]["post"]
     body = post["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert body["required"] == ["files"] and set(body["properties"]) == {"files", "views"}
+    assert body["required"] == ["files"] and set(body["properties"]) == {"files", "views", "classes"}
     ok = post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
     assert ok.endswith("/PredictResponse")
     assert {"413", "415", "422"} <= set(post["responses"])
@@ -387,3 +387,13 @@ def test_serve_command_reports_a_busy_port_and_a_missing_run(run_cli, tiny_stage
         busy.listen()
         code, _, err = run_cli("serve", "--model", tiny_stage2, "--port", busy.getsockname()[1])
     assert code == 2 and "cannot listen" in err
+
+
+def test_a_learned_query_run_refuses_other_class_names(client, study, tiny_data):
+    assert client.get("/health").json()["scores_other_names"] is False
+    files, data = upload(study, tiny_data)
+    response = client.post("/api/predict", files=files, data={**data, "classes": "Bulla"})
+    assert response.status_code == 422
+    assert "learned class queries" in response.json()["detail"]
+    response = client.post("/api/predict", files=files, data={**data, "classes": "Bulla,,Hilum"})
+    assert response.status_code == 422 and "empty name" in response.json()["detail"]

@@ -140,3 +140,30 @@ def test_bad_class_lists_are_one_line_errors(text_runs, tiny_data, tmp_path, run
     code, _, err = run_cli("predict", "--model", text_runs["stage1"], "--csv", tiny_data / "test.csv",
                            "--image-root", tiny_data, "--out", tmp_path / "p.csv", "--classes", value)
     assert code == 2 and message in err
+
+
+def test_the_web_demo_scores_typed_names_and_keeps_its_own_classes(text_runs, tiny_data):
+    """A text-query run answers a request's 'classes' (unseen names included) and, for the next request, its own
+    classes again: the names are swapped into the shared model only for the request that asked."""
+    from fastapi.testclient import TestClient
+
+    from chexfusion.serve import create_app
+
+    rows = list(csv.DictReader(open(tiny_data / "test.csv", newline="")))
+    study = [r for r in rows if r["study_id"] == rows[0]["study_id"]]
+    files = [("files", (r["dicom_id"] + ".jpg", (tiny_data / r["fpath"]).read_bytes(), "image/jpeg")) for r in study]
+    with TestClient(create_app(text_runs["stage2"], device="cpu")) as client:
+        health = client.get("/health").json()
+        assert health["scores_other_names"] is True
+        own = client.post("/api/predict", files=files).json()
+        asked = client.post("/api/predict", files=files, data={"classes": "Pneumonia, Cardiomegaly"}).json()
+        again = client.post("/api/predict", files=files).json()
+    findings = {f["class"]: f for f in asked["study"]["findings"]}
+    assert set(findings) == {"Pneumonia", "Cardiomegaly"}
+    assert findings["Pneumonia"]["group"] == "unseen" and findings["Pneumonia"]["train_prevalence"] is None
+    own_by_class = {f["class"]: f for f in own["study"]["findings"]}
+    assert findings["Cardiomegaly"]["group"] == own_by_class["Cardiomegaly"]["group"]
+    assert abs(findings["Cardiomegaly"]["probability"] - own_by_class["Cardiomegaly"]["probability"]) < 1e-5
+    assert set(asked["heatmaps"]["query_of_class"]) == {"Pneumonia", "Cardiomegaly"}
+    assert again["study"]["findings"] == own["study"]["findings"]
+    assert len(own["study"]["findings"]) == len(health["classes"])

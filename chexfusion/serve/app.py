@@ -11,11 +11,15 @@ from __future__ import annotations
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from ..errors import UserError
+from ..name_lists import parse_name_list
+from .class_sets import ClassSet
 from .engine import StudyEngine
 from .heatmap import as_grid
 from .limits import UNPROCESSABLE, Rejected, ServeLimits
@@ -24,7 +28,7 @@ from .schemas import ErrorResponse, Finding, Health, HeatMaps, ImageInfo, Limits
 from .uploads import VIEW_CHOICES, PreparedImage, requested_views
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-FILE_FIELD, VIEW_FIELD = "files", "views"
+FILE_FIELD, VIEW_FIELD, CLASSES_FIELD = "files", "views", "classes"
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; script-src 'self'; "
                                  b"style-src 'self'; connect-src 'self'; object-src 'none'; frame-ancestors 'none'"),
@@ -65,6 +69,10 @@ def _request_body_schema(limits: ServeLimits) -> dict:
             VIEW_FIELD: {"type": "array", "items": {"type": "string", "enum": list(VIEW_CHOICES)},
                          "description": "one per file, in order (or none: all auto). auto = the DICOM header's "
                                         "ViewPosition, else unknown"},
+            CLASSES_FIELD: {"type": "string",
+                            "description": "optional, comma-separated finding names to score instead of the run's "
+                                           "classes (runs trained with text queries only; names it never saw are "
+                                           "scored zero-shot)"},
         }}}}}}
 
 
@@ -73,14 +81,26 @@ def _run_name(predictor) -> str:
     return Path(run.path).name if run is not None else predictor.kind
 
 
-def _response(engine: StudyEngine, images: list[PreparedImage]) -> PredictResponse:
-    result = engine.predict(images)
-    findings = [Finding(class_name=engine.classes[k], probability=float(result.probabilities[k]),
-                        group=engine.groups[k], train_prevalence=float(engine.train_prevalence[k]))
-                for k in sorted(range(len(engine.classes)), key=lambda k: -result.probabilities[k])]
+def _requested_classes(values: list[str] | None) -> list[str] | None:
+    """The names of the optional 'classes' field (one rule with ``predict --classes``), a 422 when malformed."""
+    if not values or not "".join(values).strip():
+        return None
+    try:
+        return parse_name_list(values, f"field '{CLASSES_FIELD}'")
+    except UserError as exc:
+        raise Rejected(UNPROCESSABLE, str(exc)) from None
+
+
+def _response(engine: StudyEngine, images: list[PreparedImage], chosen: ClassSet) -> PredictResponse:
+    result = engine.predict(images, chosen)
+    names = chosen.names
+    findings = [Finding(class_name=names[k], probability=float(result.probabilities[k]), group=chosen.groups[k],
+                        train_prevalence=None if np.isnan(chosen.train_prevalence[k])
+                        else float(chosen.train_prevalence[k]))
+                for k in sorted(range(len(names)), key=lambda k: -result.probabilities[k])]
     per_image: list[dict | None] = [None] * len(images)
     for slot, i in enumerate(result.used):
-        per_image[i] = {name: as_grid(result.heatmaps[k, slot]) for k, name in enumerate(engine.classes)}
+        per_image[i] = {name: as_grid(result.heatmaps[k, slot]) for k, name in enumerate(names)}
     squash = engine.predictor.preprocess.resize == "squash"
     infos = [ImageInfo(name=im.name, format=im.header.format, view=im.view, view_source=im.view_source,
                        width=im.header.width, height=im.header.height, used=i in result.used, preview=im.preview,
@@ -88,15 +108,16 @@ def _response(engine: StudyEngine, images: list[PreparedImage]) -> PredictRespon
              for i, im in enumerate(images)]
     height, width = result.heatmaps.shape[-2:]
     heatmaps = HeatMaps(height=height, width=width, scaling=HEATMAP_SCALING,
-                        query_of_class={c: int(q) for c, q in zip(engine.classes, engine.query_index)},
+                        query_of_class={c: int(q) for c, q in zip(names, chosen.query_index)},
                         images=per_image)
     return PredictResponse(run=engine.run_name, kind=engine.kind,
                            study=Study(aggregation=result.aggregation, findings=findings),
                            images=infos, heatmaps=heatmaps)
 
 
-def _analyse(engine: StudyEngine, files, views) -> PredictResponse:
-    return _response(engine, engine.prepare(files, views))
+def _analyse(engine: StudyEngine, files, views, names: list[str] | None) -> PredictResponse:
+    chosen = engine.class_sets.resolve(names)  # may encode names: off the event loop, like the model
+    return _response(engine, engine.prepare(files, views), chosen)
 
 
 def create_app(model, limits: ServeLimits | None = None, device: str | None = None) -> FastAPI:
@@ -131,17 +152,18 @@ def create_app(model, limits: ServeLimits | None = None, device: str | None = No
     @app.get("/health", response_model=Health, summary="the loaded model and the upload limits")
     async def health() -> Health:
         return Health(status="ok", run=engine.run_name, kind=engine.kind, classes=engine.classes,
-                      max_images_scored=engine.max_images, limits=Limits(**limits.describe()))
+                      scores_other_names=engine.class_sets.accepts_names, max_images_scored=engine.max_images, limits=Limits(**limits.describe()))
 
     @app.post("/api/predict", response_model=PredictResponse, responses=errors,
               summary="score one study from its images", openapi_extra=_request_body_schema(limits))
     async def predict(request: Request) -> PredictResponse:
-        form = await read_form(request.headers, request.stream(), limits, {FILE_FIELD}, {VIEW_FIELD})
+        form = await read_form(request.headers, request.stream(), limits, {FILE_FIELD}, {VIEW_FIELD, CLASSES_FIELD})
         if not form.files:
             raise Rejected(UNPROCESSABLE, f"no images: send 1 to {limits.max_images} files in the "
                                           f"'{FILE_FIELD}' field")
         views = requested_views(form.fields.get(VIEW_FIELD), len(form.files))
-        return await run_in_threadpool(_analyse, engine, form.files, views)
+        names = _requested_classes(form.fields.get(CLASSES_FIELD))
+        return await run_in_threadpool(_analyse, engine, form.files, views, names)
 
     return app
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.classes import prevalence_group
 from ..data.views import VIEW_INDEX
-from .heatmap import class_heatmaps, query_of_class
+from .class_sets import ClassSet, ClassSets, scoring
+from .heatmap import class_heatmaps
 from .limits import ServeLimits
 from .multipart import UploadedFile
 from .uploads import PreparedImage, prepare_image
@@ -48,11 +48,9 @@ class StudyEngine:
     def __init__(self, predictor, limits: ServeLimits, run_name: str):
         self.predictor, self.limits, self.run_name = predictor, limits, run_name
         self.kind = predictor.kind
-        self.classes = list(predictor.classes)
-        self.train_prevalence = np.asarray(predictor.train_prevalence, dtype=np.float64)
-        self.groups = [prevalence_group(float(p)) for p in self.train_prevalence]
+        self.class_sets = ClassSets(predictor)  # the run's own classes, or names a request asks for
+        self.classes = self.class_sets.own.names
         self.max_images = int(getattr(predictor, "max_images", 0) or 0) or None  # None: stage 1 has no cap
-        self.query_index = query_of_class(predictor.model.decoder, len(self.classes))
         self._model_lock = threading.Lock()
         self._decode_slots = threading.BoundedSemaphore(limits.decode_slots)
 
@@ -64,19 +62,21 @@ class StudyEngine:
                 prepared.append(prepare_image(upload, view, self.predictor.preprocess, self.limits))
         return prepared
 
-    def predict(self, images: list[PreparedImage]) -> StudyPrediction:
+    def predict(self, images: list[PreparedImage], chosen: ClassSet | None = None) -> StudyPrediction:
+        """Score the study for ``chosen``'s classes (default: the run's own), in their order."""
+        chosen = chosen or self.class_sets.own
         views = [im.view for im in images]
         order = scoring_order(views)
         used = order[: self.max_images] if self.max_images else order
         batch = torch.stack([images[i].tensor for i in used])
         used_views = [views[i] for i in used]
-        with self._model_lock, torch.inference_mode():
+        with self._model_lock, torch.inference_mode(), scoring(self.predictor.model.decoder, chosen):
             if self.kind == "stage2":
                 probs, query_maps = self._stage2(batch, used_views)
             else:
                 probs, query_maps = self._stage1(batch)
         return StudyPrediction(probs.numpy().astype(np.float64), used,
-                               class_heatmaps(query_maps, self.query_index), AGGREGATION[self.kind])
+                               class_heatmaps(query_maps, chosen.query_index), AGGREGATION[self.kind])
 
     def _stage2(self, batch: torch.Tensor, views: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.predictor

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 View = Literal["frontal", "lateral", "unknown"]
-Group = Literal["head", "medium", "tail"]
+Group = Literal["head", "medium", "tail", "unseen"]
 
 
 class Finding(BaseModel):
@@ -15,8 +15,9 @@ class Finding(BaseModel):
 
     class_name: str = Field(alias="class", description="the class, named as in the run's label set")
     probability: float = Field(ge=0.0, le=1.0, description="the study's probability of the finding")
-    group: Group = Field(description="training prevalence: head > 10%, medium 1-10%, tail < 1%")
-    train_prevalence: float = Field(description="fraction of training images with the finding")
+    group: Group = Field(description="training prevalence: head > 10%, medium 1-10%, tail < 1%; unseen: a name "
+                                     "the run was not trained on (asked for in 'classes', scored zero-shot)")
+    train_prevalence: float | None = Field(description="fraction of training images with the finding (null: unseen)")
 
 
 class Study(BaseModel):
@@ -72,6 +73,8 @@ class Health(BaseModel):
     run: str
     kind: Literal["stage1", "stage2"]
     classes: list[str]
+    scores_other_names: bool = Field(description="true for a run trained with text queries: a request's "
+                                                 "'classes' field may name any findings (zero-shot)")
     max_images_scored: int | None = Field(description="images per study the model scores (stage 2), None: all")
     limits: Limits
 

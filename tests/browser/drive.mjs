@@ -44,6 +44,7 @@ try {
   await page.goto(`${baseUrl}/`);
   await page.waitForSelector('body[data-state="ready"]');
   report.run_info = await page.textContent("#run-info");
+  report.classes_field_visible = await page.isVisible("#classes-input");  // text-query runs only
 
   await page.setInputFiles("#file-input", images.map((image) => image.file));
   const selects = page.locator("select.view-select");

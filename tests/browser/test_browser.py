@@ -66,6 +66,7 @@ def test_upload_two_views_read_findings_and_see_a_heat_map(tiny_stage2, tiny_dat
 
     assert report["state"] == "done", report.get("error")
     assert "stage2" in report["run_info"] and report["rows"] == 2
+    assert report["classes_field_visible"] is False  # a learned-query run scores only its own classes
     # the page lists every class, most probable first, with the numbers the API gives for the same upload
     with TestClient(app) as client:
         files = [("files", (p.name, p.read_bytes())) for p, _ in images]

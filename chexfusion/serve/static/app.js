@@ -40,6 +40,7 @@ async function loadHealth() {
     const scored = health.max_images_scored ? `, up to ${health.max_images_scored} images scored per study` : "";
     $("run-info").textContent =
       `Model: ${health.kind} run “${health.run}”, ${health.classes.length} findings${scored}.`;
+    $("classes-row").hidden = !health.scores_other_names;  // text-query runs score typed names
     const l = health.limits;
     $("limits-hint").textContent = `JPEG, PNG or DICOM, read from the file's content. At most ${l.max_images} ` +
       `images, ${formatBytes(l.max_file_bytes)} per file and ${formatBytes(l.max_request_bytes)} in all.`;
@@ -121,6 +122,8 @@ async function analyse() {
     form.append("files", entry.file, entry.file.name);
     form.append("views", entry.view);
   }
+  const classes = $("classes-input").value.trim();
+  if (state.health && state.health.scores_other_names && classes) form.append("classes", classes);
   $("submit").disabled = true;
   $("busy").hidden = false;
   setState("busy");
@@ -168,7 +171,8 @@ function renderResults() {
     const group = document.createElement("span");
     group.className = `group group-${finding.group}`;
     group.textContent = finding.group;
-    group.title = `${(100 * finding.train_prevalence).toFixed(2)}% of training images`;
+    group.title = finding.train_prevalence === null ? "not trained on: scored from its name (zero-shot)"
+      : `${(100 * finding.train_prevalence).toFixed(2)}% of training images`;
     button.append(name, bar, value, group);
     button.addEventListener("click", () => selectFinding(finding.class));
     item.append(button);
