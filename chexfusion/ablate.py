@@ -109,7 +109,6 @@ def main(argv=None) -> int:
 def check_losses(text: str) -> list[str]:
     """The names of --losses, checked before anything trains."""
     from .losses import LOSS_NAMES
-
     from .name_lists import parse_name_list
 
     names = parse_name_list(text, "--losses")

@@ -225,12 +225,22 @@ class Stage2Predictor:
         return PredictionResult(np.asarray(rows_out, dtype=np.int64), probs, skipped)
 
 
-def use_classes(predictor: Predictor, names: list[str]) -> None:
-    """Make ``predictor`` score ``names`` instead of its run's classes: zero-shot scoring of findings it never saw.
+@dataclass
+class NamedClasses:
+    """Class names encoded for a text-query run's decoder (see :func:`encode_class_names`)."""
 
-    Only a run trained with text queries can do this: the names are encoded with the text setup it was trained
-    with (from the embedding cache when possible) and become its decoder's queries. Names it was trained on get
-    the embeddings they were trained with; a new name's training prevalence is unknown (NaN).
+    names: list[str]
+    queries: torch.Tensor  # [K, D] embeddings, encoded with the run's recorded text setup
+    trained_index: list[int]  # per name, its index among the run's trained classes, or -1
+    train_prevalence: np.ndarray  # the trained classes' prevalence; NaN for a name not trained on
+
+
+def encode_class_names(predictor: Predictor, names: list[str]) -> NamedClasses:
+    """Encode ``names`` for ``predictor``'s decoder: zero-shot scoring of findings it never saw.
+
+    Only a run trained with text queries can do this (others are a UserError): the names are encoded with the
+    text setup it was trained with (from the embedding cache when possible). Names it was trained on get the
+    embeddings they were trained with, and their training prevalence; a new name's prevalence is unknown (NaN).
     """
     run = predictor.run
     record = run.info.get("text_queries")
@@ -239,12 +249,19 @@ def use_classes(predictor: Predictor, names: list[str]) -> None:
                         f"classes (train it with model.queries=text to score other names)")
     from .text.queries import zero_shot_queries
 
-    queries = zero_shot_queries(record, list(names), run.path)
-    trained = list(run.info["classes"])
-    predictor.model.decoder.set_label_queries(queries, [trained.index(n) if n in trained else -1 for n in names])
-    known = dict(zip(predictor.classes, np.asarray(predictor.train_prevalence, dtype=np.float64)))
-    predictor.train_prevalence = np.array([known.get(name, np.nan) for name in names])
-    predictor.classes = list(names)
+    trained = {name: k for k, name in enumerate(run.classes)}
+    known = dict(zip(run.classes, run.train_prevalence))
+    return NamedClasses(list(names), zero_shot_queries(record, list(names), run.path),
+                        [trained.get(name, -1) for name in names],
+                        np.array([known.get(name, np.nan) for name in names]))
+
+
+def use_classes(predictor: Predictor, names: list[str]) -> None:
+    """Make ``predictor`` score ``names`` instead of its run's classes (:func:`encode_class_names`), for good."""
+    named = encode_class_names(predictor, names)
+    predictor.model.decoder.set_label_queries(named.queries, named.trained_index)
+    predictor.train_prevalence = named.train_prevalence
+    predictor.classes = named.names
 
 
 def load_predictor(run_dir: str | Path, device: str | None = None) -> Predictor:
@@ -268,5 +285,5 @@ def load_predictor(run_dir: str | Path, device: str | None = None) -> Predictor:
     raise UserError(f"{info_path}: unknown run kind '{kind}'")
 
 
-__all__ = ["load_predictor", "use_classes", "Predictor", "Stage1Predictor", "Stage2Predictor", "PredictionResult",
+__all__ = ["load_predictor", "use_classes", "encode_class_names", "NamedClasses", "Predictor", "Stage1Predictor", "Stage2Predictor", "PredictionResult",
            "route_view", "cached_features", "aggregate_by_study", "VIEWS"]

@@ -131,6 +131,9 @@ def test_class_residuals_correct_trained_classes_only_and_start_at_zero():
     rebuilt.add_class_residual()
     rebuilt.load_state_dict(decoder.state_dict())
     new_name = torch.randn(1, 16)
+    with rebuilt.scoring(torch.cat([names[2:], new_name]), trained_index=[2, -1]):  # for one request only
+        assert rebuilt(x).shape == (3, 2)
+    assert torch.equal(rebuilt(x), corrected) and rebuilt.num_classes == 3  # its own classes again, exactly
     rebuilt.set_label_queries(torch.cat([names[2:], new_name]), trained_index=[2, -1])
     both = rebuilt(x)
     assert torch.allclose(both[:, 0], corrected[:, 2], atol=1e-6)  # trained class 2 keeps its correction

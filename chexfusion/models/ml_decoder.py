@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import inspect
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -144,6 +146,19 @@ class MLDecoder(nn.Module):
             self.residual_index = trained_index.to(self.residual_index.device)
         self.label_queries = queries.detach().to(device=self.label_queries.device, dtype=torch.float32).clone()
         self.num_classes = queries.shape[0]
+
+    @contextmanager
+    def scoring(self, queries: Tensor, trained_index: list[int] | Tensor | None = None) -> Iterator[None]:
+        """Score ``queries`` (as :meth:`set_label_queries`) inside the block only; the classes it scored before,
+        exactly, after it. For a model shared by requests: hold the lock that serialises its use."""
+        saved = (self.label_queries, self.num_classes, getattr(self, "residual_index", None))
+        try:
+            self.set_label_queries(queries, trained_index)
+            yield
+        finally:
+            self.label_queries, self.num_classes = saved[0], saved[1]
+            if saved[2] is not None:
+                self.residual_index = saved[2]
 
     @property
     def has_class_residual(self) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..data.views import VIEW_INDEX
-from .class_sets import ClassSet, ClassSets, scoring
+from .class_sets import ClassSet, ClassSets
 from .heatmap import class_heatmaps
 from .limits import ServeLimits
 from .multipart import UploadedFile
@@ -70,7 +70,7 @@ class StudyEngine:
         used = order[: self.max_images] if self.max_images else order
         batch = torch.stack([images[i].tensor for i in used])
         used_views = [views[i] for i in used]
-        with self._model_lock, torch.inference_mode(), scoring(self.predictor.model.decoder, chosen):
+        with self._model_lock, torch.inference_mode(), chosen.scored_by(self.predictor.model.decoder):
             if self.kind == "stage2":
                 probs, query_maps = self._stage2(batch, used_views)
             else:
