@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import xxhash
 from PIL import Image
 
 from chexfusion.config import save_config
@@ -153,7 +154,7 @@ def test_shards_are_plain_parquet_with_the_documented_schema(store):
     assert [s["file"] for s in shards] == [f"part-train-0000{k}.parquet" for k in range(4)]
     for shard in shards:
         path = store / shard["file"]
-        assert sha256(path) == shard["sha256"]
+        assert shard["checksum"] == "xxh3_128:" + xxhash.xxh3_128(path.read_bytes()).hexdigest()
         pf = pq.ParquetFile(path)
         assert [rg.num_rows for rg in (pf.metadata.row_group(i) for i in range(pf.metadata.num_row_groups))] \
             == [2] * (shard["rows"] // 2) + [1] * (shard["rows"] % 2)
@@ -377,6 +378,31 @@ def test_features_rebuilds_a_store_made_from_other_settings(tmp_path, data, runs
     assert FeatureStore(tmp_path / "store").manifest["dtype"] == "float32"
     code, out, _ = run_cli("features", "--config", config, "features.dtype=float32", "--verify")
     assert code == 0 and "is complete" in out
+
+
+def test_a_store_written_with_sha256_records_still_verifies_and_is_not_rebuilt(tmp_path, data, runs, run_cli):
+    """Stores written before shard checksums were XXH3 record ``sha256``: they stay valid, complete and current."""
+    config = write_stage2_config(tmp_path / "stage2.yaml", data, tmp_path / "store", runs["all"])
+    assert run_cli("features", "--config", config)[0] == 0
+    store = tmp_path / "store"
+    manifest = json.loads((store / "manifest.json").read_text())
+    for entry in manifest["splits"].values():
+        for shard in entry["shards"]:
+            del shard["checksum"]
+            shard["sha256"] = sha256(store / shard["file"])
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    before = file_bytes(store)
+    FeatureStore(store).verify()
+    code, out, err = run_cli("features", "--config", config, "--verify")
+    assert code == 0 and "is complete" in out, err
+    assert file_bytes(store) == before
+
+    first = manifest["splits"]["train"]["shards"][0]
+    damaged = bytearray((store / first["file"]).read_bytes())
+    damaged[100] ^= 0xFF
+    (store / first["file"]).write_bytes(bytes(damaged))
+    with pytest.raises(UserError, match=f"shard {first['file']} is damaged"):
+        FeatureStore(store).verify()
 
 
 def test_missing_or_damaged_store_and_bad_config_are_one_line_errors(tmp_path, data, runs, store, run_cli):

@@ -15,7 +15,7 @@ DEFAULT_CONFIG = "stage2/config.yaml"
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", default=None, help=f"stage-2 YAML config (default: {DEFAULT_CONFIG} if it exists)")
-    parser.add_argument("--verify", action="store_true", help="also check every shard against its sha256")
+    parser.add_argument("--verify", action="store_true", help="also check every shard against its checksum")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config entries (dotted keys)")
 
 

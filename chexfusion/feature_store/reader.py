@@ -274,16 +274,16 @@ class FeatureStore:
         return [self.path / s["file"] for s in self._split(split)["shards"]]
 
     def verify(self) -> None:
-        """Check every shard against the sha256 in the manifest."""
+        """Check every shard against the checksum in the manifest."""
         for split in self.splits:
             for shard in self._split(split)["shards"]:
                 path = self.path / shard["file"]
                 if not path.is_file():
                     raise UserError(f"feature store {self.path}: shard {shard['file']} is missing: delete the "
                                     "folder and run chexfusion features")
-                if mf.file_sha256(path) != shard["sha256"]:
-                    raise UserError(f"feature store {self.path}: shard {shard['file']} is damaged (its sha256 differs "
-                                    f"from {mf.MANIFEST_NAME}): delete the folder and run chexfusion features")
+                if not mf.shard_matches(path, shard):
+                    raise UserError(f"feature store {self.path}: shard {shard['file']} is damaged (its checksum "
+                                    f"differs from {mf.MANIFEST_NAME}): delete the folder and run chexfusion features")
 
     # ---- in memory -----------------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ unreadable images when ``skip_bad_images``). What a shard holds therefore
 depends on the data alone, never on timing or on the number of processes.
 
 Resume and atomicity: a shard is written under a temporary name and renamed;
-then a sidecar ``_progress/<shard>.json`` records its sha256. A re-run keeps
+then a sidecar ``_progress/<shard>.json`` records its checksum. A re-run keeps
 every shard whose file matches its sidecar and writes only the others; the
 manifest is written last, from the sidecars, and ``_progress`` removed, so an
 interrupted-then-resumed store equals an uninterrupted one byte for byte.
@@ -135,7 +135,7 @@ def prepare_store(store: Path, header: dict, log) -> bool:
 
 
 def shard_is_done(store: Path, job: ShardJob) -> bool:
-    """The shard file exists and has the sha256 its sidecar recorded when it was written."""
+    """The shard file exists and has the checksum its sidecar recorded when it was written."""
     sidecar, path = _sidecar(store, job.file_name), store / job.file_name
     if not (sidecar.is_file() and path.is_file()):
         return False
@@ -143,7 +143,7 @@ def shard_is_done(store: Path, job: ShardJob) -> bool:
         recorded = json.loads(sidecar.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
-    return recorded.get("sha256") == mf.file_sha256(path)
+    return isinstance(recorded, dict) and mf.shard_matches(path, recorded)
 
 
 def _test_kill_hook() -> None:
@@ -155,10 +155,10 @@ def _test_kill_hook() -> None:
 
 
 def write_shard_file(table, path: Path, row_group_rows: int) -> str:
-    """Write one shard atomically; return its sha256."""
+    """Write one shard atomically; return its checksum."""
     with atomic_path(path) as tmp:
         write_parquet(table, tmp, row_group_rows)
-        digest = mf.file_sha256(tmp)
+        digest = mf.shard_checksum(tmp)
         _test_kill_hook()
     return digest
 
@@ -207,7 +207,7 @@ def _extract_split_shards(store: Path, cfg: FeatureConfig, header: dict, plan: S
                                 tuple(header["shape"]))
             digest = write_shard_file(table, store / job.file_name, cfg.row_group_rows)
             atomic_write_json(_sidecar(store, job.file_name), {
-                "file": job.file_name, "rows": len(kept_rows), "sha256": digest,
+                "file": job.file_name, "rows": len(kept_rows), "checksum": digest,
                 "skipped": [str(dicom_ids[r]) for r, _ in skipped], "skipped_errors": [e for _, e in skipped]})
     finally:
         batches.close()  # stops DataLoader workers, also when a shard fails
@@ -220,7 +220,7 @@ def finish_manifest(store: Path, header: dict, plans: dict[str, SplitPlan], jobs
         shards, skipped = [], []
         for job in (j for j in jobs if j.split == name):
             record = json.loads(_sidecar(store, job.file_name).read_text())
-            shards.append({"file": record["file"], "rows": record["rows"], "sha256": record["sha256"],
+            shards.append({"file": record["file"], "rows": record["rows"], "checksum": record["checksum"],
                            "skipped": record["skipped"]})
             skipped += record["skipped"]
         splits[name] = {**entry, "images_in_csv": int(len(plans[name].order)),
