@@ -268,6 +268,30 @@ def test_killed_extraction_resumes_to_a_byte_identical_store(tmp_path, data, run
     assert len(file_bytes(clean)) == 1 + 6 + 2  # manifest, 6 train shards of 2 rows, 2 val shards
 
 
+def test_a_store_killed_before_checksums_were_xxh3_resumes_without_rewriting_its_shards(tmp_path, data, runs,
+                                                                                         run_cli):
+    """Sidecars that an earlier version wrote hold ``sha256``: the resume keeps those shards and finishes."""
+    config = write_stage2_config(tmp_path / "stage2.yaml", data, tmp_path / "killed", runs["all"])
+    env = {**os.environ, KILL_HOOK_ENV: "2"}
+    killed = subprocess.run([sys.executable, "-m", "chexfusion", "features", "--config", str(config)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    partial = tmp_path / "killed"
+    for sidecar in (partial / "_progress").glob("*.json"):
+        record = json.loads(sidecar.read_text())
+        record["sha256"] = sha256(partial / record["file"])
+        del record["checksum"]
+        sidecar.write_text(json.dumps(record))
+    before = {p.name: p.stat().st_ino for p in partial.glob("part-*.parquet")}
+    assert len(before) == 2
+
+    code, _, err = run_cli("features", "--config", config, "--verify")
+    assert code == 0, err
+    assert {p: (partial / p).stat().st_ino for p in before} == before  # the old shards were kept
+    shards = json.loads((partial / "manifest.json").read_text())["splits"]["train"]["shards"]
+    assert [s["checksum"].split(":")[0] for s in shards] == ["sha256"] * 2 + ["xxh3_128"] * (len(shards) - 2)
+
+
 def test_two_processes_under_torchrun_write_the_same_store_as_one(tmp_path, data, runs, store):
     config = write_stage2_config(tmp_path / "stage2.yaml", data, tmp_path / "ddp", runs["all"], shard_rows=3,
                                  batch_size=2)

@@ -49,16 +49,23 @@ def shard_checksum(path: Path, algorithm: str = SHARD_CHECKSUM) -> str:
     return f"{algorithm}:{file_digest(path, _DIGESTS[algorithm]())}"
 
 
-def shard_matches(path: Path, record: dict) -> bool:
-    """Whether the file at ``path`` has the checksum that its manifest entry or sidecar ``record`` holds.
+def recorded_checksum(record: dict) -> str | None:
+    """The ``'<algorithm>:<hex>'`` checksum of a manifest shard entry or sidecar, or None.
 
-    Stores written before checksums were XXH3 recorded ``sha256``; they still verify (and resume) as they are.
+    Stores written before checksums were XXH3 recorded ``sha256``; it is read as ``'sha256:<hex>'``, so those
+    stores still verify, resume and finish as they are.
     """
-    recorded = record.get("checksum") or (f"sha256:{record['sha256']}" if record.get("sha256") else None)
-    algorithm = str(recorded).split(":", 1)[0]
-    if not recorded or algorithm not in _DIGESTS:
+    if record.get("checksum"):
+        return str(record["checksum"])
+    return f"sha256:{record['sha256']}" if record.get("sha256") else None
+
+
+def shard_matches(path: Path, record: dict) -> bool:
+    """Whether the file at ``path`` has the checksum that its manifest entry or sidecar ``record`` holds."""
+    recorded = recorded_checksum(record)
+    if recorded is None or recorded.split(":", 1)[0] not in _DIGESTS:
         return False
-    return shard_checksum(path, algorithm) == recorded
+    return shard_checksum(path, recorded.split(":", 1)[0]) == recorded
 
 
 def pooled_shape(feature_shape, pool) -> list[int]:

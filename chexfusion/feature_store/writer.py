@@ -220,7 +220,7 @@ def finish_manifest(store: Path, header: dict, plans: dict[str, SplitPlan], jobs
         shards, skipped = [], []
         for job in (j for j in jobs if j.split == name):
             record = json.loads(_sidecar(store, job.file_name).read_text())
-            shards.append({"file": record["file"], "rows": record["rows"], "checksum": record["checksum"],
+            shards.append({"file": record["file"], "rows": record["rows"], "checksum": mf.recorded_checksum(record),
                            "skipped": record["skipped"]})
             skipped += record["skipped"]
         splits[name] = {**entry, "images_in_csv": int(len(plans[name].order)),
