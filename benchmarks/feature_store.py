@@ -22,8 +22,9 @@ images, at two map shapes (float16):
 - read: ``FeatureStore.load_split`` (the maps as zero-copy views of the decoded
   row groups, the metadata as a DataFrame, the study index) against
   ``np.load`` of the two arrays.
-- every timing is one operation in a fresh process, after a warm-up on a small
-  file: a store is loaded once per stage-2 run, and timing a loop instead
+- every timing is one operation in a fresh process, the operations taking turns,
+  each after ``os.sync`` (so no write pays for another's writeback), after a
+  warm-up on a small file: a store is loaded once per stage-2 run, and timing a loop instead
   measures the allocator (a 20 MB array re-read in a loop lands in memory that
   is already mapped, which no real load gets). Files are in the page cache.
 - the ``list`` layout (fixed_size_list<float16>) is measured too, for reference
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -157,14 +159,21 @@ def child_operation(op: str, work: Path, rows: int, shape: tuple[int, int, int])
     return time.perf_counter() - start
 
 
-def timed(op: str, work: Path, shape_name: str, args) -> float:
-    """Median seconds of ``op`` over ``args.repeats`` fresh processes."""
-    times = []
+def timed(ops: list[str], work: Path, shape_name: str, args) -> dict[str, float]:
+    """Median seconds of each of ``ops`` over ``args.repeats`` fresh processes.
+
+    The operations take turns (one run of each, ``repeats`` times) and each starts after ``os.sync``: a file
+    write lands in the page cache, and the kernel slows writers down while earlier writes are still dirty, so
+    running one side's repeats after the other's would bill one side for the other's writeback.
+    """
+    times: dict[str, list[float]] = {op: [] for op in ops}
     for _ in range(args.repeats):
-        out = subprocess.run([sys.executable, __file__, "--child", op, "--work", str(work), "--rows", str(args.rows),
-                              "--shape", shape_name], capture_output=True, text=True, check=True)
-        times.append(float(out.stdout.strip().splitlines()[-1]))
-    return statistics.median(times)
+        for op in ops:
+            os.sync()
+            out = subprocess.run([sys.executable, __file__, "--child", op, "--work", str(work), "--rows",
+                                  str(args.rows), "--shape", shape_name], capture_output=True, text=True, check=True)
+            times[op].append(float(out.stdout.strip().splitlines()[-1]))
+    return {op: statistics.median(t) for op, t in times.items()}
 
 
 def peak_rss_mb() -> float:
@@ -215,7 +224,7 @@ def measure_shape(work: Path, name: str, args) -> dict:
     prepare_inputs(work, args.rows, shape, with_list)
     ops = [op for op in OPERATIONS if with_list or not op.endswith("-list")]
     mb = args.rows * width_of(shape) * 2 / 1e6
-    speed = {op: mb / timed(op, work, name, args) for op in ops}
+    speed = {op: mb / seconds for op, seconds in timed(ops, work, name, args).items()}
     found = {
         "read_ratio": speed["read-store"] / speed["read-numpy"],
         "write_ratio": speed["write-store"] / speed["write-numpy"],
@@ -277,9 +286,9 @@ def main() -> None:
         result["note"] = (
             f"pyarrow's Parquet writer alone writes at {result['write_ratio_without_checksum']:.2f} of np.save's "
             f"speed (no compression, dictionary or statistics on the maps; page sizes 1-512 MB, write batches of "
-            f"64-4096 values and the system or jemalloc pools measured no faster): it encodes the maps into page "
-            f"buffers it allocates, and a fresh process pays for that memory, where np.save writes the caller's "
-            f"array as it is. The per-shard checksum (XXH3 over the mapped file, for resume and "
+            f"64-4096 values and the system or jemalloc pools measured no faster): its encoder copies every map "
+            f"into page buffers and writes those page by page, where np.save hands the array to the kernel as it "
+            f"is. The per-shard checksum (XXH3 over the mapped file, for resume and "
             f"`features --verify`) takes it to {result['write_ratio']:.2f}. At the "
             f"demo's 10 KB rows, per-row ids and index weigh more: read {demo['read_ratio']:.2f}, write "
             f"{demo['write_ratio']:.2f}")
