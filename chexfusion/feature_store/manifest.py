@@ -63,9 +63,8 @@ def recorded_checksum(record: dict) -> str | None:
 def shard_matches(path: Path, record: dict) -> bool:
     """Whether the file at ``path`` has the checksum that its manifest entry or sidecar ``record`` holds."""
     recorded = recorded_checksum(record)
-    if recorded is None or recorded.split(":", 1)[0] not in _DIGESTS:
-        return False
-    return shard_checksum(path, recorded.split(":", 1)[0]) == recorded
+    algorithm = recorded.partition(":")[0] if recorded else None
+    return algorithm in _DIGESTS and shard_checksum(path, algorithm) == recorded
 
 
 def pooled_shape(feature_shape, pool) -> list[int]:
