@@ -128,7 +128,8 @@ def compute_metrics(
 
     ``mask`` [N, K] marks entries to ignore with 0 (label policy "ignore").
     ``per_class[c]["prevalence"]`` is the prevalence the group was taken from
-    (``prevalence_source`` says whether that was training or evaluation).
+    (``prevalence_source`` says whether that was training or evaluation);
+    ``per_class[c]["chance_AP"]`` is always the evaluation-set prevalence.
     """
     classes = list(classes)
     y_true, y_prob, valid = _as_inputs(y_true, y_prob, classes, mask)
@@ -162,6 +163,9 @@ def compute_metrics(
         prevalence = float(grouping[k])
         per_class[name] = {
             "AP": ap,
+            # the AP of a random ranking (the class's evaluation-set prevalence): what AP is read against,
+            # e.g. for a class scored zero-shot
+            "chance_AP": n_pos / yk.size if ap is not None else None,
             "AUROC": auroc,
             "F1": f1,
             "ECE": expected_calibration_error(yk, pk, ece_bins),
@@ -174,7 +178,7 @@ def compute_metrics(
     result = {
         "mAP": _mean(c["AP"] for c in per_class.values()),
         # what a random ranking scores on average: each scored class's AP is then its evaluation-set prevalence
-        "chance_mAP": _mean(c["n_pos"] / c["n_valid"] for c in per_class.values() if c["AP"] is not None),
+        "chance_mAP": _mean(c["chance_AP"] for c in per_class.values()),
         "mAUROC": _mean(c["AUROC"] for c in per_class.values()),
         "mF1": _mean(c["F1"] for c in per_class.values()),
         "mECE": _mean(c["ECE"] for c in per_class.values()),

@@ -16,7 +16,7 @@ from .io import atomic_path, atomic_write_text
 from .metrics import GROUPS, HEADLINE_KEYS, calibration_bins
 
 GROUP_COLOURS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728", None: "#7f7f7f"}
-PER_CLASS_COLUMNS = ("AP", "AUROC", "F1", "ECE", "n_pos", "n_valid", "prevalence", "group")
+PER_CLASS_COLUMNS = ("AP", "chance_AP", "AUROC", "F1", "ECE", "n_pos", "n_valid", "prevalence", "group")
 PLOT_FILES = {
     "per_class_ap": "per_class_ap.png",
     "pr_curves": "pr_curves.png",

@@ -181,3 +181,21 @@ def test_chance_map_is_the_mean_prevalence_of_the_scored_classes():
     result = compute_metrics(y, np.random.default_rng(0).random((10, 3)), ["a", "b", "c"])
     assert result["chance_mAP"] == pytest.approx(0.35)
     assert "(chance 0.350)" in summary_line(result)
+
+
+def test_chance_ap_is_the_evaluation_prevalence_whatever_the_grouping():
+    """What a zero-shot AP is read against: the AP random rankings reach on these labels, not the training prevalence."""
+    y, p, classes = _random()
+    y[:, 2] = 0
+    result = compute_metrics(y, p, classes, train_prevalence=np.full(len(classes), 0.5))
+    rng = np.random.default_rng(1)
+    for k, name in enumerate(classes):
+        chance = result["per_class"][name]["chance_AP"]
+        assert result["per_class"][name]["prevalence"] == 0.5
+        if k == 2:
+            assert chance is None  # no positives: no AP, no chance level either
+            continue
+        assert chance == pytest.approx(y[:, k].mean())
+        random_aps = [average_precision_score(y[:, k], rng.random(len(y))) for _ in range(200)]
+        assert np.mean(random_aps) == pytest.approx(chance, abs=0.02)
+    assert result["chance_mAP"] == pytest.approx(np.mean([y[:, k].mean() for k in range(len(classes)) if k != 2]))
