@@ -98,7 +98,7 @@ def fusion_parts(cfg, classes, prevalence, store):
 
     torch.manual_seed(cfg.seed)
     model = build_fusion_model(cfg, len(classes), store.shape).train()
-    optimizer = torch.optim.AdamW(training.param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    optimizer = torch.optim.AdamW(training.param_groups(model, cfg.train.weight_decay, cfg.train.lr), lr=cfg.train.lr)
     return model, optimizer, build_loss(cfg.loss.name, cfg.loss.params, prevalence)
 
 

@@ -184,7 +184,9 @@ def prepare_training(accelerator, stage_cfg, model, train_loader, val_loader, ru
     from .config import save_config
 
     cfg = stage_cfg.train
-    optimizer = torch.optim.AdamW(training.param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    text = stage_cfg.model.text if stage_cfg.model.queries == "text" else None
+    groups = training.param_groups(model, cfg.weight_decay, cfg.lr, text.map_lr_scale if text else 1.0)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     steps_per_epoch = len(train_loader) // (cfg.grad_accum * accelerator.num_processes)
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)

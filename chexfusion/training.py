@@ -101,17 +101,25 @@ class EpochPermutationSampler(torch.utils.data.Sampler):
         return self.n
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, embeddings and queries (1-D tensors and *_embed / query params)."""
-    decay, no_decay = [], []
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float, text_map_lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: no weight decay on biases, norms, embeddings and queries (1-D tensors and *_embed / query
+    params); the shared text maps of a text-query decoder (``MLDecoder.text_map_parameters``) learn at
+    ``lr * text_map_lr_scale``. The first group is the decayed weights at ``lr``."""
+    from .models.ml_decoder import MLDecoder
+
+    text_maps = {id(p) for m in model.modules() if isinstance(m, MLDecoder) for p in m.text_map_parameters()}
+    groups: dict[tuple[bool, bool], list] = {(True, False): [], (False, False): [], (True, True): [], (False, True): []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or "embed" in name or "query" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decayed = not (p.ndim <= 1 or "embed" in name or "query" in name)
+        groups[(decayed, id(p) in text_maps)].append(p)
+    return [
+        {"params": params, "weight_decay": weight_decay if decayed else 0.0,
+         "lr": lr * text_map_lr_scale if text_map else lr}
+        for (decayed, text_map), params in groups.items()
+        if params or not text_map
+    ]
 
 
 def cosine_schedule(optimizer, total_steps: int, warmup_steps: int, min_lr_ratio: float, calls_per_step: int = 1):
@@ -267,6 +275,10 @@ def append_jsonl(path: Path, record: dict) -> None:
 # Settings that change how a run is executed but not what it computes: a run may resume with other values.
 EXECUTION_ONLY_KEYS = {"train.num_workers", "train.checkpoint_every_steps", "train.cpu"}
 
+# Keys whose default is not what chexfusion did before the key existed: a run whose config.yaml lacks one was
+# trained with this value (text-query maps learned at the full train.lr until map_lr_scale came, 2026-12).
+BEFORE_KEY_EXISTED = {"model.text.map_lr_scale": 1.0}
+
 
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
@@ -283,7 +295,8 @@ def check_same_config(run_dir: Path, cfg_dict: dict, defaults: dict | None = Non
     """Refuse to resume or reuse a run folder that was made with a different configuration.
 
     A key the saved config lacks (added to chexfusion after the run was made) counts as its default in
-    ``defaults``, so a newer version still recognises a run made before the key existed.
+    ``defaults``, so a newer version still recognises a run made before the key existed -- unless the run did
+    something else then (``BEFORE_KEY_EXISTED``): such a run is refused, not taken for one with the new default.
     """
     import yaml
 
@@ -292,10 +305,15 @@ def check_same_config(run_dir: Path, cfg_dict: dict, defaults: dict | None = Non
         return
     saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
     current = _flatten(cfg_dict)
+    for key, value in BEFORE_KEY_EXISTED.items():
+        if key in current:
+            saved.setdefault(key, value)
     for key, value in _flatten(defaults or {}).items():
         saved.setdefault(key, value)
+    # model.text.* only matters to text queries: two learned-query configs are the same whatever they say.
+    text_unused = saved.get("model.queries", "learned") == current.get("model.queries", "learned") == "learned"
     for key in sorted(set(saved) | set(current)):
-        if key in EXECUTION_ONLY_KEYS:
+        if key in EXECUTION_ONLY_KEYS or (text_unused and key.startswith("model.text.")):
             continue
         if saved.get(key) != current.get(key):
             raise UserError(f"run folder {run_dir} was made with {key}={saved.get(key)!r}, not {current.get(key)!r}: "

@@ -23,3 +23,9 @@ def test_scientific_notation_without_a_dot_is_a_number(tmp_path):
 def test_a_non_number_for_a_float_key_is_refused_naming_the_key(value):
     with pytest.raises(UserError, match="config key 'train.lr' must be a number"):
         load_config(Stage2Config, None, [f"train.lr={value}"])
+
+
+@pytest.mark.parametrize("value", ["0", "-0.1"])
+def test_a_text_map_learning_rate_scale_that_cannot_train_is_refused(value):
+    with pytest.raises(UserError, match="config key 'model.text.map_lr_scale' must be above 0"):
+        load_config(Stage2Config, None, [f"model.text.map_lr_scale={value}"])

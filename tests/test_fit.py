@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -12,6 +12,7 @@ import torch
 from chexfusion import fit as fit_module
 from chexfusion import training
 from chexfusion.errors import UserError
+from chexfusion.text.queries import TextQueryConfig
 
 
 class RowsSeen(torch.utils.data.Dataset):
@@ -32,10 +33,17 @@ class RowsSeen(torch.utils.data.Dataset):
 
 
 @dataclass
+class ModelConfig:
+    queries: str = "learned"
+    text: TextQueryConfig = field(default_factory=TextQueryConfig)
+
+
+@dataclass
 class StageConfig:
     """What ``prepare_training`` reads of a stage config."""
 
     train: training.OptimConfig
+    model: ModelConfig = field(default_factory=lambda: ModelConfig())
 
 
 def _train(tmp_path, epochs, max_steps, before_fit=lambda: None):
@@ -118,3 +126,60 @@ def test_a_run_made_before_a_config_key_existed_is_still_recognised(tmp_path):
         check_same_config(tmp_path, {"name": "demo", "features": {"dtype": "float16", "reader": "stream"}}, defaults)
     with pytest.raises(UserError, match="features.reader"):  # without defaults a missing key is a difference
         check_same_config(tmp_path, {"name": "demo", "features": {"dtype": "float16", "reader": "auto"}})
+
+
+def test_a_text_query_run_from_before_map_lr_scale_is_not_taken_for_the_new_default(tmp_path):
+    """Text-query maps learned at the full rate before ``model.text.map_lr_scale`` existed: such a run folder is
+    refused (not reported as if trained at 0.1); a learned-query run does not use the key and stays recognised."""
+    import yaml
+
+    from chexfusion.training import check_same_config
+
+    def config(queries, **text):
+        return {"name": "demo", "model": {"queries": queries, "text": {"encoder": "minilm", **text}}}
+
+    defaults = config("learned", map_lr_scale=0.1)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config("text")))
+    with pytest.raises(UserError, match="model.text.map_lr_scale=1.0, not 0.1"):
+        check_same_config(tmp_path, config("text", map_lr_scale=0.1), defaults)
+    check_same_config(tmp_path, config("text", map_lr_scale=1.0), defaults)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config("learned")))
+    check_same_config(tmp_path, config("learned", map_lr_scale=0.1), defaults)
+    check_same_config(tmp_path, config("learned", map_lr_scale=0.1, encoder="elsewhere"), defaults)
+
+
+def _decoder_model(query_dim):
+    from chexfusion.models.ml_decoder import MLDecoder
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 8), MLDecoder(5, in_dim=8, dim=16, num_heads=2, ff_dim=16,
+                                                                  query_dim=query_dim))
+
+
+def test_text_maps_learn_at_their_own_rate_through_the_schedule(tmp_path):
+    """``model.text.map_lr_scale``: the maps shared by all class names step at that fraction of train.lr, every
+    other weight at train.lr, through warm-up and cosine decay alike."""
+    cfg = training.OptimConfig(epochs=2, batch_size=2, lr=1e-2, warmup_epochs=1)
+    model = _decoder_model(query_dim=6)
+    text = ModelConfig(queries="text", text=TextQueryConfig(map_lr_scale=0.1))
+    loader = torch.utils.data.DataLoader(RowsSeen(), batch_size=2)
+    prepared = fit_module.prepare_training(training.make_accelerator(cfg), StageConfig(cfg, text), model, loader,
+                                           loader, tmp_path, 8, "samples")
+    maps = {id(p) for p in model[1].text_map_parameters()}
+    assert maps and len(maps) == 4  # query projection and class scorer, weight and bias each
+    groups = prepared.optimizer.param_groups
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in model.parameters())
+    for _ in range(3):
+        prepared.optimizer.step()
+        prepared.scheduler.step()
+        base = groups[0]["lr"]
+        for group in groups:
+            expected = base * 0.1 if any(id(p) in maps for p in group["params"]) else base
+            assert all((id(p) in maps) == (expected != base) for p in group["params"])
+            assert group["lr"] == pytest.approx(expected)
+
+
+def test_learned_queries_have_no_text_maps_and_one_rate():
+    model = _decoder_model(query_dim=None)
+    assert model[1].text_map_parameters() == []
+    assert {g["lr"] for g in training.param_groups(model, 0.05, 1e-3, text_map_lr_scale=0.1)} == {1e-3}

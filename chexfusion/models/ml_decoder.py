@@ -160,6 +160,13 @@ class MLDecoder(nn.Module):
             if saved[2] is not None:
                 self.residual_index = saved[2]
 
+    def text_map_parameters(self) -> list[nn.Parameter]:
+        """The weights shared by all classes that turn a name's embedding into its query and its scorer (none for
+        learned queries): the optimizer gives them their own learning rate (``model.text.map_lr_scale``)."""
+        if self.query_dim is None:
+            return []
+        return [*self.query_projection.parameters(), *self.class_scorer.parameters()]
+
     @property
     def has_class_residual(self) -> bool:
         return hasattr(self, "residual_scorer")

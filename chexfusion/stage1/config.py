@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ..data.augment import AugmentConfig
 from ..errors import UserError
-from ..text.queries import TextQueryConfig, check_query_kind
+from ..text.queries import TextQueryConfig, check_query_kind, check_text_config
 from ..training import OptimConfig
 
 VIEW_FILTERS = ("all", "frontal", "lateral")
@@ -136,6 +136,7 @@ class Stage1Config:
             if getattr(self.data, key) not in ("zero", "one", "ignore"):
                 raise UserError(f"config key 'data.{key}' must be zero, one or ignore")
         check_query_kind(self.model.queries)
+        check_text_config(self.model.text)
         if self.train.epochs < 1 or self.train.batch_size < 1:
             raise UserError("config keys 'train.epochs' and 'train.batch_size' must be at least 1")
         self.noisy_student.validate()

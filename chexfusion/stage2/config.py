@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ..errors import UserError
 from ..feature_store.config import FeatureConfig
 from ..stage1.config import LossConfig
-from ..text.queries import TextQueryConfig, check_query_kind
+from ..text.queries import TextQueryConfig, check_query_kind, check_text_config
 from ..training import OptimConfig
 
 
@@ -59,3 +59,4 @@ class Stage2Config:
         if self.model.max_images < 1:
             raise UserError("config key 'model.max_images' must be at least 1")
         check_query_kind(self.model.queries)
+        check_text_config(self.model.text)

@@ -30,6 +30,16 @@ class TextQueryConfig:
     template: str = DEFAULT_TEMPLATE
     synonyms: bool = True  # also encode the class's phrases from chexfusion/resources/label_synonyms.csv
     residual: bool = False  # + a learned per-class correction for the trained classes (MLDecoder.add_class_residual)
+    # Learning rate of the shared query and scorer maps, as a fraction of train.lr. One step of such a map moves the
+    # query and scorer of every class at once; at the full rate the demo's text head peaked in its first epochs
+    # and declined on some seeds (measured in docs/zero_shot.md, "Learning rate of the text maps").
+    map_lr_scale: float = 0.1
+
+
+def check_text_config(cfg: TextQueryConfig) -> None:
+    """A clear error for a ``model.text`` value that cannot train."""
+    if not cfg.map_lr_scale > 0:
+        raise UserError(f"config key 'model.text.map_lr_scale' must be above 0, got {cfg.map_lr_scale}")
 
 
 def check_query_kind(kind: str) -> None:
