@@ -184,8 +184,8 @@ def prepare_training(accelerator, stage_cfg, model, train_loader, val_loader, ru
     from .config import save_config
 
     cfg = stage_cfg.train
-    text = stage_cfg.model.text if stage_cfg.model.queries == "text" else None
-    groups = training.param_groups(model, cfg.weight_decay, cfg.lr, text.map_lr_scale if text else 1.0)
+    # only a text-query decoder has text maps, so the scale is a no-op for learned queries
+    groups = training.param_groups(model, cfg.weight_decay, cfg.lr, stage_cfg.model.text.map_lr_scale)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     steps_per_epoch = len(train_loader) // (cfg.grad_accum * accelerator.num_processes)
     if cfg.max_steps_per_epoch:
