@@ -10,7 +10,7 @@ yardstick.
   runs, minus reading the CSV and writing the output) on the first
   ``--images`` rows of the demo training CSV, batch ``--batch-size``, no TTA,
   progress bar off;
-- bare: ``forward_features`` of the same backbone module on the same images,
+- bare: the forward pass of the same backbone module on the same images,
   decoded and stacked into batches of the same size beforehand, under
   ``torch.no_grad`` like predict;
 - two experiments, not the product (each swaps one function of
@@ -19,7 +19,7 @@ yardstick.
   (``group_studies``, the same order) instead of ``study_ordered_rows``'s
   pandas call per study; ``predict_fast_order_workers`` also gives the image
   ``DataLoader`` ``--workers`` worker processes, so JPEG decoding overlaps the
-  forward pass (``_image_batches`` has no ``num_workers`` argument today).
+  forward pass (``image_batches`` has no ``num_workers`` argument today).
 
 Data: ``chexfusion synth --studies 300 --image-size 256`` with one-epoch
 stage-1 (convnext_atto, 128 px) and stage-2 demo runs, built once under
@@ -46,12 +46,12 @@ TARGET = 0.7
 
 
 def image_batches_with_workers(workers: int):
-    """``inference._image_batches`` as it would be with a ``num_workers`` argument."""
+    """``inference.stage2.image_batches`` as it would be with a ``num_workers`` argument."""
     import torch
 
     from chexfusion.data.image_dataset import ImageDataset, collate_images
 
-    def _image_batches(table, image_root, pre, rows, batch_size, skip_bad_images, progress, desc):
+    def _image_batches(table, image_root, pre, rows, batch_size, skip_bad_images, progress, desc="predict"):
         dataset = ImageDataset(table, image_root, pre, None, skip_bad_images=skip_bad_images, rows=rows)
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_images,
                                            num_workers=workers)
@@ -71,8 +71,9 @@ def study_ordered_rows_vectorised(frame):
 
 
 def timed_predict(predictor, table, image_root, batch_size: int, threads: int, swaps: dict | None = None) -> float:
-    """Seconds of one ``predict_table``; ``swaps`` replaces functions of ``chexfusion.inference`` meanwhile."""
-    from chexfusion import inference
+    """Seconds of one ``predict_table``; ``swaps`` replaces functions of ``chexfusion.inference.stage2`` meanwhile."""
+    from chexfusion.inference import TableOptions
+    from chexfusion.inference import stage2 as inference
 
     support.set_threads(threads)
     swaps = swaps or {}
@@ -81,7 +82,7 @@ def timed_predict(predictor, table, image_root, batch_size: int, threads: int, s
         setattr(inference, name, fn)
     try:
         start = time.perf_counter()
-        result = predictor.predict_table(table, image_root, batch_size=batch_size, progress=False)
+        result = predictor.predict_table(table, image_root, TableOptions(batch_size=batch_size, progress=False))
         seconds = time.perf_counter() - start
     finally:
         for name, fn in originals.items():
@@ -98,7 +99,7 @@ def timed_backbone(backbone, decoded, threads: int) -> float:
     start = time.perf_counter()
     with torch.no_grad():
         for images in decoded:
-            backbone.forward_features(images)
+            backbone(images)
     return time.perf_counter() - start
 
 
@@ -139,9 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
     stage1 = support.stage1_run(data)
     run = support.stage2_run(data, stage1, support.feature_store(data, stage1))
     predictor = load_predictor(run, "cpu")
-    if len(predictor.backbones) != 1:
-        raise SystemExit(f"{run} has {len(predictor.backbones)} backbones; this benchmark times the shared one")
-    backbone = next(iter(predictor.backbones.values()))
+    backbones = predictor.routed.backbones
+    if len(backbones) != 1:
+        raise SystemExit(f"{run} has {len(backbones)} backbones; this benchmark times the shared one")
+    backbone = next(iter(backbones.values()))
     with tempfile.TemporaryDirectory(dir=support.OUT) as tmp:
         table = read_cxr_lt(support.subset_csv(data / "train.csv", args.images, Path(tmp) / "images.csv"), classes=[])
     images = ImageDataset(table, data, predictor.preprocess, None)
@@ -155,12 +157,12 @@ def main(argv: list[str] | None = None) -> dict:
     sides = {"predict": predict(), "bare": lambda: timed_backbone(backbone, decoded, args.threads),
              "predict_fast_order": predict(**fast)}
     if args.workers:
-        sides["predict_fast_order_workers"] = predict(**fast, _image_batches=image_batches_with_workers(args.workers))
+        sides["predict_fast_order_workers"] = predict(**fast, image_batches=image_batches_with_workers(args.workers))
     times = support.interleaved(sides, args.repeats, warmup=1)
     rates = {name: support.median_rate(args.images, t) for name, t in times.items()}
     ratio = rates["predict"] / rates["bare"]
     # predict also runs the fusion model: the share of its FLOPs that is backbone bounds the ratio from above
-    modules = [predictor.model, *predictor.backbones.values()]
+    modules = [predictor.model, *backbones.values()]
     predict_flops, bare_flops = counted_flops(sides["predict"], modules), counted_flops(sides["bare"], modules)
     result = {
         "ratio": round(ratio, 3),

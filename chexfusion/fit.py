@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from . import training
 from .errors import UserError
 from .metrics import json_safe
+from .run_folder import load_weights, save_weights
 
 HEADLINE = ("mAP", "mAUROC", "head_mAP", "medium_mAP", "tail_mAP")
 
@@ -130,7 +131,7 @@ def fit(*, accelerator, cfg: training.OptimConfig, run_dir: Path, stage: str, mo
         if score > progress.best_score or progress.best_epoch < 0:
             progress.best_score, progress.best_epoch = score, epoch + 1
             if accelerator.is_main_process:
-                training.save_weights(accelerator.unwrap_model(eval_model), run_dir / "model.safetensors")
+                save_weights(accelerator.unwrap_model(eval_model), run_dir / "model.safetensors")
         if accelerator.is_main_process:
             training.append_jsonl(history_path, json_safe(record))
         _save(accelerator, ckpt_dir, model, optimizer, scheduler, ema, progress)
@@ -138,7 +139,7 @@ def fit(*, accelerator, cfg: training.OptimConfig, run_dir: Path, stage: str, mo
     # The best weights go back into the model that the stage evaluates at the end.
     accelerator.wait_for_everyone()
     best = accelerator.unwrap_model(ema.module if ema is not None else model)
-    training.load_weights(best, run_dir / "model.safetensors")
+    load_weights(best, run_dir / "model.safetensors")
     return FitState(progress, skipped)
 
 

@@ -41,32 +41,23 @@ def requested_classes(args) -> list[str] | None:
 
 
 def run(args) -> int:
-    import numpy as np
-
+    from .api import load
     from .data.cxr_lt import read_cxr_lt
-    from .errors import UserError
-    from .inference import load_predictor, use_classes
+    from .inference import TableOptions
     from .predictions import write_predictions
 
-    if args.batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
     names = requested_classes(args)
-    predictor = load_predictor(args.model, args.device)
-    if names is not None:
-        use_classes(predictor, names)
-    if args.aggregate and predictor.kind == "stage2":
-        raise UserError("--aggregate applies to stage-1 runs; a stage-2 run already predicts per study")
+    model = load(args.model, args.device)
     table = read_cxr_lt(args.csv, classes=[])
-    result = predictor.predict_table(table, args.image_root, batch_size=args.batch_size, tta=args.tta,
-                                     skip_bad_images=args.skip_bad_images, aggregate=args.aggregate)
-    frame = table.frame
-    order = np.argsort(result.rows, kind="stable")  # rows come back in study order; write them in input order
-    rows, probs = result.rows[order], result.probs[order]
-    write_predictions(args.out, frame["dicom_id"].to_numpy()[rows], frame["study_id"].to_numpy()[rows],
-                      predictor.classes, probs)
-    print(f"wrote {len(result.rows)} predictions ({len(predictor.classes)} classes) to {args.out}")
-    if result.skipped:
-        first = frame["fpath"].iloc[result.skipped[0]]
-        print(f"skipped {len(result.skipped)} unreadable images (first: {first}); their rows are not in {args.out}",
+    options = TableOptions(batch_size=args.batch_size, tta=args.tta, skip_bad_images=args.skip_bad_images,
+                           aggregate=args.aggregate)
+    df = model.predict_table(table, args.image_root, names, options)
+    classes = list(df.columns[2:])
+    write_predictions(args.out, df["dicom_id"], df["study_id"], classes, df[classes].to_numpy())
+    print(f"wrote {len(df)} predictions ({len(classes)} classes) to {args.out}")
+    skipped = df.attrs["skipped_rows"]
+    if skipped:
+        first = table.frame["fpath"].iloc[skipped[0]]
+        print(f"skipped {len(skipped)} unreadable images (first: {first}); their rows are not in {args.out}",
               file=sys.stderr)
     return 0

@@ -25,10 +25,10 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .errors import UserError
-from .io import atomic_path
+from .run_folder import state_dict_for_file, load_weights
 
 
 @dataclass
@@ -176,41 +176,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _state_dict_for_file(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Contiguous, un-shared tensors as safetensors wants them."""
-    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-
-
-def save_weights(module: torch.nn.Module, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        save_file(_state_dict_for_file(module), str(tmp))
-
-
-def load_weights(module: torch.nn.Module, path: Path) -> None:
-    if not Path(path).is_file():
-        raise UserError(f"weights file not found: {path}")
-    load_state(module, path, "retrain the run, or load it with the chexfusion version that trained it")
-
-
-def load_state(module: torch.nn.Module, path: Path, advice: str) -> None:
-    """Load a safetensors file into ``module``; a damaged file or one written for another model (another
-    config, another chexfusion version) is a one-line UserError naming the file, a tensor and ``advice``."""
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error type for a damaged file
-        raise UserError(f"{path} is not a readable safetensors file ({exc}); {advice}") from None
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    reshaped = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or reshaped:
-        example = (missing or unexpected or reshaped)[0]
-        raise UserError(f"{path} does not fit the model built from this config ({len(missing)} missing, "
-                        f"{len(unexpected)} unexpected, {len(reshaped)} mis-shaped tensors, e.g. '{example}'): "
-                        f"it was written for another model or by another chexfusion version; {advice}")
-    module.load_state_dict(state)
-
-
 @dataclass
 class Progress:
     """Where training stands: the next epoch to run and the optimizer steps already taken inside it."""
@@ -231,9 +196,9 @@ def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, ema, progress: 
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_file(_state_dict_for_file(model), str(tmp / "model.safetensors"))
+    save_file(state_dict_for_file(model), str(tmp / "model.safetensors"))
     if ema is not None:
-        save_file(_state_dict_for_file(ema.module), str(tmp / "ema.safetensors"))
+        save_file(state_dict_for_file(ema.module), str(tmp / "ema.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
                tmp / "state.pt")
     (tmp / "progress.json").write_text(json.dumps(progress.__dict__))
@@ -257,9 +222,9 @@ def find_checkpoint(ckpt_dir: Path) -> Path | None:
 
 def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, ema) -> Progress:
     advice = f"delete {ckpt_dir} to train this run from the start"
-    load_state(model, ckpt_dir / "model.safetensors", advice)
+    load_weights(model, ckpt_dir / "model.safetensors", advice)
     if ema is not None and (ckpt_dir / "ema.safetensors").is_file():
-        load_state(ema.module, ckpt_dir / "ema.safetensors", advice)
+        load_weights(ema.module, ckpt_dir / "ema.safetensors", advice)
     state = torch.load(ckpt_dir / "state.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

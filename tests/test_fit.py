@@ -12,6 +12,7 @@ import torch
 from chexfusion import fit as fit_module
 from chexfusion import training
 from chexfusion.errors import UserError
+from chexfusion.run_folder import load_weights, save_weights
 from chexfusion.text.queries import TextQueryConfig
 
 
@@ -105,11 +106,11 @@ def test_a_checkpoint_of_another_model_is_a_one_line_error_naming_it(tmp_path):
         training.load_checkpoint(tmp_path / "checkpoint", other, optimizer, scheduler, None)
     (tmp_path / "weights.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(UserError, match="weights.safetensors is not a readable safetensors file"):
-        training.load_weights(small, tmp_path / "weights.safetensors")
+        load_weights(small, tmp_path / "weights.safetensors")
     wide = torch.nn.Linear(2, 4)
-    training.save_weights(wide, tmp_path / "wide.safetensors")
+    save_weights(wide, tmp_path / "wide.safetensors")
     with pytest.raises(UserError, match=r"2 mis-shaped tensors, e\.g\. 'bias'"):
-        training.load_weights(small, tmp_path / "wide.safetensors")
+        load_weights(small, tmp_path / "wide.safetensors")
 
 
 def test_a_run_made_before_a_config_key_existed_is_still_recognised(tmp_path):

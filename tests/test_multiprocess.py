@@ -143,10 +143,10 @@ def _max_weight_difference(a: Path, b: Path) -> float:
 
 def _validation_probs(run: Path, data: Path) -> np.ndarray:
     from chexfusion.data.cxr_lt import read_cxr_lt
-    from chexfusion.inference import load_predictor
+    from chexfusion.inference import TableOptions, load_predictor
 
     table = read_cxr_lt(data / "development.csv", classes=[])
-    result = load_predictor(run, "cpu").predict_table(table, data, progress=False)
+    result = load_predictor(run, "cpu").predict_table(table, data, TableOptions(progress=False))
     return result.probs[np.argsort(result.rows)]
 
 

@@ -136,7 +136,7 @@ def measure_study_ordering(studies: int) -> float:
     import numpy as np
     import pandas as pd
 
-    from chexfusion.inference import study_ordered_rows
+    from chexfusion.feature_store.routing import study_ordered_rows
 
     rng = np.random.default_rng(0)
     mix = study_size_mix()

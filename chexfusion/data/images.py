@@ -119,6 +119,15 @@ def _pil_to_gray(image: Image.Image, source: str) -> Image.Image:
     raise ImageError(source, f"unsupported image mode {mode}")
 
 
+def gray_from_pil(image: Image.Image, image_size: int, resize: str = "squash",
+                  source: str = "image") -> np.ndarray:
+    """An already opened PIL image (any mode ``_pil_to_gray`` reads, or ``F`` in [0, 1]) as the readers' float
+    ``[image_size, image_size]`` in [0, 1] (the Python API's in-memory images)."""
+    _check_resize(image_size, resize)
+    gray = image if image.mode == "F" else _pil_to_gray(image, source)
+    return _as_float(_resize(gray, image_size, resize))
+
+
 def _open_pil(stream: BinaryIO, source: str, max_pixels: int) -> Image.Image:
     try:  # PIL refuses beyond twice its own MAX_IMAGE_PIXELS before we see the size
         image = Image.open(stream, formats=_PIL_FORMATS)

@@ -57,3 +57,27 @@ def view_of_row(position, code_meaning=None) -> str:
         if word in meaning:
             return mapped
     return UNKNOWN
+
+
+def dicom_view(dataset) -> str | None:
+    """A DICOM header's view (ViewPosition, else the view code meaning); None when it records neither."""
+    position = dataset.get("ViewPosition")
+    sequence = dataset.get("ViewCodeSequence")
+    meaning = sequence[0].get("CodeMeaning") if sequence else None
+    if not str(position or "").strip() and meaning is None:
+        return None
+    return view_of_row(str(position) if position is not None else None, str(meaning) if meaning is not None else None)
+
+
+def dicom_file_view(path) -> str | None:
+    """The view a DICOM file's header records; None for another format or a header without one."""
+    import pydicom
+
+    with open(path, "rb") as handle:
+        if handle.read(132)[128:] != b"DICM":
+            return None
+        handle.seek(0)
+        try:
+            return dicom_view(pydicom.dcmread(handle, stop_before_pixels=True))
+        except Exception:  # a damaged header: the pixel reader reports it with the file's name
+            return None

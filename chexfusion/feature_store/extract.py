@@ -1,7 +1,7 @@
 """Frozen stage-1 backbone(s) -> the feature maps of a run of images, each image through its view's backbone.
 
-Maps are pooled and rounded to the store dtype by ``inference.cached_features``,
-the same function ``chexfusion predict`` applies to raw images, so a cached map
+Maps are pooled and rounded to the store dtype by :class:`routing.RoutedBackbones`,
+the same object ``chexfusion predict`` applies to raw images, so a cached map
 and a freshly computed one are the same numbers. Batches never cross a shard
 boundary (the caller's batch sampler guarantees it): a resumed run then sees
 exactly the batches of an uninterrupted one, so even batch-size-dependent
@@ -19,7 +19,7 @@ import torch
 from ..data.image_dataset import ImageDataset, collate_images
 from ..data.views import VIEWS
 from ..errors import UserError
-from ..inference import cached_features, route_view
+from .routing import RoutedBackbones
 from .schema import NUMPY_DTYPES
 
 
@@ -36,12 +36,9 @@ class FeatureExtractor:
     def __init__(self, expected: dict, device):
         from ..stage1.model import load_stage1_run
 
-        self.device = torch.device(device)
-        self.routing, self.unknown_view = expected["routing"], expected["unknown_view"]
-        self.pool, self.dtype = expected["pool"], expected["dtype"]
-        self.shape = tuple(expected["shape"])
+        self.dtype, self.shape = expected["dtype"], tuple(expected["shape"])
         loaded: dict[str, torch.nn.Module] = {}
-        self.backbones: dict[str, torch.nn.Module] = {}
+        backbones: dict[str, torch.nn.Module] = {}
         for slot, entry in expected["backbones"].items():
             key = str(Path(entry["run"]).resolve())
             if key not in loaded:
@@ -49,27 +46,15 @@ class FeatureExtractor:
                 if run.weights_sha256 != entry["weights_sha256"]:
                     raise UserError(f"stage-1 run {entry['run']} changed while the feature store was being planned: "
                                     "run chexfusion features again")
-                loaded[key] = run.model.backbone.eval().requires_grad_(False).to(self.device)
+                loaded[key] = run.model.backbone
                 self.preprocess = run.preprocess
-            self.backbones[slot] = loaded[key]
+            backbones[slot] = loaded[key]
+        self.routed = RoutedBackbones(backbones, expected["routing"], expected["unknown_view"], expected["pool"],
+                                      self.dtype, device, self.shape)
 
-    @torch.inference_mode()
     def maps(self, images: torch.Tensor, views: list[str]) -> torch.Tensor:
         """``[B, C, h, w]`` maps in the store dtype, on the CPU, in the order of ``images``."""
-        images = images.to(self.device)
-        slots = np.array([route_view(v, self.routing, self.unknown_view) for v in views])
-        out = None
-        for slot in sorted(set(slots.tolist())):
-            idx = np.flatnonzero(slots == slot)
-            feats = cached_features(self.backbones[slot](images[torch.from_numpy(idx).to(self.device)]),
-                                    self.pool, self.dtype)
-            if tuple(feats.shape[1:]) != self.shape:
-                raise UserError(f"backbone {slot} produces maps of shape {list(feats.shape[1:])}, but its run.json "
-                                f"and features.pool say {list(self.shape)}: the stage-1 run folder is inconsistent")
-            if out is None:
-                out = torch.empty((len(views), *self.shape), dtype=feats.dtype)
-            out[torch.from_numpy(idx)] = feats.cpu()
-        return out
+        return self.routed.maps(images, views).cpu()
 
     def batches(self, table, image_root, rows: np.ndarray, batch_sampler, num_workers: int,
                 skip_bad_images: bool):

@@ -22,6 +22,7 @@ from ..data.views import VIEWS
 from ..errors import UserError
 from ..io import atomic_write_json, file_digest, file_sha256
 from .config import FeatureConfig
+from .routing import route_view  # the one routing rule, shared with predict
 
 FORMAT = "chexfusion-feature-store"
 FORMAT_VERSION = 1
@@ -72,14 +73,8 @@ def pooled_shape(feature_shape, pool) -> list[int]:
     return [channels, int(pool[0]), int(pool[1])] if pool else [int(d) for d in feature_shape]
 
 
-def _route(view: str, routing: str, unknown_view: str) -> str:
-    from ..inference import route_view  # the one routing rule, shared with predict
-
-    return route_view(view, routing, unknown_view)
-
-
 def _backbone_entry(slot: str, run_dir: str, routing: str) -> dict:
-    from ..stage1.model import read_run_info
+    from ..run_folder import read_run_info
 
     info = read_run_info(run_dir, "stage1")
     trained_on = info.get("views", "all")
@@ -115,7 +110,7 @@ def expected_from_config(cfg: FeatureConfig, splits: dict[str, tuple[str, str]])
     return {
         "routing": cfg.routing,
         "unknown_view": unknown_view,
-        "view_routing": {view: _route(view, cfg.routing, cfg.unknown_view) for view in VIEWS},
+        "view_routing": {view: route_view(view, cfg.routing, cfg.unknown_view) for view in VIEWS},
         "backbones": {slot: {k: e[k] for k in ("run", "weights_sha256", "backbone", "trained_on_views")}
                       for slot, e in entries.items()},
         "preprocess": first["preprocess"],

@@ -67,7 +67,7 @@ class ShardJob:
 
 def plan_split(name: str, csv: str, image_root: str) -> SplitPlan:
     from ..data.cxr_lt import read_cxr_lt
-    from ..inference import study_ordered_rows
+    from .routing import study_ordered_rows
 
     table = read_cxr_lt(csv, classes=[])  # labels are not needed to extract features
     return SplitPlan(name, table, str(image_root), study_ordered_rows(table.frame))

@@ -4,7 +4,7 @@ A run trained with ``model.queries: text`` scores any class name: the name is
 encoded with the text setup in its ``run.json`` (from the embedding cache when
 possible) and used as a decoder query, as ``chexfusion predict --classes`` does.
 The model is shared by all requests, so a request's names are swapped into the
-decoder only while it holds the model lock (:meth:`ClassSet.scored_by`) and the run's own
+decoder only while it holds the model lock (the predictor's ``scoring`` block) and the run's own
 queries are put back before the lock is released.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 
 from ..data.classes import prevalence_group
 from ..errors import UserError
+from ..inference.classes import NamedClasses, encode_class_names
 from .heatmap import query_of_class
 from .limits import UNPROCESSABLE, Rejected
 
@@ -36,9 +36,12 @@ class ClassSet:
     queries: torch.Tensor | None = None  # None: the run's own classes, as stored in its weights
     trained_index: list[int] | None = None  # per name, its index among the trained classes or -1
 
-    def scored_by(self, decoder):
-        """A block in which ``decoder`` scores these classes (its own ones again after it; hold the model lock)."""
-        return nullcontext() if self.queries is None else decoder.scoring(self.queries, self.trained_index)
+    @property
+    def named(self) -> NamedClasses | None:
+        """What the predictor scores for this set (None: the run's own classes, as stored in its weights)."""
+        if self.queries is None:
+            return None
+        return NamedClasses(self.names, self.queries, self.trained_index, self.train_prevalence)
 
 
 class ClassSets:
@@ -67,10 +70,8 @@ class ClassSets:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        from ..inference import encode_class_names
-
         try:
-            named = encode_class_names(self.predictor, list(names))
+            named = encode_class_names(self.predictor.run, list(names))
         except UserError as exc:
             raise Rejected(UNPROCESSABLE, str(exc)) from None
         groups = [UNSEEN if np.isnan(p) else prevalence_group(float(p)) for p in named.train_prevalence]

@@ -6,9 +6,10 @@ requests); the model runs under one lock, so concurrent requests never share a
 forward pass's state and torch's intra-op threads serve one study at a time
 instead of oversubscribing the cores.
 
-A stage-2 run scores the study from all its images together (at most the run's
-``max_images``, frontal first, exactly as ``chexfusion predict``); a stage-1 run
-scores each image alone and the study gets the maximum over its images.
+Scoring is the predictor's ``predict_study``, as for ``chexfusion predict`` and
+the Python API: a stage-2 run scores the study from all its images together (at
+most the run's ``max_images``, frontal first); a stage-1 run scores each image
+alone and the study gets the maximum over its images.
 """
 
 from __future__ import annotations
@@ -19,15 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.views import VIEW_INDEX
 from .class_sets import ClassSet, ClassSets
 from .heatmap import class_heatmaps
 from .limits import ServeLimits
 from .multipart import UploadedFile
 from .uploads import PreparedImage, prepare_image
-
-AGGREGATION = {"stage2": "fusion", "stage1": "max"}
-
 
 @dataclass
 class StudyPrediction:
@@ -35,11 +32,6 @@ class StudyPrediction:
     used: list[int]  # indices of the images that were scored, in scoring order
     heatmaps: np.ndarray  # [K, len(used), h, w], per class scaled so the study's max is 1
     aggregation: str  # fusion (stage 2) or max (stage 1: max over images)
-
-
-def scoring_order(views: list[str]) -> list[int]:
-    """Frontal, then lateral, then unknown; ties keep the upload order (the stage-2 canonical order)."""
-    return sorted(range(len(views)), key=lambda i: VIEW_INDEX[views[i]])
 
 
 class StudyEngine:
@@ -50,7 +42,7 @@ class StudyEngine:
         self.kind = predictor.kind
         self.class_sets = ClassSets(predictor)  # the run's own classes, or names a request asks for
         self.classes = self.class_sets.own.names
-        self.max_images = int(getattr(predictor, "max_images", 0) or 0) or None  # None: stage 1 has no cap
+        self.max_images = predictor.max_images  # None: stage 1 has no cap
         self._model_lock = threading.Lock()
         self._decode_slots = threading.BoundedSemaphore(limits.decode_slots)
 
@@ -65,29 +57,9 @@ class StudyEngine:
     def predict(self, images: list[PreparedImage], chosen: ClassSet | None = None) -> StudyPrediction:
         """Score the study for ``chosen``'s classes (default: the run's own), in their order."""
         chosen = chosen or self.class_sets.own
-        views = [im.view for im in images]
-        order = scoring_order(views)
-        used = order[: self.max_images] if self.max_images else order
-        batch = torch.stack([images[i].tensor for i in used])
-        used_views = [views[i] for i in used]
-        with self._model_lock, torch.inference_mode(), chosen.scored_by(self.predictor.model.decoder):
-            if self.kind == "stage2":
-                probs, query_maps = self._stage2(batch, used_views)
-            else:
-                probs, query_maps = self._stage1(batch)
-        return StudyPrediction(probs.numpy().astype(np.float64), used,
-                               class_heatmaps(query_maps, chosen.query_index), AGGREGATION[self.kind])
-
-    def _stage2(self, batch: torch.Tensor, views: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        p = self.predictor
-        maps = p.image_features(batch, views)
-        probs, attention = p.study_probs([(maps, views)], return_attention=True)
-        return probs[0], p.model.attention_maps(attention)[0]  # [K], [Q, n, h', w']
-
-    def _stage1(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        p = self.predictor
-        logits, attention = p.model.forward_with_attention(batch.to(p.device))
-        per_image = torch.sigmoid(logits.float()).cpu()  # [n, K]
-        _, h, w = p.run.info["feature_shape"]
-        maps = attention.float().cpu().reshape(batch.shape[0], attention.shape[1], h, w)
-        return per_image.max(dim=0).values, maps.transpose(0, 1)  # [K], [Q, n, h, w]
+        with self._model_lock:
+            result = self.predictor.predict_study([im.tensor for im in images], [im.view for im in images],
+                                                  classes=chosen.named, attention=True)
+        return StudyPrediction(result.probabilities, result.used,
+                               class_heatmaps(torch.from_numpy(result.attention), chosen.query_index),
+                               result.aggregation)

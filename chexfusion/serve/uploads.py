@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from ..data.images import Preprocess, read_image_bytes, to_tensor
-from ..data.views import UNKNOWN, VIEWS, view_of_row
+from ..data.views import UNKNOWN, VIEWS, dicom_view
 from ..errors import UserError
 from .limits import PAYLOAD_TOO_LARGE, UNPROCESSABLE, UNSUPPORTED_MEDIA, Rejected, ServeLimits
 from .multipart import UploadedFile
@@ -65,17 +65,12 @@ def _dicom_header(upload: UploadedFile) -> ImageHeader:
     try:
         ds = pydicom.dcmread(io.BytesIO(upload.data), stop_before_pixels=True)
         rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-        position = ds.get("ViewPosition")
-        sequence = ds.get("ViewCodeSequence")
-        meaning = sequence[0].get("CodeMeaning") if sequence else None
+        view = dicom_view(ds)
     except Exception as exc:  # pydicom raises many types on damaged headers
         raise Rejected(UNPROCESSABLE, f"'{upload.filename}' is not a readable DICOM file "
                                       f"({type(exc).__name__}: {exc})") from None
     if not rows or not columns:
         raise Rejected(UNPROCESSABLE, f"'{upload.filename}': DICOM file has no Rows/Columns")
-    has_view = bool(str(position or "").strip()) or meaning is not None
-    view = view_of_row(str(position) if position is not None else None,
-                       str(meaning) if meaning is not None else None) if has_view else None
     return ImageHeader("DICOM", columns, rows, view)
 
 

@@ -1,14 +1,12 @@
 """Build the stage-1 model from its config, and rebuild it from a run folder.
 
-A run folder is self-contained: ``config.yaml`` (the resolved config),
-``run.json`` (class list, training prevalence, preprocessing, feature shape,
-weights hash) and ``model.safetensors``. ``load_stage1_run`` needs nothing else,
-which is what the feature store, ``predict`` and the web demo rely on.
+A run folder (``chexfusion.run_folder``) is self-contained: ``load_stage1_run``
+needs nothing else, which is what the feature store, ``predict`` and the web
+demo rely on.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +14,11 @@ import numpy as np
 
 from ..config import from_dict, read_yaml
 from ..data.images import Preprocess
-from ..errors import UserError
-from ..io import atomic_write_json, file_sha256
+from ..io import file_sha256
 from ..models.backbone import create_backbone
 from ..models.image_classifier import ImageClassifier
 from ..text.queries import build_with_queries, recorded_query_dim, restore_text_head
-from ..training import load_weights
+from ..run_folder import checked_weights, load_weights, read_run_info, write_run_info as write_info
 from .config import Stage1Config
 
 
@@ -60,7 +57,7 @@ def write_run_info(run_dir: Path, cfg: Stage1Config, classes, prevalence, pre: P
         "weights_sha256": file_sha256(Path(run_dir) / "model.safetensors"),
         "text_queries": text_queries,
     }
-    atomic_write_json(Path(run_dir) / "run.json", info)
+    write_info(run_dir, info)
 
 
 @dataclass
@@ -89,17 +86,6 @@ class Stage1Run:
         return np.asarray(self.info["train_prevalence"], dtype=np.float64)
 
 
-def read_run_info(run_dir: str | Path, kind: str) -> dict:
-    run_dir = Path(run_dir)
-    info_path = run_dir / "run.json"
-    if not info_path.is_file():
-        raise UserError(f"{run_dir} is not a finished {kind} run (no run.json): train it first")
-    info = json.loads(info_path.read_text())
-    if info.get("kind") != kind:
-        raise UserError(f"{run_dir} is a {info.get('kind')} run, not a {kind} run")
-    return info
-
-
 def load_stage1_run(run_dir: str | Path, map_location: str = "cpu") -> Stage1Run:
     """Rebuild a trained stage-1 model (eval mode) from its run folder alone; no pretrained download."""
     run_dir = Path(run_dir)
@@ -108,8 +94,5 @@ def load_stage1_run(run_dir: str | Path, map_location: str = "cpu") -> Stage1Run
     model = build_image_model(cfg, num_classes=len(info["classes"]), pretrained=False,
                               query_dim=recorded_query_dim(info))
     restore_text_head(model, info)
-    weights = run_dir / info["weights"]
-    if file_sha256(weights) != info["weights_sha256"]:
-        raise UserError(f"{weights} does not match the hash in {run_dir / 'run.json'}: the run folder was modified")
-    load_weights(model, weights)
+    load_weights(model, checked_weights(run_dir, info))
     return Stage1Run(run_dir, cfg, info, model.eval().to(map_location))

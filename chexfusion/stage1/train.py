@@ -28,6 +28,7 @@ from ..errors import UserError
 from ..fit import finish_run, fit, prepare_training, summary_line
 from ..losses import build_loss
 from ..metrics import compute_metrics
+from ..run_folder import load_weights
 from .config import Stage1Config
 from .model import build_for_classes, write_run_info
 
@@ -139,7 +140,7 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
     # ---- model, loss, optimisation ---------------------------------------------------------------------------
     model, text_queries = build_for_classes(cfg, classes)
     if init_weights is not None:
-        training.load_weights(model, init_weights)
+        load_weights(model, init_weights)
     loss_fn = build_loss(cfg.loss.name, cfg.loss.params, prevalence)
     prepared = prepare_training(accelerator, cfg, model, train_loader, val_loader, run_dir, len(train_set), "images")
     model, optimizer, scheduler, ema, val_loader = (prepared.model, prepared.optimizer, prepared.scheduler,

@@ -16,11 +16,11 @@ import numpy as np
 from ..config import from_dict, read_yaml
 from ..data.images import Preprocess
 from ..errors import UserError
-from ..io import atomic_write_json, file_sha256
+from ..io import file_sha256
 from ..models.fusion import StudyFusion
-from ..stage1.model import Stage1Run, load_stage1_run, read_run_info
+from ..run_folder import checked_weights, load_weights, read_run_info, write_run_info as write_info
+from ..stage1.model import Stage1Run, load_stage1_run
 from ..text.queries import build_with_queries, recorded_query_dim, restore_text_head
-from ..training import load_weights
 from .config import Stage2Config
 
 
@@ -72,7 +72,7 @@ def write_run_info(run_dir: Path, cfg: Stage2Config, classes, prevalence, store_
         "weights_sha256": file_sha256(Path(run_dir) / "model.safetensors"),
         "text_queries": text_queries,
     }
-    atomic_write_json(Path(run_dir) / "run.json", info)
+    write_info(run_dir, info)
 
 
 @dataclass
@@ -109,8 +109,5 @@ def load_stage2_run(run_dir: str | Path, map_location: str = "cpu") -> Stage2Run
             raise UserError(f"{run_dir / b['path']} is not the backbone this stage-2 run was trained on")
     model = build_fusion_model(cfg, len(info["classes"]), info["feature_shape"], query_dim=recorded_query_dim(info))
     restore_text_head(model, info)
-    weights = run_dir / info["weights"]
-    if file_sha256(weights) != info["weights_sha256"]:
-        raise UserError(f"{weights} does not match the hash in {run_dir / 'run.json'}: the run folder was modified")
-    load_weights(model, weights)
+    load_weights(model, checked_weights(run_dir, info))
     return Stage2Run(run_dir, cfg, info, model.eval().to(map_location), backbones)

@@ -10,8 +10,9 @@ from ..data.labels import LabelPolicy
 from ..data.views import VIEWS
 from ..errors import UserError
 from ..feature_store import FeatureStore
-from ..inference import route_view
-from ..stage1.model import load_stage1_run, read_run_info
+from ..feature_store.routing import route_view
+from ..run_folder import read_run_info
+from ..stage1.model import load_stage1_run
 
 BASELINE_BATCH = 256  # images per forward pass of a stage-1 head
 

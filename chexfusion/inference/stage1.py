@@ -1,0 +1,63 @@
+"""A stage-1 run as a predictor: each image scored alone; a study gets the max over its images."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..feature_store.routing import study_ordered_rows
+from .predictor import PredictionResult, Predictor, TableOptions, image_batches
+
+
+class Stage1Predictor(Predictor):
+    kind = "stage1"
+    aggregation = "max"
+
+    @torch.no_grad()
+    def image_probs(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+        """Per-image probabilities ``[n, K]`` on the CPU (flip-TTA averaged if asked)."""
+        images = images.to(self.device)
+        p = torch.sigmoid(self.model(images).float())
+        if tta:
+            p = 0.5 * (p + torch.sigmoid(self.model(torch.flip(images, dims=[-1])).float()))
+        return p.cpu()
+
+    def score_study(self, images, views, attention, tta):
+        if not attention:
+            return self.image_probs(images, tta).max(dim=0).values, None
+        logits, att = self.model.forward_with_attention(images.to(self.device))
+        per_image = torch.sigmoid(logits.float()).cpu()
+        if tta:
+            per_image = 0.5 * (per_image + self.image_probs(torch.flip(images, dims=[-1])))
+        _, h, w = self.run.info["feature_shape"]
+        maps = att.float().cpu().reshape(images.shape[0], att.shape[1], h, w).transpose(0, 1)  # [Q, n, h, w]
+        return per_image.max(dim=0).values, maps
+
+    def score_table(self, table, image_root, options: TableOptions) -> PredictionResult:
+        rows_out, probs_out, skipped = [], [], []
+        rows = study_ordered_rows(table.frame)
+        for batch in image_batches(table, image_root, self.preprocess, rows, options.batch_size,
+                                   options.skip_bad_images, options.progress):
+            skipped.extend(batch.get("skipped", []))
+            if "image" not in batch:
+                continue
+            probs_out.append(self.image_probs(batch["image"], options.tta).numpy())
+            rows_out.append(batch["row"].numpy())
+        rows_arr = np.concatenate(rows_out) if rows_out else np.zeros(0, np.int64)
+        probs = np.concatenate(probs_out) if probs_out else np.zeros((0, self.model.decoder.num_classes), np.float32)
+        if options.aggregate:
+            probs = aggregate_by_study(table.frame["study_id"].to_numpy()[rows_arr], probs, options.aggregate)
+        return PredictionResult(rows_arr, probs, skipped)
+
+
+def aggregate_by_study(study_ids: np.ndarray, probs: np.ndarray, how: str) -> np.ndarray:
+    """Give every image its study's max or mean probability."""
+    if how not in ("max", "mean"):
+        raise UserError(f"--aggregate must be max or mean, got '{how}'")
+    out = np.empty_like(probs)
+    _, inverse = np.unique(study_ids, return_inverse=True)
+    for s in range(inverse.max() + 1 if len(inverse) else 0):
+        idx = inverse == s
+        out[idx] = probs[idx].max(axis=0) if how == "max" else probs[idx].mean(axis=0)
+    return out

@@ -1,0 +1,128 @@
+"""A stage-2 run as a predictor: the study scored by the fusion model from all its images.
+
+Each image goes through the stage-1 backbone of its view (as the feature store
+routed it); the map is pooled and rounded to the store's dtype exactly as in
+the store (``feature_store.routing``), and the fusion model scores each study
+from at most ``max_images`` of its images, frontal first. Every image of a
+study, also those past ``max_images``, carries the study's prediction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.views import VIEW_INDEX
+from ..feature_store.routing import RoutedBackbones, study_ordered_rows
+from .predictor import PredictionResult, Predictor, TableOptions, image_batches
+
+
+class Stage2Predictor(Predictor):
+    kind = "stage2"
+    aggregation = "fusion"
+
+    def __init__(self, run, device="cpu"):
+        super().__init__(run, device)
+        info = run.info
+        self.routed = RoutedBackbones({slot: r.model.backbone for slot, r in run.backbones.items()},
+                                      info["routing"], info["unknown_view"], info.get("pool"), info["feature_dtype"],
+                                      self.device)
+        self.max_images = info["max_images"]
+
+    @torch.no_grad()
+    def study_probs(self, studies: list[tuple[torch.Tensor, list[str]]], return_attention: bool = False):
+        """Probabilities [S, K] for studies given as (cached maps [n, C, h, w], views) in scoring order."""
+        studies = [(f[: self.max_images], v[: self.max_images]) for f, v in studies]
+        n_max = max(f.shape[0] for f, _ in studies)
+        first = studies[0][0]
+        feats = torch.zeros((len(studies), n_max, *first.shape[1:]), dtype=first.dtype, device=self.device)
+        views = torch.zeros((len(studies), n_max), dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(studies), n_max), dtype=torch.bool, device=self.device)
+        for b, (f, v) in enumerate(studies):
+            feats[b, : f.shape[0]] = f
+            views[b, : f.shape[0]] = torch.tensor([VIEW_INDEX[x] for x in v])
+            mask[b, : f.shape[0]] = True
+        out = self.model(feats, views, mask, return_attention=return_attention)
+        if return_attention:
+            logits, attention = out
+            return torch.sigmoid(logits.float()).cpu(), attention.cpu()
+        return torch.sigmoid(out.float()).cpu()
+
+    def score_study(self, images, views, attention, tta):
+        maps = self.routed.maps(images, views)
+        if not attention:
+            probs = self.study_probs([(maps, views)])
+        else:
+            probs, att = self.study_probs([(maps, views)], return_attention=True)
+        if tta:
+            flipped = self.routed.maps(torch.flip(images, dims=[-1]), views)
+            probs = 0.5 * (probs + self.study_probs([(flipped, views)]))
+        return probs[0], (self.model.attention_maps(att)[0] if attention else None)  # [K], [Q, n, h', w']
+
+    def score_table(self, table, image_root, options: TableOptions) -> PredictionResult:
+        """Images stream in study order; a study is scored once the first image of the next one shows up, and
+        studies are fused ``batch_size`` at a time."""
+        frame = table.frame
+        rows = study_ordered_rows(frame)
+        study_of, views_of = frame["study_id"].to_numpy(), frame["view"].to_numpy()
+        pending = _PendingStudies(self, options.batch_size, options.tta)
+        skipped = []
+        for batch in image_batches(table, image_root, self.preprocess, rows, options.batch_size,
+                                   options.skip_bad_images, options.progress):
+            skipped.extend(batch.get("skipped", []))
+            if "image" not in batch:
+                continue
+            batch_rows = batch["row"].tolist()
+            views = [views_of[r] for r in batch_rows]
+            feats = self.routed.maps(batch["image"], views)
+            flipped = self.routed.maps(torch.flip(batch["image"], dims=[-1]), views) if options.tta else None
+            for i, r in enumerate(batch_rows):
+                pending.add(study_of[r], r, views[i], feats[i : i + 1], None if flipped is None else flipped[i : i + 1])
+        pending.close()
+        probs = np.stack(pending.probs_out) if pending.probs_out else np.zeros((0, self.model.decoder.num_classes),
+                                                                                 np.float32)
+        return PredictionResult(np.asarray(pending.rows_out, dtype=np.int64), probs, skipped)
+
+
+class _PendingStudies:
+    """The study being gathered image by image, and finished studies waiting to be fused as one batch."""
+
+    def __init__(self, predictor: Stage2Predictor, batch_size: int, tta: bool):
+        self.predictor, self.batch_size, self.tta = predictor, batch_size, tta
+        self.study, self.rows, self.views, self.feats, self.flipped = None, [], [], [], []
+        self.ready: list = []
+        self.rows_out: list[int] = []
+        self.probs_out: list[np.ndarray] = []
+
+    def add(self, study, row, view, feats, flipped) -> None:
+        if self.study != study:
+            self._finish_study()
+            self.study = study
+            self._flush(force=False)
+        self.rows.append(row)
+        self.views.append(view)
+        self.feats.append(feats)
+        if flipped is not None:
+            self.flipped.append(flipped)
+
+    def close(self) -> None:
+        self._finish_study()
+        self._flush(force=True)
+
+    def _finish_study(self) -> None:
+        if self.rows:
+            flipped = torch.cat(self.flipped) if self.tta else None
+            self.ready.append((self.rows, self.views, torch.cat(self.feats), flipped))
+        self.rows, self.views, self.feats, self.flipped = [], [], [], []
+
+    def _flush(self, force: bool) -> None:
+        if not self.ready or (len(self.ready) < self.batch_size and not force):
+            return
+        p = self.predictor
+        probs = p.study_probs([(f, v) for _, v, f, _ in self.ready])
+        if self.tta:
+            probs = 0.5 * (probs + p.study_probs([(f, v) for _, v, _, f in self.ready]))
+        for (rows, _, _, _), prob in zip(self.ready, probs.numpy()):
+            self.rows_out.extend(rows)  # every image of the study, also those past max_images
+            self.probs_out.extend([prob] * len(rows))
+        self.ready.clear()
