@@ -15,6 +15,8 @@ DATA_SEED    ?= 0
 DATA_STAMP   := $(DATA_DIR)/.complete
 STAGE1_CONFIG ?= stage1/config.yaml
 STAGE2_CONFIG ?= stage2/config.yaml
+STAGE1_RUN    ?= stage1/runs/demo
+STAGE2_RUN    ?= stage2/runs/demo
 
 .PHONY: install data stage1 features stage2 evaluate ablate text-queries zero-shot test test-browser bench clean-runs help
 
@@ -37,16 +39,18 @@ $(DATA_STAMP): $(STAMP)
 
 stage1: $(DATA_STAMP)
 	$(CX) stage1 --config $(STAGE1_CONFIG)
+	$(CX) calibrate --model $(STAGE1_RUN)
 
 features: $(DATA_STAMP)
 	$(CX) features --config $(STAGE2_CONFIG)
 
 stage2: features
 	$(CX) stage2 --config $(STAGE2_CONFIG)
+	$(CX) calibrate --model $(STAGE2_RUN)
 
 ABLATE_LOSSES ?= bce,focal,asl,weighted_asl
 ablate: $(DATA_STAMP)
-	$(BIN)/python -m chexfusion.ablate --stage1-config $(STAGE1_CONFIG) --stage2-config $(STAGE2_CONFIG) \
+	$(CX) ablate --stage1-config $(STAGE1_CONFIG) --stage2-config $(STAGE2_CONFIG) \
 		--losses $(ABLATE_LOSSES)
 
 # Stage 2 with class-name (text) queries on the demo feature store (after make stage2): compare with learned queries.

@@ -13,11 +13,12 @@ Importing the package is cheap: torch and the models load on first use.
 __version__ = "0.1.0"
 
 
-def load(path, device: str | None = None):
-    """Load a trained run folder (stage 1 or stage 2) as a :class:`chexfusion.api.Model`."""
+def load(path, device: str | None = None, calibrated: bool = True, allow_network: bool | None = None):
+    """Load a trained run folder (stage 1 or stage 2) or a Hugging Face Hub id as a :class:`chexfusion.api.Model`
+    (see :func:`chexfusion.api.load`)."""
     from .api import load as _load
 
-    return _load(path, device)
+    return _load(path, device, calibrated, allow_network)
 
 
 __all__ = ["load", "__version__"]

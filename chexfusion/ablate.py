@@ -1,6 +1,6 @@
 """Shared vs per-view backbones, and the stage-2 loss: train what is missing, then tables on the test split.
 
-``python -m chexfusion.ablate`` (``make ablate``) trains, or reuses when already
+``chexfusion ablate`` (``make ablate``) trains, or reuses when already
 trained, the shared stage-1 backbone and the frontal-only and lateral-only ones,
 their feature stores and both stage-2 models, and writes ``ablations/routing.md``
 and ``.json``: mAP, mAUROC, head / medium / tail mAP, and the mean AP of the
@@ -22,26 +22,18 @@ study's prediction), the CXR-LT convention.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from .cli import main as cli_main
 from .config import load_config
 from .errors import UserError
 from .io import atomic_write_json, atomic_write_text
 
 ROWS = (("stage 1, max over images (shared backbone)", "baseline"), ("stage 2, shared backbone", "shared"),
         ("stage 2, per-view backbones", "per_view"))
-
-
-def _run(*argv) -> None:
-    code = cli_main([str(a) for a in argv])
-    if code:
-        raise UserError(f"'chexfusion {' '.join(map(str, argv))}' failed (exit {code})")
 
 
 def view_only_classes(data_dir: Path) -> dict[str, list[str]]:
@@ -61,8 +53,7 @@ def _row(metrics: dict, view_only: dict[str, list[str]]) -> dict:
     return row
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chexfusion.ablate", description=__doc__.split("\n")[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--stage1-config", default="stage1/config.yaml")
     parser.add_argument("--frontal-config", default="stage1/frontal.yaml")
     parser.add_argument("--lateral-config", default="stage1/lateral.yaml")
@@ -73,37 +64,44 @@ def main(argv=None) -> int:
                         help="also compare these stage-2 losses on the shared store (e.g. bce,focal,asl,weighted_asl)")
     parser.add_argument("--out", default="ablations")
     parser.add_argument("overrides", nargs="*", help="key=value applied to every stage-1 and stage-2 config")
-    args = parser.parse_args(argv)
-    try:
-        losses = check_losses(args.losses)
-        for config in (args.stage1_config, args.frontal_config, args.lateral_config):
-            _run("stage1", "--config", config, *args.overrides)
-        for config in (args.stage2_config, args.per_view_config):
-            _run("features", "--config", config, *args.overrides)
-            _run("stage2", "--config", config, *args.overrides)
-        from .stage2.config import Stage2Config
 
-        shared_cfg = load_config(Stage2Config, args.stage2_config, args.overrides)
-        per_view_cfg = load_config(Stage2Config, args.per_view_config, args.overrides)
-        shared = json.loads((Path(shared_cfg.output_dir) / shared_cfg.name / "metrics.json").read_text())
-        per_view = json.loads((Path(per_view_cfg.output_dir) / per_view_cfg.name / "metrics.json").read_text())
-        sources = {"baseline": shared["stage1_baseline"].get(args.split), "shared": shared.get(args.split),
-                   "per_view": per_view.get(args.split)}
-        if any(v is None for v in sources.values()):
-            raise UserError(f"no {args.split} metrics in the stage-2 runs (is data.test_csv set?)")
-        view_only = view_only_classes(Path(shared_cfg.data.image_root))
-        table = {key: _row(sources[key], view_only) for _, key in ROWS}
-        out = Path(args.out)
-        atomic_write_json(out / "routing.json", {"split": args.split, "view_only_classes": view_only, "rows": table})
-        atomic_write_text(out / "routing.md", markdown(table, args.split, view_only))
-        print(markdown(table, args.split, view_only))
-        print(f"wrote {out / 'routing.md'} and {out / 'routing.json'}")
-        if losses:
-            compare_losses(shared_cfg, shared, losses, args)
-    except UserError as exc:
-        print(f"chexfusion ablate: error: {exc}", file=sys.stderr)
-        return 2
+
+def run(args) -> int:
+    from .feature_store.command import write_features
+    from .stage1.command import train as train_stage1
+    from .stage1.config import Stage1Config
+    from .stage2.config import Stage2Config
+    from .stage2.train import train_stage2
+
+    losses = check_losses(args.losses)
+    for config in (args.stage1_config, args.frontal_config, args.lateral_config):
+        train_stage1(load_config(Stage1Config, config, args.overrides))
+    shared_cfg, per_view_cfg = (load_config(Stage2Config, c, args.overrides)
+                                for c in (args.stage2_config, args.per_view_config))
+    for cfg in (shared_cfg, per_view_cfg):
+        write_features(cfg)
+    shared, per_view = train_stage2(shared_cfg), train_stage2(per_view_cfg)
+    sources = {"baseline": shared["stage1_baseline"].get(args.split), "shared": shared.get(args.split),
+               "per_view": per_view.get(args.split)}
+    if any(v is None for v in sources.values()):
+        raise UserError(f"no {args.split} metrics in the stage-2 runs (is data.test_csv set?)")
+    view_only = view_only_classes(Path(shared_cfg.data.image_root))
+    table = {key: _row(sources[key], view_only) for _, key in ROWS}
+    out = Path(args.out)
+    atomic_write_json(out / "routing.json", {"split": args.split, "view_only_classes": view_only, "rows": table})
+    atomic_write_text(out / "routing.md", markdown(table, args.split, view_only))
+    print(markdown(table, args.split, view_only))
+    print(f"wrote {out / 'routing.md'} and {out / 'routing.json'}")
+    if losses:
+        compare_losses(shared_cfg, shared, losses, args)
     return 0
+
+
+def main(argv=None) -> int:
+    """``python -m chexfusion.ablate``: the same as ``chexfusion ablate``."""
+    from .cli import main as cli_main
+
+    return cli_main(["ablate", *(sys.argv[1:] if argv is None else argv)])
 
 
 def check_losses(text: str) -> list[str]:
@@ -122,7 +120,7 @@ def compare_losses(shared_cfg, shared_metrics: dict, losses: list[str], args) ->
     """Stage 2 on the shared store once per loss; the config's own loss is the run already trained."""
     import dataclasses
 
-    from .config import save_config
+    from .stage2.train import train_stage2
 
     out = Path(args.out)
     rows = {}
@@ -130,12 +128,10 @@ def compare_losses(shared_cfg, shared_metrics: dict, losses: list[str], args) ->
         if name == shared_cfg.loss.name:
             metrics = shared_metrics
         else:
-            # a resolved config file per loss: an override could only add to the config's loss.params
+            # the loss's own defaults: an override could only add to the config's loss.params
             cfg = dataclasses.replace(shared_cfg, name=f"{shared_cfg.name}-loss-{name}",
                                       loss=dataclasses.replace(shared_cfg.loss, name=name, params={}))
-            save_config(cfg, out / f"stage2-loss-{name}.yaml")
-            _run("stage2", "--config", out / f"stage2-loss-{name}.yaml")
-            metrics = json.loads((Path(cfg.output_dir) / cfg.name / "metrics.json").read_text())
+            metrics = train_stage2(cfg)
         rows[name] = _row(metrics[args.split], {})
     text = losses_markdown(rows, args.split, shared_cfg)
     atomic_write_json(out / "losses.json", {"split": args.split, "rows": rows})

@@ -36,6 +36,11 @@ class Model:
         return self.predictor.kind
 
     @property
+    def calibrated(self) -> bool:
+        """Whether probabilities go through the run's temperature scaling (``chexfusion calibrate``)."""
+        return self.predictor.calibration is not None
+
+    @property
     def path(self) -> Path:
         return Path(self.predictor.run.path)
 
@@ -82,7 +87,8 @@ class Model:
         return df
 
 
-def load(path, device: str | None = None) -> Model:
-    """A run folder (stage 1 or stage 2) as a :class:`Model`; ``device``: cpu, cuda, cuda:1 ... (default: cuda
-    when available)."""
-    return Model(load_predictor(path, device))
+def load(path, device: str | None = None, calibrated: bool = True, allow_network: bool | None = None) -> Model:
+    """A run folder (stage 1 or stage 2), or a Hugging Face Hub id (``org/name``, from the local cache unless
+    ``allow_network``), as a :class:`Model`; ``device``: cpu, cuda, cuda:1 ... (default: cuda when available);
+    ``calibrated=False``: raw probabilities even when the run was calibrated."""
+    return Model(load_predictor(path, device, calibrated, allow_network))

@@ -23,8 +23,11 @@ COMMANDS = {
     "features": ("chexfusion.feature_store.command", "write the Parquet feature store from frozen stage-1 backbone(s)"),
     "stage2": ("chexfusion.stage2.command", "train the study-level Transformer fusion from the feature store"),
     "predict": ("chexfusion.predict", "study-level batch inference from raw images"),
+    "calibrate": ("chexfusion.calibrate", "fit a run's per-class temperatures on the validation split"),
+    "export": ("chexfusion.export", "copy a run folder as a Hugging Face model repository (model card included)"),
     "evaluate": ("chexfusion.evaluate", "CXR-LT metrics, per-class table, plots and report"),
     "serve": ("chexfusion.serve.command", "the web demo"),
+    "ablate": ("chexfusion.ablate", "shared vs per-view backbones and stage-2 losses: train what is missing, tables"),
 }
 
 

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from tqdm import tqdm
+from .progress import tqdm
 
 from .data.classes import prevalence_group
 from .data.cxr_lt import CxrLtTable, read_cxr_lt

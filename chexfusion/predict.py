@@ -16,6 +16,8 @@ def add_arguments(parser) -> None:
                         help="stage-1 runs: give each image its study's max / mean probability")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="skip missing or unreadable images (counted and reported; their rows are absent)")
+    parser.add_argument("--uncalibrated", action="store_true",
+                        help="raw probabilities, without the run's temperature scaling (chexfusion calibrate)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     names = parser.add_mutually_exclusive_group()
     names.add_argument("--classes", metavar="A,B", help="score these class names instead of the run's own "
@@ -47,14 +49,18 @@ def run(args) -> int:
     from .predictions import write_predictions
 
     names = requested_classes(args)
-    model = load(args.model, args.device)
+    model = load(args.model, args.device, calibrated=not args.uncalibrated)
     table = read_cxr_lt(args.csv, classes=[])
     options = TableOptions(batch_size=args.batch_size, tta=args.tta, skip_bad_images=args.skip_bad_images,
                            aggregate=args.aggregate)
     df = model.predict_table(table, args.image_root, names, options)
     classes = list(df.columns[2:])
     write_predictions(args.out, df["dicom_id"], df["study_id"], classes, df[classes].to_numpy())
-    print(f"wrote {len(df)} predictions ({len(classes)} classes) to {args.out}")
+    how = "calibrated" if model.calibrated else "raw"
+    print(f"wrote {len(df)} predictions ({len(classes)} classes, {how} probabilities) to {args.out}")
+    unseen = [c for c in classes if c not in model.classes]
+    if model.calibrated and unseen:
+        print(f"{len(unseen)} classes the run was not trained on use the median fitted temperature")
     skipped = df.attrs["skipped_rows"]
     if skipped:
         first = table.frame["fpath"].iloc[skipped[0]]

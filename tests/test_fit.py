@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from chexfusion import fit as fit_module
 from chexfusion import training
 from chexfusion.errors import UserError
 from chexfusion.run_folder import load_weights, save_weights
@@ -57,8 +56,8 @@ def _train(tmp_path, epochs, max_steps, before_fit=lambda: None):
     sampler = training.EpochPermutationSampler(len(dataset), seed=3)
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, sampler=sampler, drop_last=True)
     val_loader = torch.utils.data.DataLoader(dataset, batch_size=8)
-    prepared = fit_module.prepare_training(accelerator, StageConfig(cfg), model, loader, val_loader, tmp_path, 8,
-                                           "samples")
+    prepared = training.prepare_training(accelerator, StageConfig(cfg), model, (loader, val_loader), tmp_path, 8,
+                                         "samples")
     losses = []
     before_fit()
 
@@ -67,10 +66,8 @@ def _train(tmp_path, epochs, max_steps, before_fit=lambda: None):
         losses.append(loss.item())
         return loss
 
-    fit_module.fit(accelerator=accelerator, cfg=cfg, run_dir=tmp_path, stage="toy", model=prepared.model,
-                   optimizer=prepared.optimizer, scheduler=prepared.scheduler, ema=prepared.ema,
-                   train_loader=prepared.train_loader, steps_per_epoch=prepared.steps_per_epoch,
-                   epoch_setters=[sampler, dataset], batch_loss=batch_loss, validate=lambda m: {"mAP": 0.0}, seed=7)
+    job = training.StageJob("toy", tmp_path, 7, batch_loss, lambda m: {"mAP": 0.0}, [sampler, dataset])
+    training.fit(accelerator, cfg, prepared, job)
     return dataset.seen, losses
 
 
@@ -164,8 +161,8 @@ def test_text_maps_learn_at_their_own_rate_through_the_schedule(tmp_path):
     model = _decoder_model(query_dim=6)
     text = ModelConfig(queries="text", text=TextQueryConfig(map_lr_scale=0.1))
     loader = torch.utils.data.DataLoader(RowsSeen(), batch_size=2)
-    prepared = fit_module.prepare_training(training.make_accelerator(cfg), StageConfig(cfg, text), model, loader,
-                                           loader, tmp_path, 8, "samples")
+    prepared = training.prepare_training(training.make_accelerator(cfg), StageConfig(cfg, text), model,
+                                         (loader, loader), tmp_path, 8, "samples")
     maps = {id(p) for p in model[1].text_map_parameters()}
     assert maps and len(maps) == 4  # query projection and class scorer, weight and bias each
     groups = prepared.optimizer.param_groups
@@ -184,3 +181,63 @@ def test_learned_queries_have_no_text_maps_and_one_rate():
     model = _decoder_model(query_dim=None)
     assert model[1].text_map_parameters() == []
     assert {g["lr"] for g in training.param_groups(model, 0.05, 1e-3, text_map_lr_scale=0.1)} == {1e-3}
+
+
+def test_weight_decay_exemptions_come_from_the_modules_no_weight_decay():
+    """timm's convention: a module names its embeddings / queries in ``no_weight_decay()``; 1-D tensors are exempt
+    too; every other weight is decayed."""
+    from chexfusion.models.fusion import StudyFusion
+
+    model = StudyFusion(num_classes=5, in_channels=8, feature_hw=(2, 2), dim=16, num_heads=4, ff_dim=32,
+                        position_embedding=True)
+    assert training.no_weight_decay_names(model) == {"view_embedding.weight", "index_embedding.weight"}
+    groups = training.param_groups(model, weight_decay=0.05, lr=1e-3)
+    decayed = {id(p) for g in groups if g["weight_decay"] for p in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[i] for i in decayed} == {n for n, p in model.named_parameters()
+                                           if p.ndim > 1 and "embedding" not in n}
+
+
+@pytest.mark.parametrize("damage", ["pickle", "truncated_state", "truncated_progress"])
+def test_a_damaged_checkpoint_is_one_line_and_nothing_is_unpickled(tmp_path, damage):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    ckpt = tmp_path / "checkpoint"
+    training.save_checkpoint(ckpt, model, optimizer, scheduler, None, training.Progress(epoch=1))
+    if damage == "pickle":
+        class Payload:
+            def __reduce__(self):
+                return (print, ("unpickled!",))
+        torch.save({"optimizer": Payload()}, ckpt / "state.pt")
+    elif damage == "truncated_state":
+        (ckpt / "state.pt").write_bytes((ckpt / "state.pt").read_bytes()[:50])
+    else:
+        (ckpt / "progress.json").write_text('{"epoch": 1, "step_in')
+    with pytest.raises(UserError, match=f"checkpoint {ckpt} is damaged or not chexfusion's.*delete"):
+        training.load_checkpoint(ckpt, model, optimizer, scheduler, None)
+
+
+def test_a_torn_last_history_line_is_dropped_on_resume(tmp_path):
+    from chexfusion.training.checkpoint import truncate_history
+
+    history = tmp_path / "history.jsonl"
+    history.write_text('{"epoch": 1, "mAP": 0.1}\n{"epoch": 2, "mAP": 0.2}\n{"epoch": 3, "mA')
+    truncate_history(history, epochs_done=2)
+    assert history.read_text() == '{"epoch": 1, "mAP": 0.1}\n{"epoch": 2, "mAP": 0.2}\n'
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train.epochs", "-1", "'train.epochs' must be at least 1, got -1"),
+    ("train.batch_size", "0", "'train.batch_size' must be at least 1, got 0"),
+    ("train.lr", "0", "'train.lr' must be above 0"),
+    ("train.ema_decay", "1", r"'train.ema_decay' must be in \[0, 1\)"),
+])
+def test_out_of_range_train_keys_are_refused_before_any_run_folder(run_cli, repo_root, tmp_path, monkeypatch,
+                                                                  key, value, message):
+    import re
+
+    monkeypatch.chdir(repo_root)
+    code, _, err = run_cli("stage2", f"output_dir={tmp_path}", f"{key}={value}")
+    assert code == 2 and re.search(message, err) and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -173,7 +173,7 @@ def test_bad_inputs_are_programming_errors():
 
 def test_chance_map_is_the_mean_prevalence_of_the_scored_classes():
     """What a random ranking scores: the printed baseline next to every mAP (stage logs, evaluate)."""
-    from chexfusion.fit import summary_line
+    from chexfusion.training import summary_line
 
     y = np.zeros((10, 3))
     y[:2, 0] = 1  # prevalence 0.2

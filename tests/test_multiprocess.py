@@ -192,7 +192,7 @@ def test_stage2_on_two_processes_trains_the_model_of_one(runs, tiny_data, run):
 def test_learning_rate_per_optimizer_step_does_not_depend_on_the_process_count(monkeypatch):
     import accelerate.scheduler
 
-    from chexfusion.fit import schedule_for
+    from chexfusion.training import schedule_for
     from chexfusion.training import OptimConfig
 
     cfg = OptimConfig(epochs=2, lr=1e-3, warmup_epochs=0.5)

@@ -1,7 +1,6 @@
 """Stage 1 end to end on the tiny synthetic data: run folder, reload, resume, config safety, multi-process."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -57,10 +56,10 @@ def test_unknown_config_key_is_one_line_exit_2(run_cli, repo_root, monkeypatch):
     assert code == 2 and "train.learning_rate" in err and "Traceback" not in err
 
 
-def _stage1_subprocess(args, env_extra=None, cwd=None):
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "chexfusion", "stage1", "--config", "stage1/config.yaml", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+def _stage1_subprocess(args, kill_at_step=None, cwd=None):
+    launcher = ["-m", "chexfusion"] if kill_at_step is None else ["tests/kill_at_step.py", str(kill_at_step)]
+    return subprocess.run([sys.executable, *launcher, "stage1", "--config", "stage1/config.yaml", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
@@ -70,7 +69,7 @@ def test_killed_training_resumes_to_the_same_result(tiny_data, tmp_path, repo_ro
     whole = _stage1_subprocess(pipeline.stage1_overrides(tiny_data, tmp_path, "whole", **extra), cwd=repo_root)
     assert whole.returncode == 0, whole.stderr[-2000:]
     args = pipeline.stage1_overrides(tiny_data, tmp_path, "killed", **extra)
-    killed = _stage1_subprocess(args, {"CHEXFUSION_TEST_KILL_AT_STEP": "7"}, cwd=repo_root)
+    killed = _stage1_subprocess(args, kill_at_step=7, cwd=repo_root)
     assert killed.returncode == -9
     assert (tmp_path / "killed" / "checkpoint" / "progress.json").is_file()
     resumed = _stage1_subprocess(args, cwd=repo_root)

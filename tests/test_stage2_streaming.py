@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import subprocess
 import sys
 
@@ -243,9 +242,8 @@ def test_killed_streamed_run_resumes_to_the_same_result(streamed_run, tiny_data,
     """kill -9 in the middle of epoch 2 (after a checkpoint at step 12 of 20), re-run: the uninterrupted result."""
     whole = streamed_run[0]
     args = pipeline.stage2_overrides(tiny_data, store.parent, store, tiny_stage1, "killed", **STREAMED)
-    killed = subprocess.run([sys.executable, "-m", "chexfusion", "stage2", "--config", "stage2/config.yaml", *args],
-                            cwd=repo_root, env={**os.environ, "CHEXFUSION_TEST_KILL_AT_STEP": "13"},
-                            capture_output=True, text=True, timeout=600)
+    killed = subprocess.run([sys.executable, "tests/kill_at_step.py", "13", "stage2", "--config", "stage2/config.yaml",
+                             *args], cwd=repo_root, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr[-2000:]
     progress = json.loads((store.parent / "killed" / "checkpoint" / "progress.json").read_text())
     assert progress["epoch"] == 1 and progress["step_in_epoch"] == 2

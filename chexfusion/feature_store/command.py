@@ -19,21 +19,27 @@ def add_arguments(parser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config entries (dotted keys)")
 
 
-def run(args) -> int:
-    from ..stage1.command import resolve_config_path
-    from ..stage2.config import Stage2Config
+def write_features(cfg, verify: bool = False):
+    """Write (or finish, or refresh) the store a stage-2 config names; the open store."""
     from ..stage2.store import store_splits
     from . import FeatureStore, build_store
+
+    cfg.features.validate()
+    store = FeatureStore(build_store(cfg.features, store_splits(cfg)))
+    if verify:
+        store.verify()
+    return store
+
+
+def run(args) -> int:
+    from accelerate import PartialState
+
+    from ..stage1.command import resolve_config_path
+    from ..stage2.config import Stage2Config
     from .reader import describe
 
     cfg = load_config(Stage2Config, resolve_config_path(args.config, DEFAULT_CONFIG), args.overrides)
-    cfg.features.validate()
-    path = build_store(cfg.features, store_splits(cfg))
-    store = FeatureStore(path)
-    if args.verify:
-        store.verify()
-    from accelerate import PartialState
-
+    store = write_features(cfg, args.verify)
     if PartialState().is_main_process:
         print(describe(store))
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..hub import resolve_run
 from ..run_folder import run_kind
 from .classes import NamedClasses, encode_class_names
 from .predictor import PredictionResult, Predictor, StudyPrediction, TableOptions, scoring_order
@@ -37,10 +38,12 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_predictor(run_dir: str | Path, device: str | None = None) -> Predictor:
-    """A predictor for a stage-1 or stage-2 run folder."""
-    run = load_run(run_dir)
-    return PREDICTORS[run.info["kind"]](run, device or default_device())
+def load_predictor(run_dir: str | Path, device: str | None = None, calibrated: bool = True,
+                   allow_network: bool | None = None) -> Predictor:
+    """A predictor for a stage-1 or stage-2 run folder, or a Hub id (``hub.resolve_run``); ``calibrated``: with
+    its temperature scaling, if fitted."""
+    run = load_run(resolve_run(run_dir, allow_network))
+    return PREDICTORS[run.info["kind"]](run, device or default_device(), calibrated)
 
 
 __all__ = ["load_run", "load_predictor", "encode_class_names", "NamedClasses", "Predictor", "Stage1Predictor",

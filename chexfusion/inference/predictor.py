@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..calibration import Calibration, scale
 from ..data.views import VIEW_INDEX
 from .classes import NamedClasses, encode_class_names
 from .inputs import study_inputs
@@ -65,12 +66,18 @@ class Predictor:
     kind = ""
     aggregation = ""
 
-    def __init__(self, run, device="cpu"):
+    def __init__(self, run, device="cpu", calibrated: bool = True):
+        """``calibrated``: apply the run's temperature scaling (``chexfusion calibrate``) when it has one."""
         self.run, self.device = run, torch.device(device)
         self.model = run.model.to(self.device).eval()
         self.classes, self.preprocess = list(run.classes), run.preprocess
         self.train_prevalence = run.train_prevalence
         self.max_images: int | None = None
+        self.calibration = Calibration.load(run.path, self.classes) if calibrated else None
+
+    def calibrate(self, probs: np.ndarray, names: list[str]) -> np.ndarray:
+        """``probs`` (columns: ``names``) through the run's temperatures; unchanged for an uncalibrated run."""
+        return probs if self.calibration is None else scale(probs, self.calibration.for_classes(names))
 
     def named_classes(self, classes) -> NamedClasses | None:
         """None for the run's own classes; else the names encoded for its decoder (text-query runs only)."""
@@ -98,7 +105,8 @@ class Predictor:
         with torch.inference_mode(), self.scoring(named):
             probs, maps = self.score_study(batch[used], [views[i] for i in used], attention, tta)
         names = self.classes if named is None else named.names
-        return StudyPrediction(names, probs.numpy().astype(np.float64), views, used, self.aggregation,
+        probs = self.calibrate(probs.numpy().astype(np.float64), names)
+        return StudyPrediction(names, probs, views, used, self.aggregation,
                                None if maps is None else maps.float().cpu().numpy())
 
     def score_study(self, images: torch.Tensor, views: list[str], attention: bool, tta: bool):
@@ -110,7 +118,9 @@ class Predictor:
         """Every image of a CXR-LT table (``data.cxr_lt.read_cxr_lt``), streamed in study order."""
         named = self.named_classes(classes)
         with self.scoring(named):
-            return self.score_table(table, image_root, options)
+            result = self.score_table(table, image_root, options)
+        result.probs = self.calibrate(result.probs, self.classes if named is None else named.names)
+        return result
 
     def score_table(self, table, image_root, options: TableOptions) -> PredictionResult:
         raise NotImplementedError
@@ -118,7 +128,7 @@ class Predictor:
 
 def image_batches(table, image_root, pre, rows, batch_size, skip_bad_images, progress, desc="predict"):
     """The table's images (``rows``, in that order) in batches, with a progress bar."""
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     from ..data.image_dataset import ImageDataset, collate_images
 

@@ -21,8 +21,8 @@ class Stage2Predictor(Predictor):
     kind = "stage2"
     aggregation = "fusion"
 
-    def __init__(self, run, device="cpu"):
-        super().__init__(run, device)
+    def __init__(self, run, device="cpu", calibrated: bool = True):
+        super().__init__(run, device, calibrated)
         info = run.info
         self.routed = RoutedBackbones({slot: r.model.backbone for slot, r in run.backbones.items()},
                                       info["routing"], info["unknown_view"], info.get("pool"), info["feature_dtype"],

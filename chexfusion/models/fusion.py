@@ -108,6 +108,10 @@ class StudyFusion(nn.Module):
         decoder_options = {"dim": dim, **(decoder_kwargs or {})}
         self.decoder = build_decoder(num_classes, dim, decoder_options, query_dim)
 
+    def no_weight_decay(self) -> set[str]:
+        """Embedding tables are exempt from weight decay (timm's convention; ``training.optim.param_groups``)."""
+        return {"view_embedding.weight"} | ({"index_embedding.weight"} if self.index_embedding is not None else set())
+
     def num_tokens_per_image(self) -> int:
         return self.token_grid[0] * self.token_grid[1]
 

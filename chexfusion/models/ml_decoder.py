@@ -160,6 +160,17 @@ class MLDecoder(nn.Module):
             if saved[2] is not None:
                 self.residual_index = saved[2]
 
+    def no_weight_decay(self) -> set[str]:
+        """The query side is exempt from weight decay (timm's convention; see ``training.optim.param_groups``):
+        the per-class query corrections and the map from a name's embedding to its query. Learned group queries
+        are decayed, as they always were; neither choice has been measured against the other."""
+        names = set()
+        if self.query_dim is not None:
+            names.add("query_projection.0.weight")
+        if self.has_class_residual:
+            names.add("residual_query")
+        return names
+
     def text_map_parameters(self) -> list[nn.Parameter]:
         """The weights shared by all classes that turn a name's embedding into its query and its scorer (none for
         learned queries): the optimizer gives them their own learning rate (``model.text.map_lr_scale``)."""

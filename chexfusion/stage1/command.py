@@ -21,14 +21,17 @@ def resolve_config_path(path, default):
     return default if Path(default).is_file() else None
 
 
-def run(args) -> int:
-    cfg = load_config(Stage1Config, resolve_config_path(args.config, DEFAULT_CONFIG), args.overrides)
+def train(cfg: Stage1Config) -> dict:
+    """Train (or resume, or report) the configured stage-1 run, noisy-student rounds included; its metrics."""
     if cfg.noisy_student.rounds:
         from .noisy_student import train_noisy_student
 
-        train_noisy_student(cfg)
-        return 0
+        return train_noisy_student(cfg)
     from .train import train_stage1
 
-    train_stage1(cfg)
+    return train_stage1(cfg)
+
+
+def run(args) -> int:
+    train(load_config(Stage1Config, resolve_config_path(args.config, DEFAULT_CONFIG), args.overrides))
     return 0

@@ -137,6 +137,5 @@ class Stage1Config:
                 raise UserError(f"config key 'data.{key}' must be zero, one or ignore")
         check_query_kind(self.model.queries)
         check_text_config(self.model.text)
-        if self.train.epochs < 1 or self.train.batch_size < 1:
-            raise UserError("config keys 'train.epochs' and 'train.batch_size' must be at least 1")
+        self.train.validate()
         self.noisy_student.validate()

@@ -61,13 +61,13 @@ def write_run_info(run_dir: Path, cfg: Stage1Config, classes, prevalence, pre: P
 
 
 @dataclass
-class Stage1Run:
-    """A trained stage-1 run, loaded from its folder."""
+class TrainedRun:
+    """What every loaded run folder offers (stage 1 here, stage 2 in ``stage2.model``): its record and model."""
 
     path: Path
-    config: Stage1Config
-    info: dict
-    model: ImageClassifier
+    config: object
+    info: dict  # run.json, checked by run_folder.read_run_info
+    model: object
 
     @property
     def classes(self) -> list[str]:
@@ -84,6 +84,11 @@ class Stage1Run:
     @property
     def train_prevalence(self) -> np.ndarray:
         return np.asarray(self.info["train_prevalence"], dtype=np.float64)
+
+
+@dataclass
+class Stage1Run(TrainedRun):
+    """A trained stage-1 run, loaded from its folder: ``model`` is its ImageClassifier."""
 
 
 def load_stage1_run(run_dir: str | Path, map_location: str = "cpu") -> Stage1Run:

@@ -44,7 +44,7 @@ from ..data.cxr_lt import CxrLtTable
 from ..data.external import known_classes, read_external
 from ..data.image_dataset import ImageDataset
 from ..errors import UserError
-from ..fit import HEADLINE
+from ..training import HEADLINE
 from ..io import atomic_path, atomic_write_json
 from .config import ExternalSetConfig, NoisyStudentConfig, Stage1Config
 from .model import load_stage1_run

@@ -10,25 +10,23 @@ laptop CPU, one GPU, or ``accelerate launch`` over many processes.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from .. import training
-from ..config import to_dict
 from ..data.augment import AugmentedDataset, RadiographAugment
 from ..data.cxr_lt import read_cxr_lt
 from ..data.image_dataset import ImageDataset, collate_images
 from ..data.images import Preprocess
 from ..data.labels import LabelPolicy
 from ..errors import UserError
-from ..fit import finish_run, fit, prepare_training, summary_line
 from ..losses import build_loss
 from ..metrics import compute_metrics
 from ..run_folder import load_weights
+from ..training import StageJob, finish_run, fit, prepare_training, start_run, summary_line
 from .config import Stage1Config
 from .model import build_for_classes, write_run_info
 
@@ -101,16 +99,10 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
     weights of the loss still come from the labelled prevalence. ``init_weights``: start from these weights
     instead of the backbone's initialisation (a student initialised from its teacher).
     """
-    accelerator = training.make_accelerator(cfg.train)
-    training.seed_everything(cfg.seed)
+    accelerator, run_dir, finished = start_run(cfg, "stage 1")
+    if finished is not None:
+        return finished
     log = accelerator.print
-    run_dir = Path(cfg.output_dir) / cfg.name
-    training.check_same_config(run_dir, to_dict(cfg), defaults=to_dict(Stage1Config()))
-    if (run_dir / "metrics.json").is_file():
-        results = json.loads((run_dir / "metrics.json").read_text())
-        log(f"stage 1 run {run_dir} is complete (delete the folder to train it again)")
-        log(f"stage 1 validation: {summary_line(results['validation'])}")
-        return results
 
     # ---- data ------------------------------------------------------------------------------------------------
     policy = LabelPolicy(uncertain=cfg.data.uncertain_label, blank=cfg.data.blank_label)
@@ -142,9 +134,8 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
     if init_weights is not None:
         load_weights(model, init_weights)
     loss_fn = build_loss(cfg.loss.name, cfg.loss.params, prevalence)
-    prepared = prepare_training(accelerator, cfg, model, train_loader, val_loader, run_dir, len(train_set), "images")
-    model, optimizer, scheduler, ema, val_loader = (prepared.model, prepared.optimizer, prepared.scheduler,
-                                                     prepared.ema, prepared.val_loader)
+    prepared = prepare_training(accelerator, cfg, model, (train_loader, val_loader), run_dir, len(train_set), "images")
+    val_loader = prepared.val_loader
 
     def batch_loss(m, batch):
         if "image" not in batch:  # every image of this batch was unreadable (skip_bad_images): no step
@@ -157,13 +148,12 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
         metrics = compute_metrics(targets[rows], probs, classes, train_prevalence=prevalence, mask=mask[rows])
         return {**metrics, "skipped_images": len(skipped)}
 
-    state = fit(accelerator=accelerator, cfg=cfg.train, run_dir=run_dir, stage="stage1", model=model,
-                optimizer=optimizer, scheduler=scheduler, ema=ema, train_loader=prepared.train_loader,
-                steps_per_epoch=prepared.steps_per_epoch, epoch_setters=[sampler, train_set], batch_loss=batch_loss,
-                validate=lambda m: evaluate(m, val_loader, val_table, "validate"), seed=cfg.seed)
+    job = StageJob("stage1", run_dir, cfg.seed, batch_loss, lambda m: evaluate(m, val_loader, val_table, "validate"),
+                   epoch_setters=[sampler, train_set])
+    state = fit(accelerator, cfg.train, prepared, job)
 
     # ---- final evaluation of the best weights ----------------------------------------------------------------
-    best = accelerator.unwrap_model(ema.module if ema is not None else model)
+    best = accelerator.unwrap_model(prepared.eval_model)
     results = {"best_epoch": state.progress.best_epoch, "classes": classes,
                "skipped_train_images": state.skipped_images,
                **({} if extra_train is None else {"extra_train_images": len(extra_train)}),

@@ -53,6 +53,7 @@ class Stage2Config:
 
     def validate(self) -> None:
         self.features.validate()
+        self.train.validate()
         for key in ("uncertain_label", "blank_label"):
             if getattr(self.data, key) not in ("zero", "one", "ignore"):
                 raise UserError(f"config key 'data.{key}' must be zero, one or ignore")

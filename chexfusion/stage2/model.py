@@ -8,18 +8,16 @@ demo run the whole model from raw images with that folder alone.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from ..config import from_dict, read_yaml
-from ..data.images import Preprocess
 from ..errors import UserError
 from ..io import file_sha256
 from ..models.fusion import StudyFusion
 from ..run_folder import checked_weights, load_weights, read_run_info, write_run_info as write_info
-from ..stage1.model import Stage1Run, load_stage1_run
+from ..stage1.model import Stage1Run, TrainedRun, load_stage1_run
 from ..text.queries import build_with_queries, recorded_query_dim, restore_text_head
 from .config import Stage2Config
 
@@ -76,26 +74,10 @@ def write_run_info(run_dir: Path, cfg: Stage2Config, classes, prevalence, store_
 
 
 @dataclass
-class Stage2Run:
-    """A trained stage-2 run: the fusion model and the stage-1 backbone run(s) it sits on."""
+class Stage2Run(TrainedRun):
+    """A trained stage-2 run: ``model`` is the fusion model; ``backbones`` the stage-1 run(s) it sits on."""
 
-    path: Path
-    config: Stage2Config
-    info: dict
-    model: StudyFusion
-    backbones: dict[str, Stage1Run]
-
-    @property
-    def classes(self) -> list[str]:
-        return self.info["classes"]
-
-    @property
-    def preprocess(self) -> Preprocess:
-        return Preprocess.from_dict(self.info["preprocess"])
-
-    @property
-    def train_prevalence(self) -> np.ndarray:
-        return np.asarray(self.info["train_prevalence"], dtype=np.float64)
+    backbones: dict[str, Stage1Run] = field(default_factory=dict)
 
 
 def load_stage2_run(run_dir: str | Path, map_location: str = "cpu") -> Stage2Run:

@@ -11,20 +11,17 @@ folder that ``chexfusion predict`` runs from raw images.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .. import training
-from ..config import to_dict
 from ..data.cxr_lt import read_cxr_lt
 from ..data.labels import LabelPolicy
-from ..fit import finish_run, fit, prepare_training, summary_line
 from ..losses import build_loss
 from ..metrics import compute_metrics
+from ..training import StageJob, finish_run, fit, prepare_training, start_run, summary_line
 from .config import Stage2Config
 from .data import StudyDataset, collate_studies, image_study, study_labels
 from .model import build_for_classes, write_run_info
@@ -93,16 +90,10 @@ def split_metrics(split: Split, probs: np.ndarray, study_index: np.ndarray, clas
 
 
 def train_stage2(cfg: Stage2Config) -> dict:
-    accelerator = training.make_accelerator(cfg.train)
-    training.seed_everything(cfg.seed)
+    accelerator, run_dir, finished = start_run(cfg, "stage 2")
+    if finished is not None:
+        return finished
     log = accelerator.print
-    run_dir = Path(cfg.output_dir) / cfg.name
-    training.check_same_config(run_dir, to_dict(cfg), defaults=to_dict(Stage2Config()))
-    if (run_dir / "metrics.json").is_file():
-        results = json.loads((run_dir / "metrics.json").read_text())
-        log(f"stage 2 run {run_dir} is complete (delete the folder to train it again)")
-        log(f"stage 2 validation: {summary_line(results['validation'])}")
-        return results
 
     # ---- data: the feature store, refused when it does not match the backbones and CSVs ------------------------
     store = open_store_for(cfg)
@@ -139,10 +130,9 @@ def train_stage2(cfg: Stage2Config) -> dict:
     # ---- model, loss, optimisation -----------------------------------------------------------------------------
     model, text_queries = build_for_classes(cfg, classes, store.shape)
     loss_fn = build_loss(cfg.loss.name, cfg.loss.params, prevalence)
-    prepared = prepare_training(accelerator, cfg, model, train_loader, val_loader, run_dir,
+    prepared = prepare_training(accelerator, cfg, model, (train_loader, val_loader), run_dir,
                                 len(splits['train'].dataset), "studies")
-    model, optimizer, scheduler, ema, val_loader = (prepared.model, prepared.optimizer, prepared.scheduler,
-                                                     prepared.ema, prepared.val_loader)
+    val_loader = prepared.val_loader
 
     def batch_loss(m, batch):
         logits = m(batch["features"], batch["views"], batch["image_mask"])
@@ -152,13 +142,12 @@ def train_stage2(cfg: Stage2Config) -> dict:
         probs, index = study_probs(m, loader_, accelerator, desc)
         return split_metrics(splits[split_name], probs, index, classes, prevalence)
 
-    state = fit(accelerator=accelerator, cfg=cfg.train, run_dir=run_dir, stage="stage2", model=model,
-                optimizer=optimizer, scheduler=scheduler, ema=ema, train_loader=prepared.train_loader,
-                steps_per_epoch=prepared.steps_per_epoch, epoch_setters=epoch_setters, batch_loss=batch_loss,
-                validate=lambda m: evaluate(m, "val", val_loader, "validate"), seed=cfg.seed)
+    job = StageJob("stage2", run_dir, cfg.seed, batch_loss, lambda m: evaluate(m, "val", val_loader, "validate"),
+                   epoch_setters)
+    state = fit(accelerator, cfg.train, prepared, job)
 
     # ---- final evaluation: best weights, and the stage-1 max-over-images baseline ------------------------------
-    best = accelerator.unwrap_model(ema.module if ema is not None else model)
+    best = accelerator.unwrap_model(prepared.eval_model)
     results = {"best_epoch": state.progress.best_epoch, "classes": classes,
                "validation": evaluate(best, "val", val_loader, "validate best")}
     if "test" in splits:

@@ -149,7 +149,7 @@ def encode_texts(folder: str | Path, texts: list[str], pooling: str = "mean") ->
     check_pooling(pooling)
     import torch
     import transformers
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     tokenizer, model = _load(folder, transformers, torch)
     max_length = min(tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", 512))

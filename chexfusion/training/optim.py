@@ -1,0 +1,141 @@
+"""AdamW with its parameter groups, the cosine schedule, EMA, and ``prepare_training`` (the same for both stages)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .config import OptimConfig
+
+
+def no_weight_decay_names(model: torch.nn.Module) -> set[str]:
+    """Full names of the parameters the modules exempt from weight decay by timm's convention: any submodule may
+    define ``no_weight_decay()`` returning the names (relative to itself) of its embeddings and queries."""
+    names = set()
+    for prefix, module in model.named_modules():
+        exempt = getattr(module, "no_weight_decay", None)
+        if callable(exempt):
+            names.update(f"{prefix}.{name}" if prefix else name for name in exempt())
+    return names
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float, text_map_lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: no weight decay on biases and norms (1-D tensors) and on what the modules exempt
+    (:func:`no_weight_decay_names`); the maps a text-query decoder shares between all classes (its
+    ``text_map_parameters()``) learn at ``lr * text_map_lr_scale``. The first group is the decayed weights at
+    ``lr``."""
+    exempt = no_weight_decay_names(model)
+    text_maps = {id(p) for m in model.modules() if hasattr(m, "text_map_parameters") for p in m.text_map_parameters()}
+    groups: dict[tuple[bool, bool], list] = {(True, False): [], (False, False): [], (True, True): [], (False, True): []}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decayed = not (p.ndim <= 1 or name in exempt)
+        groups[(decayed, id(p) in text_maps)].append(p)
+    return [
+        {"params": params, "weight_decay": weight_decay if decayed else 0.0,
+         "lr": lr * text_map_lr_scale if text_map else lr}
+        for (decayed, text_map), params in groups.items()
+        if params or not text_map
+    ]
+
+
+def cosine_schedule(optimizer, total_steps: int, warmup_steps: int, min_lr_ratio: float, calls_per_step: int = 1):
+    """Linear warm-up then cosine decay to ``min_lr_ratio`` of the peak, counted in optimizer steps.
+
+    ``calls_per_step``: how often the scheduler is stepped per optimizer step (accelerate steps a prepared
+    scheduler once per process), so the rate of optimizer step k is the same for any process count.
+    """
+
+    def factor(call: int) -> float:
+        step = call // calls_per_step
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def schedule_for(accelerator, optimizer, cfg: OptimConfig, steps_per_epoch: int):
+    """Cosine schedule in optimizer steps; accelerate steps a prepared scheduler once per process per step."""
+    return cosine_schedule(optimizer, steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch),
+                           cfg.min_lr_ratio, calls_per_step=accelerator.num_processes)
+
+
+def make_ema(model: torch.nn.Module, decay: float):
+    """timm's EMA of all weights and buffers, or None when ``decay`` is 0."""
+    if decay <= 0:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay)
+
+
+@dataclass
+class Prepared:
+    """Everything the loop trains with, after ``accelerator.prepare``."""
+
+    model: object
+    optimizer: object
+    scheduler: object
+    ema: object
+    train_loader: object
+    val_loader: object
+    steps_per_epoch: int
+
+    @property
+    def eval_model(self):
+        """What is validated, kept and evaluated: the EMA weights when EMA is on, else the trained ones."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def prepare_training(accelerator, stage_cfg, model, loaders: tuple, run_dir: Path, n_train: int,
+                     unit: str) -> Prepared:
+    """AdamW, the cosine schedule, EMA, the saved config and ``accelerator.prepare``: the same for both stages.
+
+    ``loaders``: (train, validation). ``n_train``/``unit`` only word the error for a batch larger than the split.
+    """
+    from ..config import save_config
+    from .setup import tracker_names
+
+    cfg = stage_cfg.train
+    train_loader, val_loader = loaders
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, stage_cfg.model.text.map_lr_scale)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    steps_per_epoch = len(train_loader) // (cfg.grad_accum * accelerator.num_processes)
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise UserError(f"train.batch_size {cfg.batch_size} x {accelerator.num_processes} processes is larger "
+                        f"than the {n_train} training {unit}")
+    scheduler = schedule_for(accelerator, optimizer, cfg, steps_per_epoch)
+    ema = make_ema(model, cfg.ema_decay)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        save_config(stage_cfg, run_dir / "config.yaml")
+    if tracker_names(cfg.log_with):
+        from ..config import to_dict
+
+        accelerator.init_trackers(run_dir.name, config=_scalar_config(to_dict(stage_cfg)))
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+    return Prepared(model, optimizer, scheduler, ema, train_loader, val_loader, steps_per_epoch)
+
+
+def _scalar_config(cfg: dict, prefix: str = "") -> dict:
+    """The resolved config flattened to dotted keys with scalar values, as trackers' hyper-parameter tables want."""
+    out = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_scalar_config(value, name + "."))
+        else:
+            out[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
