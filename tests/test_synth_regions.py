@@ -57,14 +57,17 @@ def test_regions_csv_and_masks_match_the_dataset(tmp_path):
     args = ["synth", "--out", str(out), "--studies", "60", "--image-size", "48", "--seed", "5",
             "--external-images", "0", "--workers", "1"]
     assert main(args) == 0
-    with open(out / "regions.csv", newline="") as f:
-        reader = csv.DictReader(f)
-        assert reader.fieldnames == REGION_COLUMNS
-        regions = list(reader)
-    images = {}
+    images, regions = {}, []
     for split in ("train", "development", "test"):
         with open(out / f"{split}.csv", newline="") as f:
-            images.update({row["dicom_id"]: row for row in csv.DictReader(f)})
+            split_images = {row["dicom_id"]: row for row in csv.DictReader(f)}
+        with open(out / f"{split}_regions.csv", newline="") as f:
+            reader = csv.DictReader(f)
+            assert reader.fieldnames == REGION_COLUMNS
+            split_regions = list(reader)
+        assert {r["dicom_id"] for r in split_regions} <= set(split_images)  # each split's file names its images
+        images.update(split_images)
+        regions.extend(split_regions)
     assert len(regions) > len(images) // 2
     for region in regions:
         image = images[region["dicom_id"]]

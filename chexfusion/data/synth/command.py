@@ -3,7 +3,7 @@
 Order of work: draw the cohort, write ``synth_meta.json``, render the images
 and the masks of where each finding was drawn (in a process pool; every image
 has its own seeds, so the bytes do not depend on the number of workers), write
-the NIH CSV and ``regions.csv`` (:mod:`.regions`), and write the three CXR-LT
+the NIH CSV and each split's ``<split>_regions.csv`` (:mod:`.regions`), and write the three CXR-LT
 CSVs last, so a dataset with CSVs is a complete one. Re-running into a folder that
 holds an earlier synthetic dataset replaces it; any other non-empty folder is
 refused rather than mixed with.
@@ -33,7 +33,7 @@ from .external import NIH_LABELS, build_external, nih_csv
 from .findings import SIGNATURES, view_only
 from .labels import LATENT, PREVALENCE_FLOOR, floor_for, label_model
 from .radiograph import RadiographSpec, acquire, acquisition_rng, draw_scene
-from .regions import REGION_COLUMNS, REGIONS_CSV, REGIONS_DIR, finding_regions, mask_path, png_bytes, region_row
+from .regions import REGION_COLUMNS, REGIONS_DIR, finding_regions, mask_path, png_bytes, region_row, regions_csv_name
 
 META_NAME = "synth_meta.json"
 EXTERNAL_DIR = Path("external") / "nih"
@@ -71,7 +71,9 @@ def run(args) -> int:
     tasks = cohort_tasks(args, cohort, out) + external_tasks(args, external, out)
     regions = render_all(tasks, args.workers or available_cpus())
     atomic_write_text(out / EXTERNAL_DIR / "Data_Entry_2017.csv", nih_csv(external, args.seed))
-    atomic_write_text(out / REGIONS_CSV, regions_csv(regions))
+    split_of = {cohort.dicom_id[i]: int(cohort.study_split[s]) for i, s in enumerate(cohort.image_study)}
+    for k, split in enumerate(SPLITS):
+        atomic_write_text(out / regions_csv_name(split), regions_csv([r for r in regions if split_of[r[0]] == k]))
     for k, split in enumerate(SPLITS):
         atomic_write_text(out / f"{split}.csv", split_csv(cohort, k))
     elapsed = time.monotonic() - started
@@ -104,7 +106,7 @@ def prepare_output(out: Path) -> None:
                             "choose a new or empty folder")
         for name in ("files", "external", REGIONS_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
-        for name in [f"{s}.csv" for s in SPLITS] + [META_NAME, REGIONS_CSV]:
+        for name in [f"{s}.csv" for s in SPLITS] + [regions_csv_name(s) for s in SPLITS] + [META_NAME]:
             (out / name).unlink(missing_ok=True)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,8 @@ vessels removed (Pulmonary Embolism). A finding that changed nothing visible
 in a view (a frontal-only finding on a lateral image, a very subtle case) has
 no region in it.
 
-The file format (``regions.csv`` at the dataset root, one row per image and
-finding with a region; docs/synthetic.md):
+The file format (``<split>_regions.csv`` beside each split's CSV, one row per
+image of that split and finding with a region; docs/synthetic.md):
 
 ``dicom_id, class, mask, x_min, y_min, x_max, y_max, area``
 
@@ -36,7 +36,6 @@ from .radiograph import RadiographSpec, acquisition_rng, attenuation, draw_scene
 # Attenuation change that makes a pixel part of a finding's region: about four grey levels of the
 # 8-bit image at mid-grey, the level of the quantum noise, so the region is what a reader could see.
 REGION_THRESHOLD = 0.03
-REGIONS_CSV = "regions.csv"
 REGIONS_DIR = "regions"
 REGION_COLUMNS = ["dicom_id", "class", "mask", "x_min", "y_min", "x_max", "y_max", "area"]
 
@@ -61,6 +60,11 @@ def finding_regions(spec: RadiographSpec, scene=None) -> dict[str, np.ndarray]:
         if mask.any():
             regions[name] = mask
     return regions
+
+
+def regions_csv_name(split: str) -> str:
+    """The region file of a split's images (``test.csv`` -> ``test_regions.csv``)."""
+    return f"{split}_regions.csv"
 
 
 def class_slug(name: str) -> str:
