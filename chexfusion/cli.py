@@ -25,6 +25,8 @@ COMMANDS = {
     "predict": ("chexfusion.predict", "study-level batch inference from raw images"),
     "evaluate": ("chexfusion.evaluate", "CXR-LT metrics, per-class table, plots and report"),
     "serve": ("chexfusion.serve.command", "the web demo"),
+    "explain": ("chexfusion.explain.command", "heat maps (attention, Grad-CAM, Group-CAM) of a run's findings per image"),
+    "localize": ("chexfusion.explain.localize", "score heat maps against ground-truth finding regions"),
 }
 
 
