@@ -35,6 +35,8 @@ class StudyPrediction:
     used: list[int]  # indices of the images that were scored, in scoring order
     heatmaps: np.ndarray  # [K, len(used), h, w], per class scaled so the study's max is 1
     aggregation: str  # fusion (stage 2) or max (stage 1: max over images)
+    method: str = "attention"  # attention | gradcam | groupcam (chexfusion.explain.cam)
+    mapped: list[int] | None = None  # the classes that have a map (None: every class)
 
 
 def scoring_order(views: list[str]) -> list[int]:
@@ -53,6 +55,7 @@ class StudyEngine:
         self.max_images = int(getattr(predictor, "max_images", 0) or 0) or None  # None: stage 1 has no cap
         self._model_lock = threading.Lock()
         self._decode_slots = threading.BoundedSemaphore(limits.decode_slots)
+        self._explained_model = None  # the run as Grad-CAM / Group-CAM see it, made on first use
 
     def prepare(self, uploads: list[UploadedFile], views: list[str]) -> list[PreparedImage]:
         """Decode every upload (raises ``Rejected`` naming the first bad file)."""
@@ -62,21 +65,36 @@ class StudyEngine:
                 prepared.append(prepare_image(upload, view, self.predictor.preprocess, self.limits))
         return prepared
 
-    def predict(self, images: list[PreparedImage], chosen: ClassSet | None = None) -> StudyPrediction:
-        """Score the study for ``chosen``'s classes (default: the run's own), in their order."""
+    def predict(self, images: list[PreparedImage], chosen: ClassSet | None = None,
+                method: str = "attention") -> StudyPrediction:
+        """Score the study for ``chosen``'s classes (default: the run's own), in their order; heat maps by
+        ``method`` (the decoder's attention, or Grad-CAM / Group-CAM from :mod:`chexfusion.explain`)."""
         chosen = chosen or self.class_sets.own
         views = [im.view for im in images]
         order = scoring_order(views)
         used = order[: self.max_images] if self.max_images else order
         batch = torch.stack([images[i].tensor for i in used])
         used_views = [views[i] for i in used]
-        with self._model_lock, torch.inference_mode(), chosen.scored_by(self.predictor.model.decoder):
-            if self.kind == "stage2":
-                probs, query_maps = self._stage2(batch, used_views)
-            else:
-                probs, query_maps = self._stage1(batch)
-        return StudyPrediction(probs.numpy().astype(np.float64), used,
-                               class_heatmaps(query_maps, chosen.query_index), AGGREGATION[self.kind])
+        with self._model_lock, chosen.scored_by(self.predictor.model.decoder):
+            with torch.inference_mode():
+                if self.kind == "stage2":
+                    probs, query_maps = self._stage2(batch, used_views)
+                else:
+                    probs, query_maps = self._stage1(batch)
+            if method == "attention":
+                maps, mapped = class_heatmaps(query_maps, chosen.query_index), None
+            else:  # gradients: outside inference mode, still under the lock and the chosen classes
+                from ..explain.serve_maps import study_cam_maps  # explain reads serve.heatmap: import late
+
+                maps, mapped = study_cam_maps(self._explained(), method, batch, used_views, probs.numpy())
+        return StudyPrediction(probs.numpy().astype(np.float64), used, maps, AGGREGATION[self.kind], method, mapped)
+
+    def _explained(self):
+        if self._explained_model is None:
+            from ..explain.models import explained_model
+
+            self._explained_model = explained_model(self.predictor)
+        return self._explained_model
 
     def _stage2(self, batch: torch.Tensor, views: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.predictor
