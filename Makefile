@@ -18,7 +18,7 @@ STAGE2_CONFIG ?= stage2/config.yaml
 STAGE1_RUN    ?= stage1/runs/demo
 STAGE2_RUN    ?= stage2/runs/demo
 
-.PHONY: install data stage1 features stage2 evaluate ablate text-queries zero-shot test test-browser bench clean-runs help
+.PHONY: install data stage1 features stage2 evaluate ablate text-queries zero-shot localize test test-browser bench clean-runs help
 
 help:
 	@sed -n '2,4p' Makefile
@@ -52,6 +52,18 @@ ABLATE_LOSSES ?= bce,focal,asl,weighted_asl
 ablate: $(DATA_STAMP)
 	$(CX) ablate --stage1-config $(STAGE1_CONFIG) --stage2-config $(STAGE2_CONFIG) \
 		--losses $(ABLATE_LOSSES)
+
+# Heat maps scored against where synth drew each finding (docs/explanations.md): both demo runs, every method, on
+# the test split and the findings the 6-epoch demo model learns (docs/synthetic.md, "Learnability").
+LOCALIZE_CLASSES ?= Cardiomegaly,Edema,Lobar Atelectasis,Consolidation,Pleural Effusion
+localize: $(DATA_STAMP)
+	mkdir -p reports
+	for stage in stage1 stage2; do \
+		$(CX) localize --model $$stage/runs/demo --csv $(DATA_DIR)/test.csv --image-root $(DATA_DIR) \
+			--regions $(DATA_DIR)/test_regions.csv --classes "$(LOCALIZE_CLASSES)" --json \
+			> reports/localize-$$stage.txt || exit 1; \
+		cat reports/localize-$$stage.txt; \
+	done
 
 # Stage 2 with class-name (text) queries on the demo feature store (after make stage2): compare with learned queries.
 text-queries: features

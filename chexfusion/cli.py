@@ -28,6 +28,8 @@ COMMANDS = {
     "evaluate": ("chexfusion.evaluate", "CXR-LT metrics, per-class table, plots and report"),
     "serve": ("chexfusion.serve.command", "the web demo"),
     "ablate": ("chexfusion.ablate", "shared vs per-view backbones and stage-2 losses: train what is missing, tables"),
+    "explain": ("chexfusion.explain.command", "heat maps (attention, Grad-CAM, Group-CAM) of a run's findings per image"),
+    "localize": ("chexfusion.explain.localize", "score heat maps against ground-truth finding regions"),
 }
 
 

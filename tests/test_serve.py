@@ -162,7 +162,7 @@ def test_openapi_documents_predict_and_health(client):
     schema = client.get("/openapi.json").json()
     post = schema["paths"]["/api/predict"]["post"]
     body = post["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert body["required"] == ["files"] and set(body["properties"]) == {"files", "views", "classes"}
+    assert body["required"] == ["files"] and set(body["properties"]) == {"files", "views", "classes", "maps"}
     ok = post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
     assert ok.endswith("/PredictResponse")
     assert {"413", "415", "422"} <= set(post["responses"])
@@ -224,6 +224,30 @@ def test_heat_maps_one_per_image_and_class_on_the_token_grid(client, study, tiny
     np.testing.assert_allclose(grids.max(axis=(0, 2, 3)), 1.0, atol=1e-4)  # per class, study max is 1
     decoder = stage2_predictor.model.decoder
     assert heat["query_of_class"][classes[-1]] == (len(classes) - 1) // decoder.classes_per_group
+
+
+def test_the_map_type_switches_to_grad_cam_and_group_cam(client, study, tiny_data, stage2_predictor):
+    from chexfusion.explain.serve_maps import GRID, GROUPCAM_TOP
+
+    files, data = upload(study, tiny_data)
+    attention = client.post("/api/predict", files=files, data=data).json()
+    assert attention["heatmaps"]["method"] == "attention" and attention["heatmaps"]["mapped"] is None
+    classes = stage2_predictor.classes
+    for method in ("gradcam", "groupcam"):
+        body = client.post("/api/predict", files=files, data={**data, "maps": method}).json()
+        heat = body["heatmaps"]
+        assert heat["method"] == method and (heat["height"], heat["width"]) == (GRID, GRID)
+        assert body["study"] == attention["study"]  # the maps change, the prediction does not
+        top = {f["class"] for f in attention["study"]["findings"][:GROUPCAM_TOP]}
+        assert set(heat["mapped"]) == (top if method == "groupcam" else set(classes))
+        grids = np.array([[heat["images"][i][c] for c in classes] for i in range(len(study))])
+        assert grids.shape == (len(study), len(classes), GRID, GRID) and grids.min() >= 0.0
+        peaks = grids.max(axis=(0, 2, 3))
+        assert np.all(np.isclose(peaks, 1.0, atol=1e-4) | (peaks == 0.0))  # per class, study max 1 (or no map)
+        unmapped = [k for k, c in enumerate(classes) if c not in heat["mapped"]]
+        assert (peaks[unmapped] == 0.0).all()
+    response = client.post("/api/predict", files=files, data={**data, "maps": "saliency"})
+    assert response.status_code == 422 and "'saliency' is not one of" in response.json()["detail"]
 
 
 def test_images_past_max_images_are_listed_but_not_scored(tiny_stage2, study, tiny_data):

@@ -28,7 +28,8 @@ from .schemas import ErrorResponse, Finding, Health, HeatMaps, ImageInfo, Limits
 from .uploads import VIEW_CHOICES, PreparedImage, requested_views
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-FILE_FIELD, VIEW_FIELD, CLASSES_FIELD = "files", "views", "classes"
+FILE_FIELD, VIEW_FIELD, CLASSES_FIELD, MAPS_FIELD = "files", "views", "classes", "maps"
+MAP_METHODS = ("attention", "gradcam", "groupcam")
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; script-src 'self'; "
                                  b"style-src 'self'; connect-src 'self'; object-src 'none'; frame-ancestors 'none'"),
@@ -37,6 +38,12 @@ SECURITY_HEADERS = [
 ]
 HEATMAP_SCALING = ("decoder cross-attention averaged over heads and layers; per class divided by its maximum "
                    "over all images of the study (1 = where that finding's query looked most)")
+CAM_SCALING = {
+    "gradcam": "Grad-CAM of the finding's logit on the backbone map (every finding); averaged to the grid, per class "
+               "divided by its maximum over all images of the study",
+    "groupcam": "Group-CAM (blur-masked groups of Grad-CAM channels; the most probable findings only); averaged to "
+                "the grid, per class divided by its maximum over all images of the study",
+}
 
 
 class SecurityHeaders:
@@ -69,6 +76,9 @@ def _request_body_schema(limits: ServeLimits) -> dict:
             VIEW_FIELD: {"type": "array", "items": {"type": "string", "enum": list(VIEW_CHOICES)},
                          "description": "one per file, in order (or none: all auto). auto = the DICOM header's "
                                         "ViewPosition, else unknown"},
+            MAPS_FIELD: {"type": "string", "enum": list(MAP_METHODS),
+                         "description": "optional: the heat maps (default attention; gradcam and groupcam take "
+                                        "longer, groupcam maps the most probable findings only)"},
             CLASSES_FIELD: {"type": "string",
                             "description": "optional, comma-separated finding names to score instead of the run's "
                                            "classes (runs trained with text queries only; names it never saw are "
@@ -91,8 +101,16 @@ def _requested_classes(values: list[str] | None) -> list[str] | None:
         raise Rejected(UNPROCESSABLE, str(exc)) from None
 
 
-def _response(engine: StudyEngine, images: list[PreparedImage], chosen: ClassSet) -> PredictResponse:
-    result = engine.predict(images, chosen)
+def _requested_method(values: list[str] | None) -> str:
+    method = (values or ["attention"])[-1].strip() or "attention"
+    if method not in MAP_METHODS:
+        raise Rejected(UNPROCESSABLE, f"field '{MAPS_FIELD}': '{method}' is not one of {', '.join(MAP_METHODS)}")
+    return method
+
+
+def _response(engine: StudyEngine, images: list[PreparedImage], chosen: ClassSet,
+              method: str = "attention") -> PredictResponse:
+    result = engine.predict(images, chosen, method)
     names = chosen.names
     findings = [Finding(class_name=names[k], probability=float(result.probabilities[k]), group=chosen.groups[k],
                         train_prevalence=None if np.isnan(chosen.train_prevalence[k])
@@ -107,17 +125,18 @@ def _response(engine: StudyEngine, images: list[PreparedImage], chosen: ClassSet
                        display_aspect=im.header.width / im.header.height if squash else 1.0)
              for i, im in enumerate(images)]
     height, width = result.heatmaps.shape[-2:]
-    heatmaps = HeatMaps(height=height, width=width, scaling=HEATMAP_SCALING,
+    heatmaps = HeatMaps(height=height, width=width, scaling=CAM_SCALING.get(method, HEATMAP_SCALING),
                         query_of_class={c: int(q) for c, q in zip(names, chosen.query_index)},
-                        images=per_image)
+                        images=per_image, method=method,
+                        mapped=None if result.mapped is None else [names[k] for k in result.mapped])
     return PredictResponse(run=engine.run_name, kind=engine.kind,
                            study=Study(aggregation=result.aggregation, findings=findings),
                            images=infos, heatmaps=heatmaps)
 
 
-def _analyse(engine: StudyEngine, files, views, names: list[str] | None) -> PredictResponse:
+def _analyse(engine: StudyEngine, files, views, names: list[str] | None, method: str) -> PredictResponse:
     chosen = engine.class_sets.resolve(names)  # may encode names: off the event loop, like the model
-    return _response(engine, engine.prepare(files, views), chosen)
+    return _response(engine, engine.prepare(files, views), chosen, method)
 
 
 def create_app(model, limits: ServeLimits | None = None, device: str | None = None) -> FastAPI:
@@ -157,13 +176,14 @@ def create_app(model, limits: ServeLimits | None = None, device: str | None = No
     @app.post("/api/predict", response_model=PredictResponse, responses=errors,
               summary="score one study from its images", openapi_extra=_request_body_schema(limits))
     async def predict(request: Request) -> PredictResponse:
-        form = await read_form(request.headers, request.stream(), limits, {FILE_FIELD}, {VIEW_FIELD, CLASSES_FIELD})
+        form = await read_form(request.headers, request.stream(), limits, {FILE_FIELD}, {VIEW_FIELD, CLASSES_FIELD, MAPS_FIELD})
         if not form.files:
             raise Rejected(UNPROCESSABLE, f"no images: send 1 to {limits.max_images} files in the "
                                           f"'{FILE_FIELD}' field")
         views = requested_views(form.fields.get(VIEW_FIELD), len(form.files))
         names = _requested_classes(form.fields.get(CLASSES_FIELD))
-        return await run_in_threadpool(_analyse, engine, form.files, views, names)
+        method = _requested_method(form.fields.get(MAPS_FIELD))
+        return await run_in_threadpool(_analyse, engine, form.files, views, names, method)
 
     return app
 

@@ -32,6 +32,8 @@ class StudyPrediction:
     used: list[int]  # indices of the images that were scored, in scoring order
     heatmaps: np.ndarray  # [K, len(used), h, w], per class scaled so the study's max is 1
     aggregation: str  # fusion (stage 2) or max (stage 1: max over images)
+    method: str = "attention"  # attention | gradcam | groupcam (chexfusion.explain.cam)
+    mapped: list[int] | None = None  # the classes that have a map (None: every class)
 
 
 class StudyEngine:
@@ -45,6 +47,7 @@ class StudyEngine:
         self.max_images = predictor.max_images  # None: stage 1 has no cap
         self._model_lock = threading.Lock()
         self._decode_slots = threading.BoundedSemaphore(limits.decode_slots)
+        self._explained_model = None  # the run as Grad-CAM / Group-CAM see it, made on first use
 
     def prepare(self, uploads: list[UploadedFile], views: list[str]) -> list[PreparedImage]:
         """Decode every upload (raises ``Rejected`` naming the first bad file)."""
@@ -54,12 +57,29 @@ class StudyEngine:
                 prepared.append(prepare_image(upload, view, self.predictor.preprocess, self.limits))
         return prepared
 
-    def predict(self, images: list[PreparedImage], chosen: ClassSet | None = None) -> StudyPrediction:
-        """Score the study for ``chosen``'s classes (default: the run's own), in their order."""
+    def predict(self, images: list[PreparedImage], chosen: ClassSet | None = None,
+                method: str = "attention") -> StudyPrediction:
+        """Score the study for ``chosen``'s classes (default: the run's own), in their order; heat maps by
+        ``method`` (the decoder's attention, or Grad-CAM / Group-CAM from :mod:`chexfusion.explain`)."""
         chosen = chosen or self.class_sets.own
+        tensors, views = [im.tensor for im in images], [im.view for im in images]
         with self._model_lock:
-            result = self.predictor.predict_study([im.tensor for im in images], [im.view for im in images],
-                                                  classes=chosen.named, attention=True)
-        return StudyPrediction(result.probabilities, result.used,
-                               class_heatmaps(torch.from_numpy(result.attention), chosen.query_index),
-                               result.aggregation)
+            result = self.predictor.predict_study(tensors, views, classes=chosen.named,
+                                                  attention=method == "attention")
+            if method == "attention":
+                maps, mapped = class_heatmaps(torch.from_numpy(result.attention), chosen.query_index), None
+            else:  # gradients: outside inference mode, still under the lock and with the chosen classes
+                from ..explain.serve_maps import study_cam_maps  # explain reads serve.heatmap: import late
+
+                batch = torch.stack([tensors[i] for i in result.used])
+                with self.predictor.scoring(chosen.named):
+                    maps, mapped = study_cam_maps(self._explained(), method, batch,
+                                                  [views[i] for i in result.used], result.probabilities)
+        return StudyPrediction(result.probabilities, result.used, maps, result.aggregation, method, mapped)
+
+    def _explained(self):
+        if self._explained_model is None:
+            from ..explain.models import explained_model
+
+            self._explained_model = explained_model(self.predictor)
+        return self._explained_model

@@ -47,6 +47,10 @@ class HeatMaps(BaseModel):
     height: int = Field(description="rows of every grid (the model's token grid per image)")
     width: int = Field(description="columns of every grid")
     scaling: str = Field(description="how grid values are scaled")
+    method: Literal["attention", "gradcam", "groupcam"] = Field(
+        default="attention", description="what the maps are: the decoder's attention, Grad-CAM or Group-CAM")
+    mapped: list[str] | None = Field(
+        default=None, description="the classes that have a map (null: all); Group-CAM maps the most probable few")
     query_of_class: dict[str, int] = Field(
         description="decoder query whose attention is each class's map; classes sharing a query share a map")
     images: list[dict[str, list[list[float]]] | None] = Field(

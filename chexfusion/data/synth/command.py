@@ -1,9 +1,10 @@
 """``chexfusion synth``: write the synthetic demo dataset.
 
 Order of work: draw the cohort, write ``synth_meta.json``, render the images
-(in a process pool; every image has its own seeds, so the bytes do not depend
-on the number of workers), write the NIH CSV, and write the three CXR-LT CSVs
-last, so a dataset with CSVs is a complete one. Re-running into a folder that
+and the masks of where each finding was drawn (in a process pool; every image
+has its own seeds, so the bytes do not depend on the number of workers), write
+the NIH CSV and each split's ``<split>_regions.csv`` (:mod:`.regions`), and write the three CXR-LT
+CSVs last, so a dataset with CSVs is a complete one. Re-running into a folder that
 holds an earlier synthetic dataset replaces it; any other non-empty folder is
 refused rather than mixed with.
 """
@@ -31,7 +32,8 @@ from .cohort import MEANINGS, MIN_STUDIES, SPLITS, Cohort, build_cohort
 from .external import NIH_LABELS, build_external, nih_csv
 from .findings import SIGNATURES, view_only
 from .labels import LATENT, PREVALENCE_FLOOR, floor_for, label_model
-from .radiograph import RadiographSpec, render
+from .radiograph import RadiographSpec, acquire, acquisition_rng, draw_scene
+from .regions import REGION_COLUMNS, REGIONS_DIR, finding_regions, mask_path, png_bytes, region_row, regions_csv_name
 
 META_NAME = "synth_meta.json"
 EXTERNAL_DIR = Path("external") / "nih"
@@ -67,8 +69,11 @@ def run(args) -> int:
     atomic_write_json(out / META_NAME, metadata(args, cohort, external))
 
     tasks = cohort_tasks(args, cohort, out) + external_tasks(args, external, out)
-    render_all(tasks, args.workers or available_cpus())
+    regions = render_all(tasks, args.workers or available_cpus())
     atomic_write_text(out / EXTERNAL_DIR / "Data_Entry_2017.csv", nih_csv(external, args.seed))
+    split_of = {cohort.dicom_id[i]: int(cohort.study_split[s]) for i, s in enumerate(cohort.image_study)}
+    for k, split in enumerate(SPLITS):
+        atomic_write_text(out / regions_csv_name(split), regions_csv([r for r in regions if split_of[r[0]] == k]))
     for k, split in enumerate(SPLITS):
         atomic_write_text(out / f"{split}.csv", split_csv(cohort, k))
     elapsed = time.monotonic() - started
@@ -99,9 +104,9 @@ def prepare_output(out: Path) -> None:
         if not (out / META_NAME).is_file():
             raise UserError(f"--out {out} is not empty and holds no synthetic dataset ({META_NAME}); "
                             "choose a new or empty folder")
-        for name in ("files", "external"):
+        for name in ("files", "external", REGIONS_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
-        for name in [f"{s}.csv" for s in SPLITS] + [META_NAME]:
+        for name in [f"{s}.csv" for s in SPLITS] + [regions_csv_name(s) for s in SPLITS] + [META_NAME]:
             (out / name).unlink(missing_ok=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -121,6 +126,8 @@ def available_cpus() -> int:
 # ---------------------------------------------------------------------------
 
 def cohort_tasks(args, cohort: Cohort, out: Path) -> list:
+    """One task per CXR-LT image: its spec, its path, and where its findings' masks go (classes of the label set)."""
+    classes = frozenset(cohort.model.classes)
     tasks = []
     for i, s in enumerate(cohort.image_study):
         p = cohort.study_patient[s]
@@ -128,7 +135,7 @@ def cohort_tasks(args, cohort: Cohort, out: Path) -> list:
         spec = RadiographSpec(args.seed, (10, int(p)), (11, int(s)), (14, i), cohort.image_content[i],
                               bool(cohort.study_portable[s]), str(cohort.sex[p]), float(cohort.study_age[s]),
                               findings, args.image_size)
-        tasks.append((spec, str(out / cohort.fpath(i)), "JPEG"))
+        tasks.append((spec, str(out / cohort.fpath(i)), "JPEG", (str(out), cohort.dicom_id[i], classes)))
     return tasks
 
 
@@ -138,39 +145,62 @@ def external_tasks(args, ext, out: Path) -> list:
         findings = tuple(LATENT[j] for j in ext.drawn[i].nonzero()[0])
         spec = RadiographSpec(args.seed, (20, int(p)), (21, i), (24, i), "frontal", bool(ext.portable[i]),
                               str(ext.sex[p]), float(ext.age[i]), findings, args.image_size)
-        tasks.append((spec, str(out / EXTERNAL_DIR / "images" / ext.image_index(i)), "PNG"))
+        tasks.append((spec, str(out / EXTERNAL_DIR / "images" / ext.image_index(i)), "PNG", None))
     return tasks
 
 
-def render_to_file(task) -> None:
-    spec, path, fmt = task
+def render_to_file(task) -> list:
+    """Write one image (and its findings' masks, for a CXR-LT image); return its regions.csv rows."""
+    spec, path, fmt, regions = task
     buffer = io.BytesIO()
-    image = Image.fromarray(render(spec))
+    scene = draw_scene(spec)
+    image = Image.fromarray(acquire(scene, acquisition_rng(spec), spec.portable))
     if fmt == "JPEG":
         image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     else:
         image.save(buffer, format="PNG", compress_level=1)
     atomic_write_bytes(path, buffer.getvalue())
+    if regions is None:
+        return []
+    root, dicom_id, classes = regions
+    rows = []
+    for name, mask in finding_regions(spec, scene).items():
+        if name in classes:
+            atomic_write_bytes(Path(root) / mask_path(dicom_id, name), png_bytes(mask))
+            rows.append(region_row(dicom_id, name, mask))
+    return rows
 
 
-def render_all(tasks: list, workers: int) -> None:
+def render_all(tasks: list, workers: int) -> list:
+    """Render every task; the regions.csv rows of all images, in task order."""
+    rows = []
     progress = tqdm(total=len(tasks), desc="synth images", unit="img", file=sys.stderr, mininterval=0.5)
     with progress:
         if workers <= 1 or len(tasks) < 64:
             for task in tasks:
-                render_to_file(task)
+                rows.extend(render_to_file(task))
                 progress.update()
-            return
+            return rows
         chunk = max(1, min(32, len(tasks) // (workers * 8)))
         context = multiprocessing.get_context("spawn")  # never fork a parent that may hold torch threads
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for _ in pool.map(render_to_file, tasks, chunksize=chunk):
+            for image_rows in pool.map(render_to_file, tasks, chunksize=chunk):
+                rows.extend(image_rows)
                 progress.update()
+    return rows
 
 
 # ---------------------------------------------------------------------------
 # CSVs and metadata
 # ---------------------------------------------------------------------------
+
+def regions_csv(rows: list) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(REGION_COLUMNS)
+    writer.writerows(rows)
+    return out.getvalue()
+
 
 def split_csv(cohort: Cohort, split: int) -> str:
     out = io.StringIO()

@@ -63,22 +63,37 @@ def patient_anatomy(spec: RadiographSpec) -> Anatomy:
                    portable=spec.portable)
 
 
-def render(spec: RadiographSpec) -> np.ndarray:
-    """The 8-bit grayscale image (size x size) for ``spec``."""
+def draw_scene(spec: RadiographSpec, findings: tuple | None = None):
+    """The layers of ``spec``'s image with ``findings`` drawn (default: all of ``spec.findings``).
+
+    Every finding has its own seeds, so leaving one out changes nothing else:
+    :mod:`.regions` compares the scene with and without each finding.
+    """
+    findings = spec.findings if findings is None else findings
     anatomy = patient_anatomy(spec)
-    params = {name: SIGNATURES[name].params(finding_rng(spec, name)) for name in spec.findings}
-    for name in spec.findings:
+    params = {name: SIGNATURES[name].params(finding_rng(spec, name)) for name in findings}
+    for name in findings:
         sig = SIGNATURES[name]
         if sig.adjust is not None and spec.view in sig.views:
             anatomy = sig.adjust(anatomy, params[name])
     canvas = Canvas(spec.size)
     scene = render_frontal(anatomy, canvas) if spec.view == FRONTAL else render_lateral(anatomy, canvas)
-    for name in spec.findings:
+    for name in findings:
         sig = SIGNATURES[name]
         draw = sig.frontal if spec.view == FRONTAL else sig.lateral
         if draw is not None and spec.view in sig.views:
             draw(scene, params[name], np.random.default_rng([spec.seed, *spec.image_key, 2, finding_key(name)]))
-    return acquire(scene, np.random.default_rng([spec.seed, *spec.image_key, 0]), spec.portable)
+    return scene
+
+
+def acquisition_rng(spec: RadiographSpec) -> np.random.Generator:
+    """Positioning, exposure and noise of the image (:func:`acquire` draws the positioning first)."""
+    return np.random.default_rng([spec.seed, *spec.image_key, 0])
+
+
+def render(spec: RadiographSpec) -> np.ndarray:
+    """The 8-bit grayscale image (size x size) for ``spec``."""
+    return acquire(draw_scene(spec), acquisition_rng(spec), spec.portable)
 
 
 def attenuation(scene) -> np.ndarray:

@@ -124,6 +124,7 @@ async function analyse() {
   }
   const classes = $("classes-input").value.trim();
   if (state.health && state.health.scores_other_names && classes) form.append("classes", classes);
+  form.append("maps", $("map-method").value);
   $("submit").disabled = true;
   $("busy").hidden = false;
   setState("busy");
@@ -179,8 +180,8 @@ function renderResults() {
     list.append(item);
   }
   const { height, width } = result.heatmaps;
-  $("scaling").textContent = `Heat map: ${result.heatmaps.scaling}; ${height} × ${width} values per image ` +
-    "(the model's token grid), upsampled bilinearly.";
+  $("scaling").textContent = `Heat map: ${result.heatmaps.scaling}; ${height} × ${width} values per image, ` +
+    "upsampled bilinearly.";
   buildImageCards();
   $("results").hidden = false;
   selectFinding(result.study.findings[0].class);
@@ -224,8 +225,11 @@ function selectFinding(name) {
   for (const item of $("findings").children) item.classList.toggle("selected", item.dataset.class === name);
   const queries = state.result.heatmaps.query_of_class;
   const sharing = Object.keys(queries).filter((c) => c !== name && queries[c] === queries[name]);
-  $("query-note").textContent = sharing.length
-    ? `This finding's decoder query is shared with: ${sharing.join(", ")} (same map).` : "";
+  const mapped = state.result.heatmaps.mapped;
+  const attention = state.result.heatmaps.method === "attention";
+  $("query-note").textContent = mapped && !mapped.includes(name)
+    ? "No map for this finding: Group-CAM maps the most probable findings only."
+    : attention && sharing.length ? `This finding's decoder query is shared with: ${sharing.join(", ")} (same map).` : "";
   drawHeatmaps();
 }
 
@@ -288,5 +292,6 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("submit").addEventListener("click", analyse);
   $("opacity").addEventListener("input", drawHeatmaps);
+  $("map-method").addEventListener("change", () => { if (state.result && state.entries.length) analyse(); });
   loadHealth();
 });
