@@ -24,6 +24,7 @@ COMMANDS = {
     "stage2": ("chexfusion.stage2.command", "train the study-level Transformer fusion from the feature store"),
     "predict": ("chexfusion.predict", "study-level batch inference from raw images"),
     "evaluate": ("chexfusion.evaluate", "CXR-LT metrics, per-class table, plots and report"),
+    "compare": ("chexfusion.compare", "paired tests between models on the same images (DeLong, bootstrap)"),
     "serve": ("chexfusion.serve.command", "the web demo"),
 }
 
