@@ -143,8 +143,8 @@ def run(args) -> int:
     result = {
         "models": [{"name": n, "pred": str(p)} for n, p in zip(names, args.pred)],
         "labels": str(args.labels), "train_labels": args.train_labels, "prevalence_source": source,
-        "classes": reference.classes, "n_images": int(len(reference.y_true)),
-        "n_studies": int(len(set(reference.study_ids))), "unit": args.unit, "correction": args.correction,
+        "classes": reference.classes, "n_images": len(reference.y_true),
+        "n_studies": len(set(reference.study_ids)), "unit": args.unit, "correction": args.correction,
         "bootstrap": {"n": args.bootstrap, "seed": args.seed, "level": 0.95},
         "pairs": [{"reference": names[0], "model": names[i],
                    **compare_pair(i, evaluations, points, replicates, groups, clusters, args.correction)}

@@ -100,7 +100,7 @@ def rank_distribution(points: np.ndarray, replicates: np.ndarray) -> dict:
     ranks = rankdata(-replicates, method="min", axis=1).astype(int)  # [n, models]
     share = np.stack([(ranks == r + 1).mean(axis=0) for r in range(n_models)], axis=1)
     return {"rank": rank.tolist(), "mean_rank": ranks.mean(axis=0).tolist(), "rank_share": share.tolist(),
-            "n_replicates": int(len(ranks))}
+            "n_replicates": len(ranks)}
 
 
 def adjust_p_values(p_values: list[float | None], method: str) -> list[float | None]:
