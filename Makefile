@@ -16,7 +16,7 @@ DATA_STAMP   := $(DATA_DIR)/.complete
 STAGE1_CONFIG ?= stage1/config.yaml
 STAGE2_CONFIG ?= stage2/config.yaml
 
-.PHONY: install data stage1 features stage2 evaluate ablate text-queries zero-shot test test-browser bench clean-runs help
+.PHONY: install data stage1 features stage2 evaluate ablate compare text-queries zero-shot test test-browser bench clean-runs help
 
 help:
 	@sed -n '2,4p' Makefile
@@ -48,6 +48,20 @@ ABLATE_LOSSES ?= bce,focal,asl,weighted_asl
 ablate: $(DATA_STAMP)
 	$(BIN)/python -m chexfusion.ablate --stage1-config $(STAGE1_CONFIG) --stage2-config $(STAGE2_CONFIG) \
 		--losses $(ABLATE_LOSSES)
+
+# Shared vs per-view stage 2 on the demo test split with paired tests (docs/evaluation.md): trains what make ablate
+# trains when missing, predicts with both run folders, then compares them.
+COMPARE_OUT      ?= reports/compare
+COMPARE_SHARED   ?= stage2/runs/demo
+COMPARE_PER_VIEW ?= stage2/runs/demo-per-view
+compare: $(DATA_STAMP)
+	$(BIN)/python -m chexfusion.ablate --stage1-config $(STAGE1_CONFIG) --stage2-config $(STAGE2_CONFIG)
+	$(CX) predict --model $(COMPARE_SHARED) --csv $(DATA_DIR)/test.csv --image-root $(DATA_DIR) \
+		--out $(COMPARE_OUT)/shared.csv
+	$(CX) predict --model $(COMPARE_PER_VIEW) --csv $(DATA_DIR)/test.csv --image-root $(DATA_DIR) \
+		--out $(COMPARE_OUT)/per-view.csv
+	$(CX) compare --pred $(COMPARE_OUT)/shared.csv --pred $(COMPARE_OUT)/per-view.csv --names shared,per-view \
+		--labels $(DATA_DIR)/test.csv --train-labels $(DATA_DIR)/train.csv --out $(COMPARE_OUT)
 
 # Stage 2 with class-name (text) queries on the demo feature store (after make stage2): compare with learned queries.
 text-queries: features
