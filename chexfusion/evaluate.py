@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .decision_metrics import DECISION_KEYS, choose_f1_thresholds, decision_metrics
 from .errors import UserError
 from .io import atomic_write_json
-from .decision_metrics import DECISION_KEYS, choose_f1_thresholds, decision_metrics
 from .metrics import bootstrap_intervals, compute_metrics, json_safe
 from .predictions import read_predictions
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path, atomic_write_text
 from .decision_metrics import DECISION_KEYS
+from .io import atomic_path, atomic_write_text
 from .metrics import GROUPS, HEADLINE_KEYS, calibration_bins
 
 GROUP_COLOURS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728", None: "#7f7f7f"}
