@@ -18,7 +18,7 @@ STAGE2_CONFIG ?= stage2/config.yaml
 STAGE1_RUN    ?= stage1/runs/demo
 STAGE2_RUN    ?= stage2/runs/demo
 
-.PHONY: install data stage1 features stage2 evaluate ablate text-queries zero-shot localize test test-browser bench clean-runs help
+.PHONY: install data stage1 features stage2 evaluate ablate compare text-queries zero-shot localize test test-browser bench clean-runs help
 
 help:
 	@sed -n '2,4p' Makefile
@@ -64,6 +64,20 @@ localize: $(DATA_STAMP)
 			> reports/localize-$$stage.txt || exit 1; \
 		cat reports/localize-$$stage.txt; \
 	done
+
+# Shared vs per-view stage 2 on the demo test split with paired tests (docs/evaluation.md): trains what make ablate
+# trains when missing, predicts with both run folders, then compares them.
+COMPARE_OUT      ?= reports/compare
+COMPARE_SHARED   ?= stage2/runs/demo
+COMPARE_PER_VIEW ?= stage2/runs/demo-per-view
+compare: $(DATA_STAMP)
+	$(CX) ablate --stage1-config $(STAGE1_CONFIG) --stage2-config $(STAGE2_CONFIG)
+	$(CX) predict --model $(COMPARE_SHARED) --csv $(DATA_DIR)/test.csv --image-root $(DATA_DIR) \
+		--out $(COMPARE_OUT)/shared.csv
+	$(CX) predict --model $(COMPARE_PER_VIEW) --csv $(DATA_DIR)/test.csv --image-root $(DATA_DIR) \
+		--out $(COMPARE_OUT)/per-view.csv
+	$(CX) compare --pred $(COMPARE_OUT)/shared.csv --pred $(COMPARE_OUT)/per-view.csv --names shared,per-view \
+		--labels $(DATA_DIR)/test.csv --train-labels $(DATA_DIR)/train.csv --out $(COMPARE_OUT)
 
 # Stage 2 with class-name (text) queries on the demo feature store (after make stage2): compare with learned queries.
 text-queries: features

@@ -26,6 +26,7 @@ COMMANDS = {
     "calibrate": ("chexfusion.calibrate", "fit a run's per-class temperatures on the validation split"),
     "export": ("chexfusion.export", "copy a run folder as a Hugging Face model repository (model card included)"),
     "evaluate": ("chexfusion.evaluate", "CXR-LT metrics, per-class table, plots and report"),
+    "compare": ("chexfusion.compare", "paired tests between models on the same images (DeLong, bootstrap)"),
     "serve": ("chexfusion.serve.command", "the web demo"),
     "ablate": ("chexfusion.ablate", "shared vs per-view backbones and stage-2 losses: train what is missing, tables"),
     "explain": ("chexfusion.explain.command", "heat maps (attention, Grad-CAM, Group-CAM) of a run's findings per image"),

@@ -6,7 +6,11 @@ describe the same split, and metrics on the overlap would silently mislead, so
 it is an error. Every label class must have a prediction column; a prediction
 class without labels (a zero-shot class, say) is reported as not evaluated.
 Head / medium / tail groups come from ``--train-labels`` when given (the CXR-LT
-definition), else from the evaluated labels. Writes ``metrics.json``,
+definition), else from the evaluated labels. With ``--val-pred`` and
+``--val-labels``, each class's F1-optimal threshold is chosen on the validation
+predictions and applied to the evaluated ones (a threshold chosen on the test
+labels themselves would flatter the model). Bootstrap intervals resample
+studies (:mod:`chexfusion.resampling`). Writes ``metrics.json``,
 ``per_class.csv``, PNG plots and ``report.md`` under ``--out``; always prints a
 short summary.
 """
@@ -21,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .decision_metrics import DECISION_KEYS, choose_f1_thresholds, decision_metrics
 from .errors import UserError
 from .io import atomic_write_json
 from .metrics import bootstrap_intervals, compute_metrics, json_safe
@@ -52,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="folder for metrics.json, per_class.csv, plots and report.md "
                         "(default: print metrics only)")
     parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
-                        help="N bootstrap resamples of the images for 95%% intervals (default 0: none)")
+                        help="N bootstrap resamples of the studies for 95%% intervals (default 0: none)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--classes", nargs="+", metavar="CLASS",
                         help="evaluate only these classes (names, or comma-separated lists of names)")
@@ -62,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how an uncertain (-1) label counts (default zero; ignore leaves it out)")
     parser.add_argument("--threshold", type=_probability, default=0.5, help="F1 threshold (default 0.5)")
     parser.add_argument("--ece-bins", type=_positive_int, default=15, help="ECE / reliability bins (default 15)")
+    parser.add_argument("--val-pred", help="validation predictions: each class's F1-optimal threshold is chosen "
+                        "on them and applied to --pred (needs --val-labels)")
+    parser.add_argument("--val-labels", help="CXR-LT CSV with the labels of the --val-pred images")
 
 
 def _split_names(values: list[str] | str | None, option: str) -> list[str] | None:
@@ -85,10 +93,11 @@ class Evaluation:
     y_prob: np.ndarray
     valid: np.ndarray
     not_evaluated: list[str]
+    study_ids: np.ndarray  # one per row: the bootstrap resamples studies
 
 
 def choose_classes(requested: list[str] | None, pred_classes: list[str], label_classes: list[str],
-                   pred_path, labels_path) -> tuple[list[str], list[str]]:
+                   pred_path, labels_path, option: str = "given in --classes") -> tuple[list[str], list[str]]:
     """The classes to score and the prediction classes left unevaluated for lack of labels."""
     if requested:
         seen = set()
@@ -97,9 +106,9 @@ def choose_classes(requested: list[str] | None, pred_classes: list[str], label_c
                 raise UserError(f"--classes: class '{name}' given twice")
             seen.add(name)
             if name not in pred_classes:
-                raise UserError(f"{pred_path}: no prediction column for class '{name}' given in --classes")
+                raise UserError(f"{pred_path}: no prediction column for class '{name}' {option}")
             if name not in label_classes:
-                raise UserError(f"{labels_path}: no label column for class '{name}' given in --classes")
+                raise UserError(f"{labels_path}: no label column for class '{name}' {option}")
         chosen = list(requested)
     else:
         missing = [c for c in label_classes if c not in pred_classes]
@@ -137,14 +146,19 @@ def _check_studies(pred_studies: np.ndarray, label_studies: np.ndarray, dicom_id
                         f"e.g. dicom_id {dicom_ids[first]}: {pred_studies[first]} vs {label_studies[first]}")
 
 
-def load_evaluation(pred_path, labels_path, requested: list[str] | None, policy) -> Evaluation:
-    """Read both files, check they describe the same images and classes, return aligned arrays."""
+def load_evaluation(pred_path, labels_path, requested: list[str] | None, policy,
+                    option: str = "given in --classes") -> Evaluation:
+    """Read both files, check they describe the same images and classes, return aligned arrays.
+
+    ``option`` ends the message when a ``requested`` class is missing from a file.
+    """
     from .data.cxr_lt import read_cxr_lt
 
     ids, pred_classes, probs = read_predictions(pred_path)
     table = read_cxr_lt(labels_path, require_labels=True)
     label_classes = list(table.classes)
-    classes, not_evaluated = choose_classes(requested, pred_classes, label_classes, pred_path, labels_path)
+    classes, not_evaluated = choose_classes(requested, pred_classes, label_classes, pred_path, labels_path,
+                                            option)
     if len(table.frame) == 0:
         raise UserError(f"{labels_path}: no rows to evaluate")
     label_ids = table.frame["dicom_id"].astype(str).to_numpy()
@@ -157,7 +171,8 @@ def load_evaluation(pred_path, labels_path, requested: list[str] | None, policy)
     pred_cols = [pred_classes.index(c) for c in classes]
     y_true = np.asarray(targets, dtype=np.float64)[:, label_cols]
     valid = np.ones_like(y_true, dtype=bool) if mask is None else np.asarray(mask)[:, label_cols] != 0
-    return Evaluation(classes, y_true, probs[rows][:, pred_cols], valid, not_evaluated)
+    return Evaluation(classes, y_true, probs[rows][:, pred_cols], valid, not_evaluated,
+                      table.frame["study_id"].astype(str).to_numpy())
 
 
 def training_prevalence(train_path, classes: list[str], policy) -> tuple[np.ndarray, list[str]]:
@@ -169,6 +184,27 @@ def training_prevalence(train_path, classes: list[str], policy) -> tuple[np.ndar
     index = {c: k for k, c in enumerate(train.classes)}
     absent = [c for c in classes if c not in index]
     return np.array([prevalence[index[c]] if c in index else 0.0 for c in classes]), absent
+
+
+def validation_thresholds(evaluation: Evaluation, val_pred, val_labels, policy, fallback: float) -> dict:
+    """Per-class F1-optimal thresholds chosen on the validation files, and the test metrics at them.
+
+    Returns ``{"val_pred", "val_labels", "rule", "fallback_threshold", "fallback_classes",
+    "thresholds": {class: t}, micro_F1, mF1, macro_precision, macro_recall, mFNR,
+    exact_match, "per_class": {class: {precision, recall, F1, FNR}}}``.
+    """
+    if (val_pred is None) != (val_labels is None):
+        given, needed = ("--val-pred", "--val-labels") if val_labels is None else ("--val-labels", "--val-pred")
+        raise UserError(f"{given} needs {needed} (the thresholds are chosen on labelled validation predictions)")
+    val = load_evaluation(val_pred, val_labels, evaluation.classes, policy, option="(an evaluated class)")
+    thresholds, fell_back = choose_f1_thresholds(val.y_true, val.y_prob, val.valid, val.classes, fallback)
+    at_thresholds = decision_metrics(evaluation.y_true, evaluation.y_prob, evaluation.valid, evaluation.classes,
+                                     thresholds)
+    return {"val_pred": str(val_pred), "val_labels": str(val_labels),
+            "rule": "per class, the probability maximising F1 on the validation predictions",
+            "fallback_threshold": float(fallback), "fallback_classes": fell_back,
+            "thresholds": dict(zip(evaluation.classes, thresholds.tolist())),
+            **{key: at_thresholds[key] for key in DECISION_KEYS}, "per_class": at_thresholds["per_class"]}
 
 
 def _note(message: str) -> None:
@@ -195,10 +231,16 @@ def run(args) -> int:
     options = dict(train_prevalence=train_prevalence, threshold=args.threshold, ece_bins=args.ece_bins)
     metrics = compute_metrics(evaluation.y_true, evaluation.y_prob, evaluation.classes,
                               mask=evaluation.valid, **options)
+    if args.val_pred is not None or args.val_labels is not None:
+        metrics["val_thresholds"] = validation_thresholds(evaluation, args.val_pred, args.val_labels, policy,
+                                                          args.threshold)
+        if metrics["val_thresholds"]["fallback_classes"]:
+            notes.append(f"No positive in {args.val_labels}, so threshold {args.threshold} kept: "
+                         f"{', '.join(metrics['val_thresholds']['fallback_classes'])}.")
     if args.bootstrap:
         metrics["bootstrap"] = bootstrap_intervals(evaluation.y_true, evaluation.y_prob, evaluation.classes,
                                                    n=args.bootstrap, seed=args.seed, mask=evaluation.valid,
-                                                   progress=True, **options)
+                                                   study_ids=evaluation.study_ids, progress=True, **options)
     sources = {"predictions": str(args.pred), "labels": str(args.labels),
                "train_labels": str(args.train_labels) if args.train_labels else None,
                "label_policy_uncertain": args.label_policy_uncertain}

@@ -29,7 +29,14 @@ never scored 0. ``head_mAP`` / ``medium_mAP`` / ``tail_mAP`` average AP within t
 prevalence group of :func:`chexfusion.data.classes.prevalence_group` (head > 10%,
 medium 1-10%, tail < 1%), taken from the training prevalence when given, else
 from the prevalence among the evaluated labels; a group without a scorable class
-has ``None``.
+has ``None``. ``group_avg_mAP`` is the mean of the three group mAPs, the "Avg"
+column of the CXR-LT papers (``None`` unless all three are defined: a mean of
+two groups would not be the papers' figure).
+
+The decisions at ``threshold`` also give ``micro_F1``, ``macro_precision``,
+``macro_recall``, ``mFNR`` (false-negative rate), ``exact_match`` and per class
+``precision``, ``recall``, ``FNR``: :mod:`chexfusion.decision_metrics`
+defines them (``mF1`` is the macro-F1).
 """
 
 from __future__ import annotations
@@ -38,12 +45,15 @@ import math
 import warnings
 
 import numpy as np
-from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from .data.classes import prevalence_group
+from .decision_metrics import DECISION_KEYS, decision_metrics
+from .resampling import StudyResampler
 
 GROUPS = ("head", "medium", "tail")
-HEADLINE_KEYS = ("mAP", "mAUROC", "mF1", "mECE", "head_mAP", "medium_mAP", "tail_mAP")
+HEADLINE_KEYS = ("mAP", "mAUROC", "mF1", "mECE", "head_mAP", "medium_mAP", "tail_mAP", "group_avg_mAP")
+ECE_BINNING = "equal-width"  # the only binning written: bins of width 1/ece_bins over [0, 1]
 
 
 def _as_inputs(y_true, y_prob, classes, mask):
@@ -94,13 +104,6 @@ def calibration_bins(y_true: np.ndarray, y_prob: np.ndarray, bins: int = 15) -> 
         }
 
 
-def _f1_per_class(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """F1 of every column in one sklearn call (sklearn reads a single column as binary, hence the branch)."""
-    if y_true.shape[1] == 1:
-        return np.array([f1_score(y_true[:, 0], y_pred[:, 0], zero_division=0.0)])
-    return f1_score(y_true, y_pred, average=None, zero_division=0.0)
-
-
 def _mean(values) -> float | None:
     defined = [v for v in values if v is not None]
     return float(np.mean(defined)) if defined else None
@@ -141,8 +144,7 @@ def compute_metrics(
         if grouping.shape != (len(classes),):
             raise ValueError(f"train_prevalence has shape {grouping.shape}, expected ({len(classes)},)")
 
-    # Masked entries as true negatives: F1 ignores them (see module docstring).
-    f1_all = _f1_per_class(np.where(valid, y_true, 0.0).astype(int), ((y_prob >= threshold) & valid).astype(int))
+    decisions = decision_metrics(y_true, y_prob, valid, classes, threshold)
 
     per_class: dict[str, dict] = {}
     undefined: list[str] = []
@@ -150,12 +152,11 @@ def compute_metrics(
         yk, pk = y_true[valid[:, k], k], y_prob[valid[:, k], k]
         n_pos = int(yk.sum())
         n_neg = int(yk.size - n_pos)
-        ap = auroc = f1 = None
+        ap = auroc = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # sklearn warns on the degenerate cases we already exclude
             if n_pos > 0:
                 ap = float(average_precision_score(yk, pk))
-                f1 = float(f1_all[k])
                 if n_neg > 0:
                     auroc = float(roc_auc_score(yk, pk))
         if ap is None or auroc is None:
@@ -167,7 +168,7 @@ def compute_metrics(
             # e.g. for a class scored zero-shot
             "chance_AP": n_pos / yk.size if ap is not None else None,
             "AUROC": auroc,
-            "F1": f1,
+            **decisions["per_class"][name],  # precision, recall, F1, FNR at the threshold
             "ECE": expected_calibration_error(yk, pk, ece_bins),
             "n_pos": n_pos,
             "n_valid": int(yk.size),
@@ -180,11 +181,14 @@ def compute_metrics(
         # what a random ranking scores on average: each scored class's AP is then its evaluation-set prevalence
         "chance_mAP": _mean(c["chance_AP"] for c in per_class.values()),
         "mAUROC": _mean(c["AUROC"] for c in per_class.values()),
-        "mF1": _mean(c["F1"] for c in per_class.values()),
+        "mF1": decisions["mF1"],
         "mECE": _mean(c["ECE"] for c in per_class.values()),
     }
     for group in GROUPS:
         result[f"{group}_mAP"] = _mean(c["AP"] for c in per_class.values() if c["group"] == group)
+    group_maps = [result[f"{group}_mAP"] for group in GROUPS]
+    result["group_avg_mAP"] = None if None in group_maps else float(np.mean(group_maps))
+    result.update({key: decisions[key] for key in DECISION_KEYS if key != "mF1"})
     result.update({
         "n_images": int(y_true.shape[0]),
         "n_classes": len(classes),
@@ -192,6 +196,7 @@ def compute_metrics(
         "undefined_classes": undefined,
         "threshold": float(threshold),
         "ece_bins": int(ece_bins),
+        "ece_binning": ECE_BINNING,
         "prevalence_source": source,
         "per_class": per_class,
     })
@@ -199,16 +204,17 @@ def compute_metrics(
 
 
 def bootstrap_intervals(y_true, y_prob, classes, n: int, seed: int = 0, level: float = 0.95,
-                        progress: bool = False, **kw) -> dict:
-    """Percentile bootstrap intervals of the headline means, resampling images with replacement.
+                        progress: bool = False, study_ids=None, **kw) -> dict:
+    """Percentile bootstrap intervals of the headline means, resampling studies with replacement.
 
-    Resampling images (rows) rather than studies or patients follows the CXR-LT
-    convention, also for study-level predictions (every image carries its study's
-    prediction). Groups are fixed once from the full data so that a replicate
-    cannot move a class between head/medium/tail. In a replicate, a class that
-    lost all its positives is left out of the means, exactly as in
-    :func:`compute_metrics`. Returns ``{"n", "seed", "level", "intervals":
-    {metric: [low, high] or None}}``; the same seed gives the same intervals.
+    ``study_ids`` (one per row) makes a replicate draw whole studies
+    (:class:`chexfusion.resampling.StudyResampler`: the images of a study are not
+    independent); without it every row is its own unit. Groups are fixed once
+    from the full data so that a replicate cannot move a class between
+    head/medium/tail. In a replicate, a class that lost all its positives is left
+    out of the means, exactly as in :func:`compute_metrics`. Returns ``{"n",
+    "seed", "level", "unit", "n_units", "n_images", "intervals": {metric: [low,
+    high] or None}}``; the same seed gives the same intervals.
     """
     if n < 1:
         raise ValueError("bootstrap needs n >= 1")
@@ -218,7 +224,7 @@ def bootstrap_intervals(y_true, y_prob, classes, n: int, seed: int = 0, level: f
     if kw.get("train_prevalence") is None:
         kw["train_prevalence"] = class_prevalence(y_true, mask)
     rng = np.random.default_rng(seed)
-    rows = y_true.shape[0]
+    resampler = StudyResampler(study_ids, n_rows=y_true.shape[0])
     samples: dict[str, list[float]] = {key: [] for key in HEADLINE_KEYS}
     replicates = range(n)
     if progress:
@@ -226,18 +232,22 @@ def bootstrap_intervals(y_true, y_prob, classes, n: int, seed: int = 0, level: f
 
         replicates = tqdm(replicates, desc="bootstrap", unit="replicate")
     for _ in replicates:
-        pick = rng.integers(0, rows, size=rows)
+        pick = resampler.draw(rng)
         result = compute_metrics(y_true[pick], y_prob[pick], classes,
                                  mask=None if mask is None else np.asarray(mask)[pick], **kw)
         for key in HEADLINE_KEYS:
             if result[key] is not None:
                 samples[key].append(result[key])
+    intervals = {key: percentile_interval(values, level) for key, values in samples.items()}
+    return {"n": int(n), "seed": int(seed), "level": float(level), **resampler.describe(), "intervals": intervals}
+
+
+def percentile_interval(values, level: float = 0.95) -> list[float] | None:
+    """The central ``level`` percentile interval of bootstrap replicates; ``None`` without replicates."""
+    if len(values) == 0:
+        return None
     tail = (1.0 - level) / 2.0 * 100.0
-    intervals = {
-        key: [float(v) for v in np.percentile(values, [tail, 100.0 - tail])] if values else None
-        for key, values in samples.items()
-    }
-    return {"n": int(n), "seed": int(seed), "level": float(level), "intervals": intervals}
+    return [float(v) for v in np.percentile(values, [tail, 100.0 - tail])]
 
 
 def json_safe(obj):

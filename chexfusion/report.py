@@ -12,11 +12,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .decision_metrics import DECISION_KEYS
 from .io import atomic_path, atomic_write_text
 from .metrics import GROUPS, HEADLINE_KEYS, calibration_bins
 
 GROUP_COLOURS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728", None: "#7f7f7f"}
-PER_CLASS_COLUMNS = ("AP", "chance_AP", "AUROC", "F1", "ECE", "n_pos", "n_valid", "prevalence", "group")
+PER_CLASS_COLUMNS = ("AP", "chance_AP", "AUROC", "F1", "precision", "recall", "FNR", "ECE", "n_pos", "n_valid",
+                     "prevalence", "group")
+VAL_COLUMNS = ("threshold", "F1", "FNR")  # per class at the validation-chosen threshold, as val_<name> in the CSV
+DECISION_LABELS = {"micro_F1": "micro-F1", "mF1": "macro-F1 (mF1)", "macro_precision": "macro precision",
+                   "macro_recall": "macro recall", "mFNR": "mean false-negative rate", "exact_match": "exact match"}
 PLOT_FILES = {
     "per_class_ap": "per_class_ap.png",
     "pr_curves": "pr_curves.png",
@@ -42,6 +47,13 @@ def summary_table(metrics: dict) -> str:
         lines.append(f"{key:<12}{_fmt(metrics[key]):>8}{suffix}")
     if metrics.get("chance_mAP") is not None:  # absent from metrics.json files of older versions
         lines.append(f"{'chance mAP':<12}{_fmt(metrics['chance_mAP']):>8}  (mean prevalence of the scored classes)")
+    lines.append(f"at probability >= {metrics['threshold']}: "
+                 + ", ".join(f"{key} {_fmt(metrics[key])}" for key in DECISION_KEYS if key != "mF1"))
+    tuned = metrics.get("val_thresholds")
+    if tuned:
+        lines.append("at validation-chosen thresholds: "
+                     + ", ".join(f"{key} {_fmt(tuned[key])}" for key in DECISION_KEYS))
+    lines.append(f"ECE binning: {metrics['ece_bins']} {metrics['ece_binning']} bins over [0, 1]")
     lines.append(f"{'n images':<12}{metrics['n_images']:>8}")
     lines.append(f"{'n classes':<12}{metrics['n_classes_scored']:>8} scored of {metrics['n_classes']}")
     if metrics["undefined_classes"]:
@@ -51,9 +63,19 @@ def summary_table(metrics: dict) -> str:
 
 def per_class_frame(metrics: dict) -> pd.DataFrame:
     """One row per class, in evaluation order, with the per-class metrics."""
-    rows = [{"class": name, **{c: values.get(c) for c in PER_CLASS_COLUMNS}}
-            for name, values in metrics["per_class"].items()]
-    return pd.DataFrame(rows, columns=["class", *PER_CLASS_COLUMNS])
+    tuned = metrics.get("val_thresholds")
+    rows = []
+    for name, values in metrics["per_class"].items():
+        row = {"class": name, **{c: values.get(c) for c in PER_CLASS_COLUMNS}}
+        if tuned:
+            row.update({f"val_{key}": _tuned_value(tuned, name, key) for key in VAL_COLUMNS})
+        rows.append(row)
+    extra = [f"val_{key}" for key in VAL_COLUMNS] if tuned else []
+    return pd.DataFrame(rows, columns=["class", *PER_CLASS_COLUMNS, *extra])
+
+
+def _tuned_value(tuned: dict, name: str, key: str):
+    return tuned["thresholds"][name] if key == "threshold" else tuned["per_class"][name][key]
 
 
 def write_per_class_csv(metrics: dict, path) -> None:
@@ -188,11 +210,15 @@ def write_markdown(metrics: dict, path, sources: dict[str, str], notes: list[str
     lines = ["# chexfusion evaluation", ""]
     lines += [f"- {name}: `{value}`" for name, value in sources.items()]
     lines += ["", "## Headline", "", *_headline_rows(metrics), ""]
-    lines.append(f"F1 at probability >= {metrics['threshold']}; ECE with {metrics['ece_bins']} equal-width bins; "
-                 f"head / medium / tail = {source} prevalence > 10% / 1-10% / < 1%.")
+    lines.append(f"F1 at probability >= {metrics['threshold']}; ECE with {metrics['ece_bins']} "
+                 f"{metrics['ece_binning']} bins over [0, 1]; "
+                 f"head / medium / tail = {source} prevalence > 10% / 1-10% / < 1%; "
+                 "group_avg_mAP = mean of the three (the papers' Avg).")
     if boot:
-        lines.append(f"Intervals: {boot['n']} bootstrap resamples of the images (seed {boot['seed']}), "
+        unit = "studies" if boot.get("unit") == "study" else "images"
+        lines.append(f"Intervals: {boot['n']} bootstrap resamples of the {unit} (seed {boot['seed']}), "
                      "percentile method.")
+    lines += ["", "## Decisions", "", *_decision_rows(metrics)]
     if metrics["undefined_classes"]:
         lines += ["", "Undefined (no positive or no negative label, left out of the means): "
                   + ", ".join(metrics["undefined_classes"]) + "."]
@@ -204,13 +230,38 @@ def write_markdown(metrics: dict, path, sources: dict[str, str], notes: list[str
               f"![Reliability diagram]({PLOT_FILES['reliability']})", "",
               "## Per class", "",
               "Also in [per_class.csv](per_class.csv) and [metrics.json](metrics.json).", "",
-              "| class | group | prevalence | positives | AP | AUROC | F1 | ECE |",
-              "|---|---|---|---|---|---|---|---|"]
+              *_per_class_rows(metrics)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _decision_rows(metrics: dict) -> list[str]:
+    """The thresholded metrics at the F1 threshold and, when chosen, at the validation thresholds."""
+    tuned = metrics.get("val_thresholds")
+    head = f"| metric | at probability >= {metrics['threshold']} |"
+    rows = [head + (" at validation-chosen thresholds |" if tuned else ""), "|---|---|" + ("---|" if tuned else "")]
+    for key in DECISION_KEYS:
+        rows.append(f"| {DECISION_LABELS[key]} | {_fmt(metrics[key])} |" + (f" {_fmt(tuned[key])} |" if tuned else ""))
+    if tuned:
+        rows += ["", f"Validation thresholds: {tuned['rule']} (`{tuned['val_pred']}` against `{tuned['val_labels']}`)"
+                 + (f"; no validation positive, {tuned['fallback_threshold']} kept: "
+                    + ", ".join(tuned["fallback_classes"]) if tuned["fallback_classes"] else "") + "."]
+    return rows
+
+
+def _per_class_rows(metrics: dict) -> list[str]:
+    tuned = metrics.get("val_thresholds")
+    extra = " val threshold | F1 at it | FNR at it |" if tuned else ""
+    rows = ["| class | group | prevalence | positives | AP | AUROC | F1 | precision | recall | FNR | ECE |" + extra,
+            "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if tuned else "")]
     for name in _order_by_prevalence(metrics):
         c = metrics["per_class"][name]
-        lines.append(f"| {name} | {c['group'] or 'n/a'} | {_fmt(c['prevalence'])} | {c['n_pos']} | {_fmt(c['AP'])} "
-                     f"| {_fmt(c['AUROC'])} | {_fmt(c['F1'])} | {_fmt(c['ECE'])} |")
-    atomic_write_text(path, "\n".join(lines) + "\n")
+        row = (f"| {name} | {c['group'] or 'n/a'} | {_fmt(c['prevalence'])} | {c['n_pos']} | {_fmt(c['AP'])} "
+               f"| {_fmt(c['AUROC'])} | {_fmt(c['F1'])} | {_fmt(c['precision'])} | {_fmt(c['recall'])} "
+               f"| {_fmt(c['FNR'])} | {_fmt(c['ECE'])} |")
+        if tuned:
+            row += "".join(f" {_fmt(_tuned_value(tuned, name, key))} |" for key in VAL_COLUMNS)
+        rows.append(row)
+    return rows
 
 
 def write_report(out_dir, metrics: dict, y_true, y_prob, valid, classes: list[str], pr_classes: list[str],

@@ -234,3 +234,51 @@ def test_write_predictions_refuses_bad_values(tmp_path):
     with pytest.raises(ValueError):
         write_predictions(tmp_path / "p.csv", ["a", "b"], ["1", "1"], ["A"], np.array([[0.2]]))
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_cxr_lt_2024_decision_metrics_and_validation_thresholds(dataset, run_cli):
+    """metrics.json and the report carry micro-F1, FNR, exact match, ..., the group Avg, the ECE binning and,
+    with --val-pred/--val-labels, the test metrics at per-class thresholds chosen on validation."""
+    from sklearn.metrics import f1_score
+
+    from chexfusion.decision_metrics import best_f1_threshold
+
+    folder, y, probs = dataset
+    val, y_val = _labels_frame(160, seed=9)
+    val.to_csv(folder / "val_labels.csv", index=False)
+    p_val = np.clip(0.45 * y_val + 0.55 * np.random.default_rng(10).random(y_val.shape), 0.0, 1.0)
+    write_predictions(folder / "val_pred.csv", val["dicom_id"], val["study_id"], CLASSES, p_val)
+    out = folder / "tuned"
+    code, stdout, stderr = run_cli("evaluate", "--pred", folder / "pred.csv", "--labels", folder / "labels.csv",
+                                   "--val-pred", folder / "val_pred.csv", "--val-labels", folder / "val_labels.csv",
+                                   "--bootstrap", 5, "--out", out)
+    assert code == 0, stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["micro_F1"] == pytest.approx(f1_score(y, probs >= 0.5, average="micro"), abs=1e-9)
+    for key in ("mFNR", "exact_match", "macro_precision", "macro_recall", "group_avg_mAP"):
+        assert key in metrics
+    assert metrics["ece_binning"] == "equal-width"
+    assert metrics["bootstrap"]["unit"] == "study" and metrics["bootstrap"]["n_units"] == 120
+    tuned = metrics["val_thresholds"]
+    assert tuned["fallback_classes"] == ["Pneumomediastinum"]  # no validation positive: keeps 0.5
+    for k, name in enumerate(CLASSES[:5]):
+        threshold = best_f1_threshold(y_val[:, k], p_val[:, k])
+        assert tuned["thresholds"][name] == threshold
+        assert tuned["per_class"][name]["F1"] == pytest.approx(f1_score(y[:, k], probs[:, k] >= threshold), abs=1e-9)
+    assert tuned["mF1"] == pytest.approx(np.mean([tuned["per_class"][c]["F1"] for c in CLASSES[:5]]), abs=1e-12)
+    per_class = pd.read_csv(out / "per_class.csv")
+    assert {"FNR", "precision", "recall", "val_threshold", "val_F1", "val_FNR"} <= set(per_class.columns)
+    report = (out / "report.md").read_text()
+    assert "## Decisions" in report and "at validation-chosen thresholds" in report
+    assert "15 equal-width bins" in report and "resamples of the studies" in report
+    assert "micro_F1" in stdout and "equal-width" in stdout
+
+
+def test_validation_threshold_errors_exit_2(dataset, run_cli):
+    folder, _, _ = dataset
+    base = ("evaluate", "--pred", folder / "pred.csv", "--labels", folder / "labels.csv")
+    _assert_user_error(*run_cli(*base, "--val-pred", folder / "pred.csv"), "--val-pred needs --val-labels")
+    labels = pd.read_csv(folder / "labels.csv").drop(columns=["Fracture"])
+    labels.to_csv(folder / "val_labels.csv", index=False)
+    _assert_user_error(*run_cli(*base, "--val-pred", folder / "pred.csv", "--val-labels", folder / "val_labels.csv"),
+                       "val_labels.csv", "'Fracture'")

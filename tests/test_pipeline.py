@@ -111,3 +111,28 @@ def test_stage2_refuses_a_store_from_another_backbone(tiny_stage2, tiny_stage1, 
     code, _, err = run_cli("stage2", "--config", "stage2/config.yaml", *overrides)
     assert code == 2, err
     assert "stale" in err and "backbone" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_stage2_against_the_stage1_baseline_from_predict(tiny_stage2, tiny_stage1, tiny_data, tmp_path,
+                                                                 run_cli):
+    """compare reads what predict writes: two real models' predictions, tested on the same studies."""
+    for name, model, extra in (("stage2", tiny_stage2, []), ("stage1", tiny_stage1, ["--aggregate", "max"])):
+        code, _, err = run_cli("predict", "--model", model, "--csv", tiny_data / "test.csv", "--image-root",
+                               tiny_data, "--out", tmp_path / f"{name}.csv", *extra)
+        assert code == 0, err
+    code, out, err = run_cli("compare", "--pred", tmp_path / "stage2.csv", "--pred", tmp_path / "stage1.csv",
+                             "--labels", tiny_data / "test.csv", "--train-labels", tiny_data / "train.csv",
+                             "--bootstrap", 20, "--out", tmp_path / "cmp")
+    assert code == 0, err
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    evaluated = []
+    for name in ("stage2", "stage1"):
+        code, _, err = run_cli("evaluate", "--pred", tmp_path / f"{name}.csv", "--labels", tiny_data / "test.csv",
+                               "--train-labels", tiny_data / "train.csv", "--out", tmp_path / name)
+        assert code == 0, err
+        evaluated.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    pair = result["pairs"][0]
+    assert pair["maps"]["mAP"]["a"] == pytest.approx(evaluated[0]["mAP"], abs=1e-12)
+    assert pair["maps"]["mAP"]["b"] == pytest.approx(evaluated[1]["mAP"], abs=1e-12)
+    assert pair["mAUROC"]["mauc_a"] == pytest.approx(evaluated[0]["mAUROC"], abs=1e-9)
+    assert "## stage2 vs stage1" in out
