@@ -68,8 +68,9 @@ class Model:
         table = read_cxr_lt(csv, classes=[])
         return self.predict_table(table, image_root, classes, TableOptions(**{"progress": False, **options}))
 
-    def predict_table(self, table, image_root, classes=None, options: TableOptions = TableOptions()) -> pd.DataFrame:
+    def predict_table(self, table, image_root, classes=None, options: TableOptions | None = None) -> pd.DataFrame:
         """As :meth:`predict_csv` for a table already read (``data.cxr_lt.read_cxr_lt``)."""
+        options = options or TableOptions()
         if options.batch_size < 1:
             raise UserError("batch size must be at least 1")
         if options.aggregate and self.kind == "stage2":

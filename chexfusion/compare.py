@@ -31,8 +31,15 @@ from .errors import UserError
 from .evaluate import UNCERTAIN_POLICIES, load_evaluation, training_prevalence
 from .io import atomic_write_json, atomic_write_text
 from .metrics import class_prevalence, json_safe
-from .paired_bootstrap import (MAP_KEYS, adjust_p_values, bootstrap_maps, class_aps, map_summary,
-                               paired_difference, rank_distribution)
+from .paired_bootstrap import (
+    MAP_KEYS,
+    adjust_p_values,
+    bootstrap_maps,
+    class_aps,
+    map_summary,
+    paired_difference,
+    rank_distribution,
+)
 
 CORRECTIONS = ("holm", "bonferroni")
 UNITS = ("study", "image")

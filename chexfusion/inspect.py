@@ -21,8 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from .progress import tqdm
-
 from .data.classes import prevalence_group
 from .data.cxr_lt import CxrLtTable, read_cxr_lt
 from .data.external import read_chexpert, read_nih, read_vindr
@@ -30,6 +28,7 @@ from .data.images import ImageError, read_image
 from .data.studies import study_sizes
 from .data.views import VIEWS
 from .errors import EXIT_USER_ERROR, UserError
+from .progress import tqdm
 
 # External sets report the project classes their labels map onto (chexfusion/resources/external_label_map.csv).
 FORMATS: dict[str, Callable[[Path], CxrLtTable]] = {

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pipeline
 import pytest
 import yaml
 
-import pipeline
 from chexfusion.ablate import main as ablate
 
 pytestmark = pytest.mark.slow

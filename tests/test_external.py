@@ -9,7 +9,13 @@ from PIL import Image
 
 from chexfusion.data.classes import label_set, zero_shot_classes
 from chexfusion.data.external import (
-    EXTERNAL_FORMATS, labelled_classes, read_chexpert, read_external, read_nih, read_vindr)
+    EXTERNAL_FORMATS,
+    labelled_classes,
+    read_chexpert,
+    read_external,
+    read_nih,
+    read_vindr,
+)
 from chexfusion.errors import UserError
 from chexfusion.resources import read_table
 

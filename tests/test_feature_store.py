@@ -32,9 +32,9 @@ from chexfusion.data.views import VIEW_INDEX
 from chexfusion.errors import UserError
 from chexfusion.feature_store import FeatureConfig, FeatureStore, build_store
 from chexfusion.feature_store.writer import KILL_HOOK_ENV
+from chexfusion.run_folder import save_weights
 from chexfusion.stage1.config import Stage1Config
 from chexfusion.stage1.model import build_image_model, load_stage1_run, write_run_info
-from chexfusion.run_folder import save_weights
 
 IMAGE_SIZE = 64
 HEADER = "dicom_id,subject_id,study_id,ViewPosition,fpath,Edema"

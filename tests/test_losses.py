@@ -9,10 +9,10 @@ import torch
 
 from chexfusion.errors import UserError
 from chexfusion.losses import (
+    LOSS_NAMES,
     AsymmetricLoss,
     BCELoss,
     FocalLoss,
-    LOSS_NAMES,
     ReweightedLoss,
     RobustAsymmetricLoss,
     WeightedBCELoss,

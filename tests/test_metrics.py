@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from chexfusion.metrics import (bootstrap_intervals, compute_metrics, expected_calibration_error,
-                                json_safe)
+from chexfusion.metrics import bootstrap_intervals, compute_metrics, expected_calibration_error, json_safe
 
 
 def _random(n=300, k=7, seed=0):

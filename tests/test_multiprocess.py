@@ -48,11 +48,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pipeline
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import pipeline
 from chexfusion.io import file_sha256
 
 pytestmark = pytest.mark.slow
@@ -192,8 +192,7 @@ def test_stage2_on_two_processes_trains_the_model_of_one(runs, tiny_data, run):
 def test_learning_rate_per_optimizer_step_does_not_depend_on_the_process_count(monkeypatch):
     import accelerate.scheduler
 
-    from chexfusion.training import schedule_for
-    from chexfusion.training import OptimConfig
+    from chexfusion.training import OptimConfig, schedule_for
 
     cfg = OptimConfig(epochs=2, lr=1e-3, warmup_epochs=0.5)
     steps_per_epoch = 8

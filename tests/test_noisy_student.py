@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pandas as pd
+import pipeline
 import pytest
 import torch
 
-import pipeline
 from chexfusion.config import load_config
 from chexfusion.data.augment import AugmentConfig
 from chexfusion.errors import UserError
@@ -15,7 +15,14 @@ from chexfusion.io import file_sha256
 from chexfusion.stage1.config import NoisyStudentConfig, Stage1Config
 from chexfusion.stage1.model import load_stage1_run
 from chexfusion.stage1.noisy_student import (
-    PSEUDO_LABELS, REPORT, align_to_prevalence, read_pseudo_labels, round_config, student_targets, write_pseudo_labels)
+    PSEUDO_LABELS,
+    REPORT,
+    align_to_prevalence,
+    read_pseudo_labels,
+    round_config,
+    student_targets,
+    write_pseudo_labels,
+)
 
 NAN = np.nan
 

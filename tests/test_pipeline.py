@@ -5,11 +5,11 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pipeline
 import pytest
 
-import pipeline
-from chexfusion.predictions import read_predictions
 from chexfusion.io import file_sha256
+from chexfusion.predictions import read_predictions
 
 
 def test_stage2_run_folder(tiny_stage2, tiny_stage1):

@@ -5,10 +5,10 @@ import shutil
 import subprocess
 import sys
 
+import pipeline
 import pytest
 import torch
 
-import pipeline
 from chexfusion.data.cxr_lt import read_cxr_lt
 from chexfusion.io import file_sha256
 from chexfusion.stage1.model import load_stage1_run

@@ -15,11 +15,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pipeline
 import pytest
 import torch
 from accelerate.data_loader import prepare_data_loader
 
-import pipeline
 from chexfusion import training
 from chexfusion.config import from_dict, read_yaml
 from chexfusion.data.labels import LabelPolicy

@@ -14,11 +14,15 @@ from chexfusion.data.classes import label_set, zero_shot_classes
 from chexfusion.errors import UserError
 from chexfusion.resources import read_table
 from chexfusion.text import (
-    DEFAULT_TEMPLATE, class_texts, default_cache_dir, label_embeddings, resolve_text_encoder, synonyms,
+    DEFAULT_TEMPLATE,
+    class_texts,
+    default_cache_dir,
+    label_embeddings,
+    resolve_text_encoder,
+    synonyms,
 )
 from chexfusion.text.cache import cache_file
 from chexfusion.text.encoder import encoder_identity
-
 
 CLASSES = ["Rib Fracture", "Fracture", "Cardiomegaly", "Hydropneumothorax", "Pneumothorax", "Nodule"]
 

@@ -11,10 +11,10 @@ import json
 import shutil
 
 import numpy as np
+import pipeline
 import pytest
 from safetensors.torch import load_file
 
-import pipeline
 from chexfusion.text import label_embeddings
 
 HELD_OUT = ["Pneumonia", "Infiltration"]

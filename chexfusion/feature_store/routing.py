@@ -15,6 +15,7 @@ import numpy as np
 from ..data.studies import group_studies
 from ..errors import UserError
 
+
 def route_view(view: str, routing: str, unknown_view: str) -> str:
     """The backbone slot an image goes through: the shared one, or the one of its view (unknown as configured)."""
     if routing == "shared":

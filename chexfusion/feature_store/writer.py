@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from ..progress import tqdm
 
 from ..errors import UserError
 from ..io import atomic_path, atomic_write_json
+from ..progress import tqdm
 from . import manifest as mf
 from .config import FeatureConfig
 from .schema import META_COLUMNS, NUMPY_DTYPES, shard_table, write_parquet

@@ -128,9 +128,8 @@ class Predictor:
 
 def image_batches(table, image_root, pre, rows, batch_size, skip_bad_images, progress, desc="predict"):
     """The table's images (``rows``, in that order) in batches, with a progress bar."""
-    from ..progress import tqdm
-
     from ..data.image_dataset import ImageDataset, collate_images
+    from ..progress import tqdm
 
     dataset = ImageDataset(table, image_root, pre, None, skip_bad_images=skip_bad_images, rows=rows)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_images)

@@ -26,6 +26,7 @@ from .limits import ServeLimits
 from .multipart import UploadedFile
 from .uploads import PreparedImage, prepare_image
 
+
 @dataclass
 class StudyPrediction:
     probabilities: np.ndarray  # [K], the study's

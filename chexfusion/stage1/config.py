@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ..data.augment import AugmentConfig
 from ..errors import UserError
-from ..text.queries import TextQueryConfig, check_query_kind, check_text_config
+from ..models.head_config import HeadKeys
 from ..training import OptimConfig
 
 VIEW_FILTERS = ("all", "frontal", "lateral")
@@ -30,19 +30,13 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(HeadKeys):
     backbone: str = "convnext_atto"  # any timm model name
     pretrained: bool = False
     checkpoint_path: str | None = None  # local weights for `pretrained` (nothing is downloaded)
     drop_path_rate: float = 0.0
     decoder_dim: int = 256
-    decoder_layers: int = 1
-    decoder_heads: int = 8
-    decoder_ff_dim: int = 1024
     decoder_dropout: float = 0.1
-    decoder_groups: int | None = None  # None: one query per class up to 100
-    queries: str = "learned"  # learned | text: class-name embeddings (docs/zero_shot.md)
-    text: TextQueryConfig = field(default_factory=TextQueryConfig)  # used when queries is text
 
 
 @dataclass
@@ -135,7 +129,6 @@ class Stage1Config:
         for key in ("uncertain_label", "blank_label"):
             if getattr(self.data, key) not in ("zero", "one", "ignore"):
                 raise UserError(f"config key 'data.{key}' must be zero, one or ignore")
-        check_query_kind(self.model.queries)
-        check_text_config(self.model.text)
+        self.model.validate_head()
         self.train.validate()
         self.noisy_student.validate()

@@ -17,14 +17,10 @@ from ..data.images import Preprocess
 from ..io import file_sha256
 from ..models.backbone import create_backbone
 from ..models.image_classifier import ImageClassifier
+from ..run_folder import checked_weights, load_weights, read_run_info
+from ..run_folder import write_run_info as write_info
 from ..text.queries import build_with_queries, recorded_query_dim, restore_text_head
-from ..run_folder import checked_weights, load_weights, read_run_info, write_run_info as write_info
 from .config import Stage1Config
-
-
-def decoder_kwargs(model_cfg) -> dict:
-    return dict(dim=model_cfg.decoder_dim, num_layers=model_cfg.decoder_layers, num_heads=model_cfg.decoder_heads,
-                ff_dim=model_cfg.decoder_ff_dim, dropout=model_cfg.decoder_dropout, num_groups=model_cfg.decoder_groups)
 
 
 def build_image_model(cfg: Stage1Config, num_classes: int, query_dim: int | None = None,
@@ -33,7 +29,7 @@ def build_image_model(cfg: Stage1Config, num_classes: int, query_dim: int | None
     m = cfg.model
     backbone = create_backbone(m.backbone, pretrained=m.pretrained if pretrained is None else pretrained,
                                checkpoint_path=m.checkpoint_path, drop_path_rate=m.drop_path_rate)
-    return ImageClassifier(backbone, num_classes, decoder_kwargs(m), query_dim=query_dim)
+    return ImageClassifier(backbone, num_classes, m.decoder_kwargs(m.decoder_dropout, m.decoder_dim), query_dim=query_dim)
 
 
 def build_for_classes(cfg: Stage1Config, classes: list[str]) -> tuple[ImageClassifier, dict | None]:

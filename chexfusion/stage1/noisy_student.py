@@ -44,8 +44,8 @@ from ..data.cxr_lt import CxrLtTable
 from ..data.external import known_classes, read_external
 from ..data.image_dataset import ImageDataset
 from ..errors import UserError
-from ..training import HEADLINE
 from ..io import atomic_path, atomic_write_json
+from ..training import HEADLINE
 from .config import ExternalSetConfig, NoisyStudentConfig, Stage1Config
 from .model import load_stage1_run
 from .train import make_loader, predict_probs, select_rows, train_stage1

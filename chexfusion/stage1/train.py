@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ..progress import tqdm
 
 from .. import training
 from ..data.augment import AugmentedDataset, RadiographAugment
@@ -25,6 +24,7 @@ from ..data.labels import LabelPolicy
 from ..errors import UserError
 from ..losses import build_loss
 from ..metrics import compute_metrics
+from ..progress import tqdm
 from ..run_folder import load_weights
 from ..training import StageJob, finish_run, fit, prepare_training, start_run, summary_line
 from .config import Stage1Config

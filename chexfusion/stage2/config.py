@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from ..errors import UserError
 from ..feature_store.config import FeatureConfig
+from ..models.head_config import HeadKeys
 from ..stage1.config import LossConfig
-from ..text.queries import TextQueryConfig, check_query_kind, check_text_config
 from ..training import OptimConfig
 
 
@@ -23,7 +23,7 @@ class Stage2DataConfig:
 
 
 @dataclass
-class FusionConfig:
+class FusionConfig(HeadKeys):
     dim: int = 256
     projection: str = "conv3x3s2"  # CheXFusion: 3x3 stride-2 conv per view | conv1x1 | linear
     layers: int = 2
@@ -32,12 +32,6 @@ class FusionConfig:
     dropout: float = 0.1
     max_images: int = 16  # images kept per study (frontal first, then lateral, then unknown)
     position_embedding: bool = False  # learned embedding of an image's index in the study (breaks order invariance)
-    decoder_layers: int = 1
-    decoder_heads: int = 8
-    decoder_ff_dim: int = 1024
-    decoder_groups: int | None = None
-    queries: str = "learned"  # learned | text: class-name embeddings (docs/zero_shot.md)
-    text: TextQueryConfig = field(default_factory=TextQueryConfig)  # used when queries is text
 
 
 @dataclass
@@ -59,5 +53,4 @@ class Stage2Config:
                 raise UserError(f"config key 'data.{key}' must be zero, one or ignore")
         if self.model.max_images < 1:
             raise UserError("config key 'model.max_images' must be at least 1")
-        check_query_kind(self.model.queries)
-        check_text_config(self.model.text)
+        self.model.validate_head()

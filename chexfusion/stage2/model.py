@@ -11,12 +11,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from ..config import from_dict, read_yaml
 from ..errors import UserError
 from ..io import file_sha256
 from ..models.fusion import StudyFusion
-from ..run_folder import checked_weights, load_weights, read_run_info, write_run_info as write_info
+from ..run_folder import checked_weights, load_weights, read_run_info
+from ..run_folder import write_run_info as write_info
 from ..stage1.model import Stage1Run, TrainedRun, load_stage1_run
 from ..text.queries import build_with_queries, recorded_query_dim, restore_text_head
 from .config import Stage2Config
@@ -28,8 +28,7 @@ def build_fusion_model(cfg: Stage2Config, num_classes: int, feature_shape, query
     return StudyFusion(num_classes=num_classes, in_channels=channels, feature_hw=(h, w), dim=m.dim,
                        projection=m.projection, num_layers=m.layers, num_heads=m.heads, ff_dim=m.ff_dim,
                        dropout=m.dropout, max_images=m.max_images, position_embedding=m.position_embedding,
-                       decoder_kwargs=dict(num_layers=m.decoder_layers, num_heads=m.decoder_heads,
-                                           ff_dim=m.decoder_ff_dim, dropout=m.dropout, num_groups=m.decoder_groups),
+                       decoder_kwargs=m.decoder_kwargs(m.dropout),
                        query_dim=query_dim)
 
 

@@ -11,7 +11,6 @@ folder that ``chexfusion predict`` runs from raw images.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm

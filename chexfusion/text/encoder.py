@@ -149,6 +149,7 @@ def encode_texts(folder: str | Path, texts: list[str], pooling: str = "mean") ->
     check_pooling(pooling)
     import torch
     import transformers
+
     from ..progress import tqdm
 
     tokenizer, model = _load(folder, transformers, torch)

@@ -23,7 +23,15 @@ its last checkpoint ends with the same weights as an uninterrupted run on CPU.
 from .checkpoint import Progress, append_jsonl, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import OptimConfig
 from .loop import HEADLINE, FitState, StageJob, finish_run, fit, start_run, summary_line
-from .optim import Prepared, cosine_schedule, make_ema, no_weight_decay_names, param_groups, prepare_training, schedule_for
+from .optim import (
+           Prepared,
+           cosine_schedule,
+           make_ema,
+           no_weight_decay_names,
+           param_groups,
+           prepare_training,
+           schedule_for,
+)
 from .run_config import EXECUTION_ONLY_KEYS, check_same_config
 from .sampler import EpochPermutationSampler
 from .setup import make_accelerator, seed_batch, seed_everything

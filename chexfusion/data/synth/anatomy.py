@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from scipy import ndimage
 
 from .drawing import F32, Canvas, add_ellipse, polygons, soft_inside, strokes

@@ -37,8 +37,8 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import ndtri
 
-from ..classes import label_set
 from ...resources import read_table
+from ..classes import label_set
 from .findings import NORMAL_CLASSES, SIGNATURES
 
 FACTORS = ("age", "cardiac", "infection", "critical", "trauma", "neoplasm", "chronic_lung", "granulomatous",

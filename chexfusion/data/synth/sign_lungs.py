@@ -9,9 +9,7 @@ import numpy as np
 
 from .anatomy import frontal_dome, frontal_dome_peak, lateral_back, lateral_dome, lateral_front
 from .drawing import add_ellipse, add_ring, polygons, smooth_noise, soft_inside, strokes
-from .signs import (at, blob, densify, lucency, one_lung, opacify, patch_texture, raise_dome, severity, side_of,
-                    spot)
-
+from .signs import at, blob, densify, lucency, one_lung, opacify, patch_texture, raise_dome, severity, side_of, spot
 
 RETROCARDIAC = 0.25  # share of lower-lobe opacities hidden behind the heart on the frontal view
 
