@@ -1,4 +1,5 @@
-"""Frozen stage-1 backbone(s) -> the feature maps of a run of images, each image through its view's backbone.
+"""Frozen stage-1 backbone(s) or pretrained encoder(s) -> the feature maps of a run of images, each image
+through its view's backbone.
 
 Maps are pooled and rounded to the store dtype by ``inference.cached_features``,
 the same function ``chexfusion predict`` applies to raw images, so a cached map
@@ -34,8 +35,6 @@ class FeatureExtractor:
     """The backbones of a store's routing slots, in eval mode on one device, gradients off."""
 
     def __init__(self, expected: dict, device):
-        from ..stage1.model import load_stage1_run
-
         self.device = torch.device(device)
         self.routing, self.unknown_view = expected["routing"], expected["unknown_view"]
         self.pool, self.dtype = expected["pool"], expected["dtype"]
@@ -43,15 +42,27 @@ class FeatureExtractor:
         loaded: dict[str, torch.nn.Module] = {}
         self.backbones: dict[str, torch.nn.Module] = {}
         for slot, entry in expected["backbones"].items():
-            key = str(Path(entry["run"]).resolve())
+            key = entry.get("encoder") or str(Path(entry["run"]).resolve())
             if key not in loaded:
-                run = load_stage1_run(entry["run"])
-                if run.weights_sha256 != entry["weights_sha256"]:
-                    raise UserError(f"stage-1 run {entry['run']} changed while the feature store was being planned: "
-                                    "run chexfusion features again")
-                loaded[key] = run.model.backbone.eval().requires_grad_(False).to(self.device)
-                self.preprocess = run.preprocess
+                loaded[key] = self._load(entry).eval().requires_grad_(False).to(self.device)
             self.backbones[slot] = loaded[key]
+
+    def _load(self, entry: dict) -> torch.nn.Module:
+        """A slot's map extractor (a stage-1 run's backbone or a frozen encoder), as the manifest recorded it."""
+        if entry.get("encoder"):
+            from .sources import load_encoder
+
+            found = load_encoder(entry["encoder"], entry["weights_sha256"])
+            self.preprocess = found.preprocess
+            return found.model
+        from ..stage1.model import load_stage1_run
+
+        run = load_stage1_run(entry["run"])
+        if run.weights_sha256 != entry["weights_sha256"]:
+            raise UserError(f"stage-1 run {entry['run']} changed while the feature store was being planned: "
+                            "run chexfusion features again")
+        self.preprocess = run.preprocess
+        return run.model.backbone
 
     @torch.inference_mode()
     def maps(self, images: torch.Tensor, views: list[str]) -> torch.Tensor:
