@@ -25,6 +25,7 @@ COMMANDS = {
     "predict": ("chexfusion.predict", "study-level batch inference from raw images"),
     "evaluate": ("chexfusion.evaluate", "CXR-LT metrics, per-class table, plots and report"),
     "serve": ("chexfusion.serve.command", "the web demo"),
+    "zero-shot": ("chexfusion.vlm.command", "training-free scores from a pretrained vision-language model"),
 }
 
 
