@@ -47,6 +47,27 @@ def save_siglip(folder: Path) -> Path:
     return folder
 
 
+def save_open_clip(folder: Path, seed: int = 2) -> Path:
+    """open_clip's local-dir layout (a BiomedCLIP / CheXzero download): open_clip_config.json + safetensors."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    cfg = {"embed_dim": 8, "vision_cfg": {"image_size": SIZE, "layers": 1, "width": WIDTH, "head_width": 8,
+                                          "patch_size": PATCH},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    folder.mkdir(parents=True)
+    (folder / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": cfg, "preprocess_cfg": {"mean": [0.48, 0.46, 0.41], "std": [0.27, 0.26, 0.28]}}))
+    torch.manual_seed(seed)
+    save_file(open_clip.CLIP(**cfg).state_dict(), folder / "open_clip_model.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def biomedclip(tmp_path_factory) -> Path:
+    return save_open_clip(tmp_path_factory.mktemp("enc") / "tiny-biomedclip")
+
+
 @pytest.fixture(scope="module")
 def dino(tmp_path_factory) -> Path:
     return save_dinov2(tmp_path_factory.mktemp("enc") / "tiny-rad-dino")
@@ -69,7 +90,9 @@ def test_one_spec_names_every_family_and_refuses_unknown_prefixes():
         parse_encoder_spec("hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224")
     with pytest.raises(UserError, match="names no model after 'hf:'"):
         parse_encoder_spec("hf:")
-    with pytest.raises(UserError, match="torchxrayvision"):
+    assert parse_encoder_spec("open_clip:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224").family == \
+        "open_clip"
+    with pytest.raises(UserError, match="unpickling"):
         parse_encoder_spec("xrv:densenet121-res224-all")
 
 
@@ -101,6 +124,26 @@ def test_siglip_map_uses_every_token_and_other_sizes_interpolate(siglip):
     assert larger.shape == (1, WIDTH, 2 * SIZE // PATCH, 2 * SIZE // PATCH)
 
 
+def test_open_clip_map_is_the_image_towers_patch_grid_and_its_preprocess_cfg(biomedclip):
+    import open_clip
+
+    encoder = build_encoder(f"open_clip:{biomedclip}", pretrained=True).eval()
+    reference = open_clip.create_model(f"local-dir:{biomedclip}").eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    seen = []
+    reference.visual.transformer.resblocks[-1].register_forward_hook(lambda module, args, out: seen.append(out))
+    with torch.no_grad():
+        got = encoder(x)
+        reference.encode_image(x)
+        tokens = reference.visual.ln_post(seen[0])  # [B, 1 + h*w, C]: the class token first
+    assert got.shape == (2, WIDTH, SIZE // PATCH, SIZE // PATCH)
+    torch.testing.assert_close(got.flatten(2).transpose(1, 2), tokens[:, 1:])
+    found = describe_encoder(f"open_clip:{biomedclip}")
+    assert found["preprocess"] == {"image_size": SIZE, "channels": 3, "mean": [0.48, 0.46, 0.41],
+                                   "std": [0.27, 0.26, 0.28], "resize": "squash"}
+    assert found["feature_shape"] == [WIDTH, SIZE // PATCH, SIZE // PATCH]
+
+
 def test_preprocessing_and_shape_come_from_the_folder_and_the_hash_from_the_weights(dino, siglip, tmp_path):
     found = describe_encoder(f"hf:{dino}")
     assert found["preprocess"] == {"image_size": SIZE, "channels": 3, "mean": [0.5, 0.4, 0.3],
@@ -130,7 +173,9 @@ def test_a_folder_holding_a_pickle_or_a_bad_spec_exits_2_with_one_line(tmp_path,
     pickled.mkdir()
     (pickled / "config.json").write_text((dino / "config.json").read_text())
     (pickled / "pytorch_model.bin").write_bytes(b"not unpickled")
+    (pickled / "open_clip_config.json").write_text("{}")
     for backbone, expected in ((f"hf:{pickled}", "only pickled weights (pytorch_model.bin)"),
+                               (f"open_clip:{pickled}", "only pickled weights (pytorch_model.bin)"),
                                ("hf-hub:microsoft/rad-dino", "unknown prefix 'hf-hub:'"),
                                (f"hf:{tmp_path}/absent/folder", "folder does not exist")):
         code, _, err = run_cli("features", "--config", "stage2/config.yaml",
@@ -141,14 +186,14 @@ def test_a_folder_holding_a_pickle_or_a_bad_spec_exits_2_with_one_line(tmp_path,
 # ---- feature store -> stage 2 -> predict -> evaluate, no stage-1 training ------------------------------------
 
 
-@pytest.fixture(scope="module")
-def encoder_stage2(tiny_data, dino, tmp_path_factory, repo_root):
+@pytest.fixture(scope="module", params=["hf", "open_clip"])
+def encoder_stage2(request, tiny_data, dino, biomedclip, tmp_path_factory, repo_root):
     runs = tmp_path_factory.mktemp("encoder-stage2")
-    backbone = f"hf:{dino}"
+    backbone = f"hf:{dino}" if request.param == "hf" else f"open_clip:{biomedclip}"
     with pipeline_cwd(repo_root):
         store = pipeline.build_features(tiny_data, runs, runs / "store", backbone)
         run = pipeline.train_stage2(tiny_data, runs, store, backbone, **{"train.epochs": 1})
-    return store, run
+    return store, run, backbone
 
 
 def pipeline_cwd(path):
@@ -157,21 +202,21 @@ def pipeline_cwd(path):
     return _chdir(path)
 
 
-def test_frozen_encoder_store_records_the_spec_and_its_weights(encoder_stage2, dino):
-    store, _ = encoder_stage2
+def test_frozen_encoder_store_records_the_spec_and_its_weights(encoder_stage2):
+    store, _, backbone = encoder_stage2
     manifest = json.loads((store / "manifest.json").read_text())
     entry = manifest["backbones"]["shared"]
-    assert entry["encoder"] == f"hf:{dino}" and entry["run"] is None
-    assert entry["weights_sha256"] == describe_encoder(f"hf:{dino}")["weights_sha256"]
+    assert entry["encoder"] == backbone and entry["run"] is None
+    assert entry["weights_sha256"] == describe_encoder(backbone)["weights_sha256"]
     assert manifest["preprocess"]["image_size"] == SIZE and manifest["shape"] == [WIDTH, 4, 4]
 
 
 def test_stage2_on_a_frozen_encoder_predicts_from_raw_images_and_evaluates(encoder_stage2, tiny_data, tmp_path,
                                                                            run_cli):
-    _, run = encoder_stage2
+    _, run, backbone = encoder_stage2
     info = json.loads((run / "run.json").read_text())
-    assert info["backbones"]["shared"]["encoder"].startswith("hf:")
-    assert (run / "backbones" / "shared" / "model.safetensors").is_file()  # the run carries its encoder
+    assert info["backbones"]["shared"]["encoder"] == backbone
+    assert list((run / "backbones" / "shared").glob("*.safetensors"))  # the run carries its encoder
     pred = tmp_path / "pred.csv"
     code, _, err = run_cli("predict", "--model", run, "--csv", tiny_data / "test.csv", "--image-root", tiny_data,
                            "--out", pred, "--device", "cpu")
@@ -184,7 +229,7 @@ def test_stage2_on_a_frozen_encoder_predicts_from_raw_images_and_evaluates(encod
 
 
 def test_a_store_made_by_one_encoder_is_refused_for_another(encoder_stage2, tiny_data, siglip, tmp_path, run_cli):
-    store, _ = encoder_stage2
+    store, _, _ = encoder_stage2
     code, _, err = run_cli("stage2", "--config", "stage2/config.yaml",
                            *pipeline.stage2_overrides(tiny_data, tmp_path, store, f"hf:{siglip}"))
     assert code == 2 and len(err.strip().splitlines()) == 1, err

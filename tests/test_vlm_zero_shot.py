@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from chexfusion.errors import UserError
-from test_foundation_encoders import dino  # noqa: F401  (fixture: a vision-only model folder)
+from test_foundation_encoders import dino, save_open_clip  # noqa: F401  (dino: a vision-only model folder)
 from chexfusion.vlm.prompts import PromptConfig, ensemble, pair_probabilities, prompt_sets
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -129,6 +129,30 @@ def test_zero_shot_refuses_a_vision_only_model_and_a_bad_template_in_one_line(cl
               "--out", tmp_path / "p.csv", "--device", "cpu")
     for extra, expected in ((("--vlm", f"hf:{dino}"), "is not a vision-language model"),
                             (("--vlm", f"hf:{clip}", "--template", "a chest x-ray"), "has no '{}'"),
-                            (("--vlm", "open_clip:ViT-B-32"), "open_clip_torch")):
+                            (("--vlm", "open_clip:ViT-B-32"), "nor a Hugging Face model id")):
         code, _, err = run_cli("zero-shot", *extra, *common)
         assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_open_clip_model_scores_zero_shot_with_its_own_tokenizer(tiny_data, tmp_path, run_cli):
+    from chexfusion.vlm.model import load_vlm
+
+    folder = save_open_clip(tmp_path / "tiny-biomedclip")
+    pred = tmp_path / "pred.csv"
+    code, _, err = run_cli("zero-shot", "--vlm", f"open_clip:{folder}", "--csv", tiny_data / "test.csv",
+                           "--image-root", tiny_data, "--classes", "Cardiomegaly,Edema", "--no-synonyms",
+                           "--out", pred, "--device", "cpu")
+    assert code == 0, err
+    frame = pd.read_csv(pred, dtype={"dicom_id": str, "study_id": str})
+    test = pd.read_csv(tiny_data / "test.csv", dtype={"dicom_id": str, "study_id": str})
+    vlm = load_vlm(f"open_clip:{folder}")
+    assert vlm.preprocess.mean == (0.48, 0.46, 0.41) and vlm.preprocess.image_size == 32
+    # the first image's study: max over its images of the pair probability of its own embeddings
+    study = test["study_id"].iloc[0]
+    images = torch.stack([vlm.preprocess.read(tiny_data / p) for p in test.loc[test["study_id"] == study, "fpath"]])
+    pos, neg = vlm.encode_texts(["Edema"]), vlm.encode_texts(["no Edema"])
+    expected = pair_probabilities(vlm.encode_images(images), pos, neg, vlm.logit_scale).max().item()
+    np.testing.assert_allclose(frame.loc[frame["study_id"] == study, "Edema"].to_numpy(), expected, rtol=1e-5)
+    code, _, err = run_cli("evaluate", "--pred", pred, "--labels", tiny_data / "test.csv", "--classes", "Cardiomegaly",
+                           "Edema")
+    assert code == 0, err

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..data.images import Preprocess
 from ..errors import UserError
-from ..models.encoders import describe_encoder, is_encoder_spec, parse_encoder_spec
+from ..models.encoders import describe_encoder, encoder_files, is_encoder_spec, parse_encoder_spec
 
 STAGE1_FILES = ("config.yaml", "run.json", "model.safetensors")
 
@@ -116,16 +116,12 @@ def copy_into_run(value: str, dst: Path) -> dict:
             shutil.copy2(Path(value) / name, dst / name)
         return {"source": str(value), "weights_sha256": read_run_info(dst, "stage1")["weights_sha256"]}
     spec = parse_encoder_spec(value)
-    if spec.family != "hf":
-        raise UserError(f"cannot copy encoder {value} into a run folder")
-    from ..models.hf_encoder import MODEL_FILES, resolve_hf_folder
-
-    folder = resolve_hf_folder(spec.target)
-    for pattern in MODEL_FILES:
+    folder, patterns = encoder_files(value)
+    for pattern in patterns:
         for path in folder.glob(pattern):
             shutil.copy2(path, dst / path.name)  # follows the HF cache's symlinks: the run gets real files
-    return {"source": str(value), "encoder": f"hf:{spec.target}",
-            "weights_sha256": describe_encoder(f"hf:{dst}")["weights_sha256"]}
+    return {"source": str(value), "encoder": str(spec),
+            "weights_sha256": describe_encoder(f"{spec.family}:{dst}")["weights_sha256"]}
 
 
 def load_from_run(run_dir: Path, record: dict, map_location: str = "cpu"):

@@ -5,11 +5,14 @@ A spec is ``FAMILY:TARGET`` or a bare timm name:
 * ``timm:NAME`` or ``NAME``: a timm model (:mod:`chexfusion.models.backbone`), weights from
   ``model.checkpoint_path`` or the local timm / Hugging Face cache;
 * ``hf:ID_OR_FOLDER``: a transformers vision model (RAD-DINO, DINOv2, SigLIP / MedSigLIP, CLIP's
-  image tower) from a local folder or the Hugging Face cache (:mod:`chexfusion.models.hf_encoder`).
+  image tower) from a local folder or the Hugging Face cache (:mod:`chexfusion.models.hf_encoder`);
+* ``open_clip:ID_OR_FOLDER``: an open_clip model's image tower (BiomedCLIP, a CheXzero state dict
+  in open_clip's ViT-B-32 layout), :mod:`chexfusion.models.open_clip_encoder`.
 
-``open_clip:`` and ``xrv:`` are recognised and refused with one line saying which package they need
-(neither is a dependency of this package; docs/foundation_models.md). Any other ``prefix:`` is a
-user error, so a typo never falls through to a timm name lookup.
+``xrv:`` is recognised and refused with one line: torchxrayvision loads its weights by unpickling
+whole model objects (``torch.load(weights_only=False)``), which this package never does
+(docs/foundation_models.md). Any other ``prefix:`` is a user error, so a typo never falls through
+to a timm name lookup.
 
 Stage 1 builds any spec through :func:`build_encoder`; the feature store uses
 :func:`describe_encoder` (preprocessing, map shape and weights hash without building anything big)
@@ -20,12 +23,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import UserError
 
 FAMILIES = ("timm", "hf", "open_clip", "xrv")
-# Families this package can name but not build: the package each needs, for the one-line refusal.
-UNSUPPORTED = {"open_clip": "open_clip_torch", "xrv": "torchxrayvision"}
+# Families this package can name but not build, and why.
+UNSUPPORTED = {"xrv": "torchxrayvision loads its weights by unpickling model objects, which chexfusion never does"}
 _PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
@@ -54,9 +58,8 @@ def parse_encoder_spec(text: str) -> EncoderSpec:
     if not rest.strip():
         raise UserError(f"encoder spec '{text}' names no model after '{prefix}:'")
     if prefix in UNSUPPORTED:
-        raise UserError(f"encoder spec '{text}': {prefix}: encoders are not supported by this version "
-                        f"(they need the package {UNSUPPORTED[prefix]}); use hf: or timm: "
-                        f"(docs/foundation_models.md)")
+        raise UserError(f"encoder spec '{text}': {prefix}: encoders are not supported ({UNSUPPORTED[prefix]}); "
+                        f"use hf:, open_clip: or timm: (docs/foundation_models.md)")
     return EncoderSpec(prefix, rest.strip())
 
 
@@ -73,14 +76,18 @@ def build_encoder(spec_text: str, pretrained: bool = False, checkpoint_path: str
     takes its architecture from the folder's ``config.json``, and its weights too when ``pretrained``.
     """
     spec = parse_encoder_spec(spec_text)
+    if spec.family != "timm" and checkpoint_path:
+        raise UserError(f"model.checkpoint_path applies to timm backbones; '{spec}' loads its weights "
+                        f"from its own folder")
     if spec.family == "hf":
         from .hf_encoder import HFEncoder, resolve_hf_folder
 
-        if checkpoint_path:
-            raise UserError(f"model.checkpoint_path applies to timm backbones; '{spec}' loads its weights "
-                            f"from its own folder")
         return HFEncoder(resolve_hf_folder(spec.target), name=str(spec_text), pretrained=pretrained,
                          drop_path_rate=kw.get("drop_path_rate", 0.0))
+    if spec.family == "open_clip":
+        from .open_clip_encoder import build_open_clip_encoder, resolve_open_clip_folder
+
+        return build_open_clip_encoder(resolve_open_clip_folder(spec.target), str(spec_text), pretrained)
     from .backbone import Backbone
 
     return Backbone(spec.target, pretrained=pretrained, checkpoint_path=checkpoint_path, **kw)
@@ -96,5 +103,23 @@ def describe_encoder(spec_text: str) -> dict:
         from .hf_encoder import describe_hf_folder, resolve_hf_folder
 
         return {"encoder": str(spec), **describe_hf_folder(resolve_hf_folder(spec.target))}
-    raise UserError(f"features backbone '{spec_text}': a frozen feature-store encoder must be an hf: spec "
-                    f"or a stage-1 run folder (a timm model is trained with chexfusion stage1 first)")
+    if spec.family == "open_clip":
+        from .open_clip_encoder import describe_open_clip_folder, resolve_open_clip_folder
+
+        return {"encoder": str(spec), **describe_open_clip_folder(resolve_open_clip_folder(spec.target))}
+    raise UserError(f"features backbone '{spec_text}': a frozen feature-store encoder must be an hf: or "
+                    f"open_clip: spec or a stage-1 run folder (a timm model is trained with chexfusion stage1 first)")
+
+
+def encoder_files(spec_text: str) -> tuple[Path, tuple[str, ...]]:
+    """The folder of a frozen encoder and the glob patterns of the files that make it (for copying it)."""
+    spec = parse_encoder_spec(spec_text)
+    if spec.family == "hf":
+        from .hf_encoder import MODEL_FILES, resolve_hf_folder
+
+        return resolve_hf_folder(spec.target), MODEL_FILES
+    if spec.family == "open_clip":
+        from .open_clip_encoder import MODEL_FILES, resolve_open_clip_folder
+
+        return resolve_open_clip_folder(spec.target), MODEL_FILES
+    raise UserError(f"encoder {spec_text} has no folder to copy")

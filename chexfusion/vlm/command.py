@@ -15,7 +15,8 @@ import numpy as np
 
 def add_arguments(parser) -> None:
     parser.add_argument("--vlm", required=True, metavar="SPEC",
-                        help="the vision-language model: hf:ID_OR_FOLDER (CLIP / SigLIP style, tokenizer included)")
+                        help="the vision-language model: hf:ID_OR_FOLDER (CLIP / SigLIP style, tokenizer included) "
+                        "or open_clip:ID_OR_FOLDER (BiomedCLIP, CheXzero)")
     parser.add_argument("--csv", required=True, help="CXR-LT style CSV: dicom_id, study_id, fpath (labels not needed)")
     parser.add_argument("--image-root", required=True, help="folder the CSV's fpath values are relative to")
     parser.add_argument("--out", required=True, help="predictions CSV to write")
@@ -82,7 +83,7 @@ def run(args) -> int:
     from ..inference import aggregate_by_study
     from ..predict import requested_classes
     from ..predictions import write_predictions
-    from .model import VisionLanguageModel
+    from .model import load_vlm
     from .prompts import DEFAULT_NEGATIVE_TEMPLATES, DEFAULT_TEMPLATES, PromptConfig
 
     if args.batch_size < 1:
@@ -92,7 +93,7 @@ def run(args) -> int:
                        list(args.negative_templates or DEFAULT_NEGATIVE_TEMPLATES), not args.no_synonyms)
     cfg.validate()
     table = read_cxr_lt(args.csv, classes=[])
-    vlm = VisionLanguageModel(args.vlm, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    vlm = load_vlm(args.vlm, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     positive, negative = class_embeddings(vlm, classes, cfg)
     rows, probs, skipped = image_probabilities(vlm, table, args.image_root, positive, negative, args)
     frame = table.frame

@@ -1,10 +1,14 @@
-"""A pretrained vision-language model (``hf:ID_OR_FOLDER``: CLIP, SigLIP / MedSigLIP ...) as two encoders.
+"""A pretrained vision-language model as two encoders and a logit scale (:func:`load_vlm`).
 
-Loaded offline like any ``hf:`` encoder (:mod:`chexfusion.models.hf_encoder`: a local folder
-or the Hugging Face cache, safetensors only, no ``trust_remote_code``), with the tokenizer
-saved in the same folder. Images are preprocessed as the folder's
-``preprocessor_config.json`` says; the embeddings are the model's own projected ones
-(``get_image_features`` / ``get_text_features``) and the logit scale its learned one.
+* ``hf:ID_OR_FOLDER``: a transformers CLIP / SigLIP-style model (MedSigLIP ...), loaded offline like
+  any ``hf:`` encoder (:mod:`chexfusion.models.hf_encoder`: a local folder or the Hugging Face
+  cache, safetensors only, no ``trust_remote_code``), its tokenizer saved in the same folder;
+  images preprocessed as its ``preprocessor_config.json`` says;
+* ``open_clip:ID_OR_FOLDER``: an open_clip model (BiomedCLIP, CheXzero's ViT-B/32 ...) from its
+  ``local-dir:`` folder (:mod:`chexfusion.models.open_clip_encoder`), with open_clip's tokenizer
+  for it and its ``preprocess_cfg``.
+
+The embeddings are the model's own projected ones and the logit scale its learned one.
 """
 
 from __future__ import annotations
@@ -24,6 +28,16 @@ def _pooled(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+def load_vlm(spec_text: str, device: str = "cpu"):
+    """The vision-language model ``spec_text`` names (``hf:`` or ``open_clip:``), in eval mode on ``device``."""
+    spec = parse_encoder_spec(spec_text)
+    if spec.family == "hf":
+        return VisionLanguageModel(spec_text, device)
+    if spec.family == "open_clip":
+        return OpenClipVisionLanguageModel(spec_text, device)
+    raise UserError(f"--vlm {spec_text}: give a vision-language model as hf:ID_OR_FOLDER or open_clip:ID_OR_FOLDER")
+
+
 class VisionLanguageModel:
     """Image and text embeddings in the model's shared space, and the logit scale that compares them."""
 
@@ -31,8 +45,6 @@ class VisionLanguageModel:
         import transformers
 
         spec = parse_encoder_spec(spec_text)
-        if spec.family != "hf":
-            raise UserError(f"--vlm {spec_text}: give a vision-language model as hf:ID_OR_FOLDER")
         self.spec, self.folder = str(spec), resolve_hf_folder(spec.target)
         self.device = torch.device(device)
         model = load_quietly(spec_text, lambda: transformers.AutoModel.from_pretrained(
@@ -69,3 +81,32 @@ class VisionLanguageModel:
     @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return _pooled(self.model.get_image_features(pixel_values=images.to(self.device))).float().cpu()
+
+
+class OpenClipVisionLanguageModel:
+    """The same interface for an open_clip model (``encode_image`` / ``encode_text``, its own tokenizer)."""
+
+    def __init__(self, spec_text: str, device: str = "cpu"):
+        from ..models.open_clip_encoder import (create_open_clip, import_open_clip, open_clip_preprocess,
+                                                resolve_open_clip_folder)
+
+        self.folder = resolve_open_clip_folder(parse_encoder_spec(spec_text).target)
+        self.device = torch.device(device)
+        model = create_open_clip(self.folder, pretrained=True)
+        self.model = model.eval().requires_grad_(False).to(self.device)
+        self.tokenizer = load_quietly(spec_text, lambda: import_open_clip().get_tokenizer(f"local-dir:{self.folder}"))
+        self.preprocess = Preprocess.from_dict(open_clip_preprocess(model, self.folder))
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp())
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        out = [self.model.encode_text(self.tokenizer(texts[start:start + TEXT_BATCH]).to(self.device)).float().cpu()
+               for start in range(0, len(texts), TEXT_BATCH)]
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(images.to(self.device)).float().cpu()
