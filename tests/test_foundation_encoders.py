@@ -239,6 +239,10 @@ def test_a_store_made_by_one_encoder_is_refused_for_another(encoder_stage2, tiny
 def test_an_hf_encoder_fine_tuned_as_the_stage1_backbone_runs_from_its_run_folder(tiny_data, dino, tmp_path,
                                                                                   repo_root, run_cli):
     found = describe_encoder(f"hf:{dino}")["preprocess"]
+    code, _, err = run_cli("stage1", "--config", repo_root / "stage1/config.yaml", *pipeline.stage1_overrides(
+        tiny_data, tmp_path, "imagenet-normalised", **{"model.backbone": f"hf:{dino}"}))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"set data.mean={found['mean']} data.std={found['std']}" in err
     with pipeline_cwd(repo_root):
         run = pipeline.train_stage1(tiny_data, tmp_path, **{"model.backbone": f"hf:{dino}", "model.pretrained": True,
                                                             "data.image_size": found["image_size"],

@@ -123,3 +123,18 @@ def encoder_files(spec_text: str) -> tuple[Path, tuple[str, ...]]:
 
         return resolve_open_clip_folder(spec.target), MODEL_FILES
     raise UserError(f"encoder {spec_text} has no folder to copy")
+
+
+def check_stage1_normalisation(spec_text: str, mean, std) -> None:
+    """A pretrained hf: / open_clip: backbone fine-tuned in stage 1 must see images normalised as in its
+    pretraining: refuse other ``data.mean`` / ``data.std`` with the values to set (the size may differ: ViTs
+    interpolate their position embeddings)."""
+    spec = parse_encoder_spec(spec_text)
+    if spec.family == "timm":
+        return
+    want = describe_encoder(spec_text)["preprocess"]
+    if [round(float(m), 6) for m in mean] != [round(float(m), 6) for m in want["mean"]] or \
+            [round(float(s), 6) for s in std] != [round(float(s), 6) for s in want["std"]]:
+        raise UserError(f"model.backbone {spec_text} was pretrained on images normalised with mean {want['mean']} "
+                        f"and std {want['std']}: set data.mean={want['mean']} data.std={want['std']} "
+                        f"(and data.image_size={want['image_size']}, its input size)")
