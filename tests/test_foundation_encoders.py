@@ -253,3 +253,18 @@ def test_an_hf_encoder_fine_tuned_as_the_stage1_backbone_runs_from_its_run_folde
     code, _, err = run_cli("predict", "--model", run, "--csv", tiny_data / "test.csv", "--image-root", tiny_data,
                            "--out", tmp_path / "pred.csv", "--device", "cpu")
     assert code == 0, err
+
+
+def test_an_open_clip_tower_under_the_stage1_head_rebuilds_from_its_architecture_and_saved_weights(biomedclip):
+    """What load_stage1_run does for such a run: the architecture from the folder, the weights from the run."""
+    from chexfusion.models.backbone import create_backbone
+    from chexfusion.models.image_classifier import ImageClassifier
+
+    head = dict(dim=16, num_layers=1, num_heads=2, ff_dim=32, dropout=0.0)
+    trained = ImageClassifier(create_backbone(f"open_clip:{biomedclip}", pretrained=True), 3, head).eval()
+    rebuilt = ImageClassifier(create_backbone(f"open_clip:{biomedclip}", pretrained=False), 3, head).eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    assert not torch.allclose(rebuilt.forward_features(x), trained.forward_features(x))
+    rebuilt.load_state_dict(trained.state_dict())
+    torch.testing.assert_close(rebuilt(x), trained(x))
+    assert trained.backbone.feature_shape(SIZE) == (WIDTH, SIZE // PATCH, SIZE // PATCH)
