@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pipeline
 import pytest
 import torch
 
-import pipeline
 from chexfusion.errors import UserError
 from chexfusion.models.encoders import build_encoder, describe_encoder, parse_encoder_spec
 

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_foundation_encoders import save_dinov2, save_open_clip
 
 from chexfusion.errors import UserError
-from test_foundation_encoders import dino, save_open_clip  # noqa: F401  (dino: a vision-only model folder)
 from chexfusion.vlm.prompts import PromptConfig, ensemble, pair_probabilities, prompt_sets
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -121,6 +121,12 @@ def test_zero_shot_scores_equal_the_ensemble_arithmetic_on_the_models_own_embedd
     expected = pair_probabilities(vlm.encode_images(images), pos, neg, vlm.logit_scale).mean().item()
     got = frame.loc[frame["study_id"] == study, "Cardiomegaly"].to_numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def dino(tmp_path_factory) -> Path:
+    """A vision-only model folder (no text tower)."""
+    return save_dinov2(tmp_path_factory.mktemp("vlm") / "tiny-rad-dino")
 
 
 def test_zero_shot_refuses_a_vision_only_model_and_a_bad_template_in_one_line(clip, dino, tiny_data, tmp_path,

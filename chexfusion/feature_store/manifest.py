@@ -3,11 +3,12 @@
 The writer and stage 2 build the same *expected* description from the config
 (:func:`expected_from_config`: backbone weights hashes from the stage-1 run
 folders' ``run.json`` or from a frozen encoder's weight files (``sources.py``),
-routing, preprocessing, pool, dtype, CSV hashes); the manifest is a superset of it. :func:`first_difference` compares the two and
-names what differs, so a store made from another checkpoint, image size or
-CSV is refused with one line instead of silently feeding stage 2 the wrong
-maps. Paths are recorded but not compared: moving a run folder or the data
-does not make a store stale, changing their content does.
+routing, preprocessing, pool, dtype, CSV hashes); the manifest is a superset
+of it. :func:`first_difference` compares the two and names what differs, so a
+store made from another checkpoint, encoder, image size or CSV is refused with
+one line instead of silently feeding stage 2 the wrong maps. Paths are
+recorded but not compared: moving a run folder or the data does not make a
+store stale, changing their content does.
 """
 
 from __future__ import annotations

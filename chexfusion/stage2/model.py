@@ -15,9 +15,9 @@ import numpy as np
 from ..config import from_dict, read_yaml
 from ..data.images import Preprocess
 from ..errors import UserError
+from ..feature_store.sources import FrozenEncoderRun, copy_into_run, load_from_run
 from ..io import atomic_write_json, file_sha256
 from ..models.fusion import StudyFusion
-from ..feature_store.sources import FrozenEncoderRun, copy_into_run, load_from_run
 from ..stage1.model import Stage1Run, read_run_info
 from ..text.queries import build_with_queries, recorded_query_dim, restore_text_head
 from ..training import load_weights

@@ -10,8 +10,8 @@ from ..data.labels import LabelPolicy
 from ..data.views import VIEWS
 from ..errors import UserError
 from ..feature_store import FeatureStore
-from ..inference import route_view
 from ..feature_store.sources import slot_classes
+from ..inference import route_view
 from ..stage1.model import load_stage1_run
 
 BASELINE_BATCH = 256  # images per forward pass of a stage-1 head

@@ -87,15 +87,15 @@ class OpenClipVisionLanguageModel:
     """The same interface for an open_clip model (``encode_image`` / ``encode_text``, its own tokenizer)."""
 
     def __init__(self, spec_text: str, device: str = "cpu"):
-        from ..models.open_clip_encoder import (create_open_clip, import_open_clip, open_clip_preprocess,
-                                                resolve_open_clip_folder)
+        from ..models import open_clip_encoder as oc
 
-        self.folder = resolve_open_clip_folder(parse_encoder_spec(spec_text).target)
+        self.folder = oc.resolve_open_clip_folder(parse_encoder_spec(spec_text).target)
         self.device = torch.device(device)
-        model = create_open_clip(self.folder, pretrained=True)
+        model = oc.create_open_clip(self.folder, pretrained=True)
         self.model = model.eval().requires_grad_(False).to(self.device)
-        self.tokenizer = load_quietly(spec_text, lambda: import_open_clip().get_tokenizer(f"local-dir:{self.folder}"))
-        self.preprocess = Preprocess.from_dict(open_clip_preprocess(model, self.folder))
+        open_clip = oc.import_open_clip()
+        self.tokenizer = load_quietly(spec_text, lambda: open_clip.get_tokenizer(f"local-dir:{self.folder}"))
+        self.preprocess = Preprocess.from_dict(oc.open_clip_preprocess(model, self.folder))
 
     @property
     def logit_scale(self) -> float:
