@@ -20,7 +20,7 @@ COMMANDS = {
     "synth": ("chexfusion.data.synth.command", "write the synthetic demo dataset in the CXR-LT format"),
     "inspect": ("chexfusion.inspect", "check a dataset CSV and its images before a long run"),
     "stage1": ("chexfusion.stage1.command", "train the image-level backbone + ML-Decoder"),
-    "features": ("chexfusion.feature_store.command", "write the Parquet feature store from frozen stage-1 backbone(s)"),
+    "features": ("chexfusion.feature_store.command", "write the Parquet feature store from frozen stage-1 backbone(s) or pretrained encoders"),
     "stage2": ("chexfusion.stage2.command", "train the study-level Transformer fusion from the feature store"),
     "predict": ("chexfusion.predict", "study-level batch inference from raw images"),
     "evaluate": ("chexfusion.evaluate", "CXR-LT metrics, per-class table, plots and report"),
