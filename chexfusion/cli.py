@@ -20,7 +20,8 @@ COMMANDS = {
     "synth": ("chexfusion.data.synth.command", "write the synthetic demo dataset in the CXR-LT format"),
     "inspect": ("chexfusion.inspect", "check a dataset CSV and its images before a long run"),
     "stage1": ("chexfusion.stage1.command", "train the image-level backbone + ML-Decoder"),
-    "features": ("chexfusion.feature_store.command", "write the Parquet feature store from frozen stage-1 backbone(s)"),
+    "features": ("chexfusion.feature_store.command",
+                 "write the Parquet feature store from frozen stage-1 backbone(s) or pretrained encoders"),
     "stage2": ("chexfusion.stage2.command", "train the study-level Transformer fusion from the feature store"),
     "predict": ("chexfusion.predict", "study-level batch inference from raw images"),
     "calibrate": ("chexfusion.calibrate", "fit a run's per-class temperatures on the validation split"),
@@ -31,6 +32,7 @@ COMMANDS = {
     "ablate": ("chexfusion.ablate", "shared vs per-view backbones and stage-2 losses: train what is missing, tables"),
     "explain": ("chexfusion.explain.command", "heat maps (attention, Grad-CAM, Group-CAM) of a run's findings per image"),
     "localize": ("chexfusion.explain.localize", "score heat maps against ground-truth finding regions"),
+    "zero-shot": ("chexfusion.vlm.command", "training-free scores from a pretrained vision-language model"),
 }
 
 

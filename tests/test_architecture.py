@@ -22,7 +22,7 @@ LAYERS = {
     "feature_store": 5,
     "stage2": 6,
     "inference": 7,
-    "api": 8, "explain": 8, "compare": 8, "compare_report": 8, "calibrate": 8, "export": 8, "predict": 8, "evaluate": 8, "inspect": 8, "serve": 8, "ablate": 8, "cli": 8, "__main__": 8,
+    "api": 8, "explain": 8, "vlm": 8, "compare": 8, "compare_report": 8, "calibrate": 8, "export": 8, "predict": 8, "evaluate": 8, "inspect": 8, "serve": 8, "ablate": 8, "cli": 8, "__main__": 8,
 }
 TOP = max(LAYERS.values())
 

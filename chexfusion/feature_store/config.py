@@ -31,7 +31,7 @@ READERS = ("auto", "memory", "stream")
 class FeatureConfig:
     store: str = "features/demo"  # output folder
     routing: str = "shared"  # shared | per_view
-    shared_backbone: str = "stage1/runs/demo"  # stage-1 run folder (routing shared)
+    shared_backbone: str = "stage1/runs/demo"  # stage-1 run folder or encoder spec (hf:ID_OR_FOLDER; sources.py)
     frontal_backbone: str | None = None  # per_view: run folders trained with data.views frontal / lateral
     lateral_backbone: str | None = None
     unknown_view: str = "frontal"  # per_view: the backbone an `unknown` image goes through (see above)
@@ -59,7 +59,8 @@ class FeatureConfig:
             raise UserError("features.routing is per_view: set features.frontal_backbone and "
                             "features.lateral_backbone (stage-1 runs trained with data.views frontal / lateral)")
         if self.routing == "shared" and not self.shared_backbone:
-            raise UserError("features.routing is shared: set features.shared_backbone (a stage-1 run folder)")
+            raise UserError("features.routing is shared: set features.shared_backbone (a stage-1 run folder or "
+                            "an encoder spec such as hf:microsoft/rad-dino)")
         if self.pool is not None and (len(self.pool) != 2 or min(self.pool) < 1):
             raise UserError(f"config key 'features.pool' must be null or [h, w] with h, w >= 1, got {self.pool}")
         for key in ("batch_size", "shard_rows", "row_group_rows", "shuffle_buffer"):

@@ -1,4 +1,5 @@
-"""Frozen stage-1 backbone(s) -> the feature maps of a run of images, each image through its view's backbone.
+"""Frozen stage-1 backbone(s) or pretrained encoder(s) -> the feature maps of a run of images, each image
+through its view's backbone.
 
 Maps are pooled and rounded to the store dtype by :class:`routing.RoutedBackbones`,
 the same object ``chexfusion predict`` applies to raw images, so a cached map
@@ -34,23 +35,33 @@ class FeatureExtractor:
     """The backbones of a store's routing slots, in eval mode on one device, gradients off."""
 
     def __init__(self, expected: dict, device):
-        from ..stage1.model import load_stage1_run
-
         self.dtype, self.shape = expected["dtype"], tuple(expected["shape"])
         loaded: dict[str, torch.nn.Module] = {}
         backbones: dict[str, torch.nn.Module] = {}
         for slot, entry in expected["backbones"].items():
-            key = str(Path(entry["run"]).resolve())
+            key = entry.get("encoder") or str(Path(entry["run"]).resolve())
             if key not in loaded:
-                run = load_stage1_run(entry["run"])
-                if run.weights_sha256 != entry["weights_sha256"]:
-                    raise UserError(f"stage-1 run {entry['run']} changed while the feature store was being planned: "
-                                    "run chexfusion features again")
-                loaded[key] = run.model.backbone
-                self.preprocess = run.preprocess
+                loaded[key] = self._load(entry)
             backbones[slot] = loaded[key]
         self.routed = RoutedBackbones(backbones, expected["routing"], expected["unknown_view"], expected["pool"],
                                       self.dtype, device, self.shape)
+
+    def _load(self, entry: dict) -> torch.nn.Module:
+        """A slot's map extractor (a stage-1 run's backbone or a frozen encoder), as the manifest recorded it."""
+        if entry.get("encoder"):
+            from .sources import load_encoder
+
+            found = load_encoder(entry["encoder"], entry["weights_sha256"])
+            self.preprocess = found.preprocess
+            return found.model
+        from ..stage1.model import load_stage1_run
+
+        run = load_stage1_run(entry["run"])
+        if run.weights_sha256 != entry["weights_sha256"]:
+            raise UserError(f"stage-1 run {entry['run']} changed while the feature store was being planned: "
+                            "run chexfusion features again")
+        self.preprocess = run.preprocess
+        return run.model.backbone
 
     def maps(self, images: torch.Tensor, views: list[str]) -> torch.Tensor:
         """``[B, C, h, w]`` maps in the store dtype, on the CPU, in the order of ``images``."""

@@ -2,12 +2,13 @@
 
 The writer and stage 2 build the same *expected* description from the config
 (:func:`expected_from_config`: backbone weights hashes from the stage-1 run
-folders' ``run.json``, routing, preprocessing, pool, dtype, CSV hashes); the
-manifest is a superset of it. :func:`first_difference` compares the two and
-names what differs, so a store made from another checkpoint, image size or
-CSV is refused with one line instead of silently feeding stage 2 the wrong
-maps. Paths are recorded but not compared: moving a run folder or the data
-does not make a store stale, changing their content does.
+folders' ``run.json`` or from a frozen encoder's weight files (``sources.py``),
+routing, preprocessing, pool, dtype, CSV hashes); the manifest is a superset
+of it. :func:`first_difference` compares the two and names what differs, so a
+store made from another checkpoint, encoder, image size or CSV is refused with
+one line instead of silently feeding stage 2 the wrong maps. Paths are
+recorded but not compared: moving a run folder or the data does not make a
+store stale, changing their content does.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..errors import UserError
 from ..io import atomic_write_json, file_digest, file_sha256
 from .config import FeatureConfig
 from .routing import route_view  # the one routing rule, shared with predict
+from .sources import backbone_entry, describe_source
 
 FORMAT = "chexfusion-feature-store"
 FORMAT_VERSION = 1
@@ -73,17 +75,6 @@ def pooled_shape(feature_shape, pool) -> list[int]:
     return [channels, int(pool[0]), int(pool[1])] if pool else [int(d) for d in feature_shape]
 
 
-def _backbone_entry(slot: str, run_dir: str, routing: str) -> dict:
-    from ..run_folder import read_run_info
-
-    info = read_run_info(run_dir, "stage1")
-    trained_on = info.get("views", "all")
-    if routing == "per_view" and trained_on not in ("all", slot):
-        raise UserError(f"config key 'features.{slot}_backbone': stage-1 run {run_dir} was trained on {trained_on} "
-                        f"images only, not {slot} ones")
-    return {"run": str(run_dir), "weights_sha256": info["weights_sha256"], "backbone": info["backbone"],
-            "trained_on_views": trained_on, "preprocess": info["preprocess"],
-            "feature_shape": [int(d) for d in info["feature_shape"]]}
 
 
 def _split_entry(name: str, csv: str, image_root: str) -> dict:
@@ -99,20 +90,21 @@ def expected_from_config(cfg: FeatureConfig, splits: dict[str, tuple[str, str]])
     maps of all views of a study side by side.
     """
     cfg.validate()
-    entries = {slot: _backbone_entry(slot, run, cfg.routing) for slot, run in cfg.backbone_slots().items()}
+    entries = {slot: backbone_entry(slot, value, cfg.routing) for slot, value in cfg.backbone_slots().items()}
     first_slot, first = next(iter(entries.items()))
     for slot, entry in entries.items():
         for key in ("preprocess", "feature_shape"):
             if entry[key] != first[key]:
-                raise UserError(f"stage-1 runs {first['run']} ({first_slot}) and {entry['run']} ({slot}) have "
-                                f"different {key} ({first[key]} vs {entry[key]}): per-view backbones must share it")
+                raise UserError(f"{describe_source(first)} ({first_slot}) and {describe_source(entry)} ({slot}) "
+                                f"have different {key} ({first[key]} vs {entry[key]}): per-view backbones must "
+                                f"share it")
     unknown_view = cfg.unknown_view if cfg.routing == "per_view" else None
     return {
         "routing": cfg.routing,
         "unknown_view": unknown_view,
         "view_routing": {view: route_view(view, cfg.routing, cfg.unknown_view) for view in VIEWS},
-        "backbones": {slot: {k: e[k] for k in ("run", "weights_sha256", "backbone", "trained_on_views")}
-                      for slot, e in entries.items()},
+        "backbones": {slot: {k: e[k] for k in ("run", "encoder", "weights_sha256", "backbone", "trained_on_views")
+                             if k in e} for slot, e in entries.items()},
         "preprocess": first["preprocess"],
         "image_size": int(first["preprocess"]["image_size"]),
         "feature_shape": first["feature_shape"],
@@ -173,9 +165,10 @@ def _backbone_difference(stored: dict, expected: dict) -> str | None:
             return f"it has no {slot} backbone, the config routes images through one"
         if have.get("weights_sha256") != want["weights_sha256"]:
             return (f"backbone {slot} was made from weights {_short(have.get('weights_sha256'))}, "
-                    f"the stage-1 run {want['run']} now has {_short(want['weights_sha256'])}")
+                    f"the {describe_source(want)} now has {_short(want['weights_sha256'])}")
         if have.get("backbone") != want["backbone"]:
-            return f"backbone {slot} is {have.get('backbone')} in the store, {want['backbone']} in {want['run']}"
+            return (f"backbone {slot} is {have.get('backbone')} in the store, {want['backbone']} in the "
+                    f"{describe_source(want)}")
     return None
 
 

@@ -298,6 +298,9 @@ class _ForwardFeatures(nn.Module):
         return self.model.forward_features(x)
 
 
-def create_backbone(name: str, pretrained: bool = False, checkpoint_path: str | None = None, **kw) -> Backbone:
-    """Build a :class:`Backbone` (see its docstring for ``kw``)."""
-    return Backbone(name, pretrained=pretrained, checkpoint_path=checkpoint_path, **kw)
+def create_backbone(name: str, pretrained: bool = False, checkpoint_path: str | None = None, **kw) -> nn.Module:
+    """Build the map extractor an encoder spec names (``timm:NAME`` / bare name: a :class:`Backbone`, see its
+    docstring for ``kw``; ``hf:...`` and the others: :mod:`chexfusion.models.encoders`)."""
+    from .encoders import build_encoder
+
+    return build_encoder(name, pretrained=pretrained, checkpoint_path=checkpoint_path, **kw)

@@ -24,6 +24,7 @@ from ..data.labels import LabelPolicy
 from ..errors import UserError
 from ..losses import build_loss
 from ..metrics import compute_metrics
+from ..models.encoders import check_stage1_normalisation
 from ..progress import tqdm
 from ..run_folder import load_weights
 from ..training import StageJob, finish_run, fit, prepare_training, start_run, summary_line
@@ -108,6 +109,7 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
     policy = LabelPolicy(uncertain=cfg.data.uncertain_label, blank=cfg.data.blank_label)
     train_table, val_table, classes = load_tables(cfg)
     pre = Preprocess(image_size=cfg.data.image_size, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+    check_stage1_normalisation(cfg.model.backbone, pre.mean, pre.std)
     train_rows, val_rows = select_rows(train_table, cfg.data.views), select_rows(val_table, cfg.data.views)
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise UserError(f"no {cfg.data.views} images in {cfg.data.train_csv} or {cfg.data.val_csv}")

@@ -1,23 +1,22 @@
 """Build the fusion model from its config, save a self-contained run folder, and load it back.
 
-A stage-2 run folder carries copies of the stage-1 run(s) it sits on (under
-``backbones/<shared|frontal|lateral>/``), so ``chexfusion predict`` and the web
+A stage-2 run folder carries copies of the stage-1 run(s) or frozen encoder(s) it sits on (under
+``backbones/<shared|frontal|lateral>/``, ``feature_store/sources.py``), so ``chexfusion predict`` and the web
 demo run the whole model from raw images with that folder alone.
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import from_dict, read_yaml
-from ..errors import UserError
+from ..feature_store.sources import FrozenEncoderRun, copy_into_run, load_from_run
 from ..io import file_sha256
 from ..models.fusion import StudyFusion
 from ..run_folder import checked_weights, load_weights, read_run_info
 from ..run_folder import write_run_info as write_info
-from ..stage1.model import Stage1Run, TrainedRun, load_stage1_run
+from ..stage1.model import Stage1Run, TrainedRun
 from ..text.queries import build_with_queries, recorded_query_dim, restore_text_head
 from .config import Stage2Config
 
@@ -42,16 +41,8 @@ def build_for_classes(cfg: Stage2Config, classes: list[str], feature_shape) -> t
 def write_run_info(run_dir: Path, cfg: Stage2Config, classes, prevalence, store_manifest: dict,
                    text_queries: dict | None = None) -> None:
     """Copy the backbone runs into the run folder and record everything predict needs."""
-    backbones = {}
-    for slot, src in cfg.features.backbone_slots().items():
-        dst = Path(run_dir) / "backbones" / slot
-        if dst.exists():
-            shutil.rmtree(dst)
-        dst.mkdir(parents=True)
-        for name in ("config.yaml", "run.json", "model.safetensors"):
-            shutil.copy2(Path(src) / name, dst / name)
-        backbones[slot] = {"path": f"backbones/{slot}", "source": str(src),
-                           "weights_sha256": read_run_info(dst, "stage1")["weights_sha256"]}
+    backbones = {slot: {"path": f"backbones/{slot}", **copy_into_run(src, Path(run_dir) / "backbones" / slot)}
+                 for slot, src in cfg.features.backbone_slots().items()}
     info = {
         "kind": "stage2",
         "name": cfg.name,
@@ -76,18 +67,14 @@ def write_run_info(run_dir: Path, cfg: Stage2Config, classes, prevalence, store_
 class Stage2Run(TrainedRun):
     """A trained stage-2 run: ``model`` is the fusion model; ``backbones`` the stage-1 run(s) it sits on."""
 
-    backbones: dict[str, Stage1Run] = field(default_factory=dict)
+    backbones: dict[str, Stage1Run | FrozenEncoderRun] = field(default_factory=dict)
 
 
 def load_stage2_run(run_dir: str | Path, map_location: str = "cpu") -> Stage2Run:
     run_dir = Path(run_dir)
     info = read_run_info(run_dir, "stage2")
     cfg = from_dict(Stage2Config, read_yaml(run_dir / "config.yaml"))
-    backbones = {}
-    for slot, b in info["backbones"].items():
-        backbones[slot] = load_stage1_run(run_dir / b["path"], map_location)
-        if backbones[slot].weights_sha256 != b["weights_sha256"]:
-            raise UserError(f"{run_dir / b['path']} is not the backbone this stage-2 run was trained on")
+    backbones = {slot: load_from_run(run_dir, b, map_location) for slot, b in info["backbones"].items()}
     model = build_fusion_model(cfg, len(info["classes"]), info["feature_shape"], query_dim=recorded_query_dim(info))
     restore_text_head(model, info)
     load_weights(model, checked_weights(run_dir, info))

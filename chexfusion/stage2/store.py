@@ -11,7 +11,7 @@ from ..data.views import VIEWS
 from ..errors import UserError
 from ..feature_store import FeatureStore
 from ..feature_store.routing import route_view
-from ..run_folder import read_run_info
+from ..feature_store.sources import slot_classes
 from ..stage1.model import load_stage1_run
 
 BASELINE_BATCH = 256  # images per forward pass of a stage-1 head
@@ -35,12 +35,13 @@ def open_store_for(cfg) -> FeatureStore:
 def stage1_classes(cfg) -> tuple[list[str], np.ndarray]:
     """Classes (the stage-1 run's unless the config names them) and their training prevalence."""
     runs = cfg.features.backbone_slots()
-    lists = {slot: read_run_info(path, "stage1")["classes"] for slot, path in runs.items()}
-    first = next(iter(lists.values()))
+    lists = {slot: found for slot, path in runs.items() if (found := slot_classes(path)) is not None}
+    first = next(iter(lists.values()), None)
     if any(c != first for c in lists.values()):
         raise UserError("the per-view stage-1 runs were trained on different class lists: "
                         + ", ".join(f"{s}: {len(c)} classes" for s, c in lists.items()))
-    classes = cfg.data.classes or first
+    # a frozen encoder has no classes: the config's, else every label column of the training CSV
+    classes = cfg.data.classes or first or read_cxr_lt(cfg.data.train_csv, require_labels=True).classes
     policy = LabelPolicy(uncertain=cfg.data.uncertain_label, blank=cfg.data.blank_label)
     prevalence = read_cxr_lt(cfg.data.train_csv, classes=classes, require_labels=True).prevalence(policy)
     return list(classes), prevalence
@@ -49,8 +50,8 @@ def stage1_classes(cfg) -> tuple[list[str], np.ndarray]:
 @torch.no_grad()
 def baseline_image_probs(cfg, store, split, classes, device) -> np.ndarray | None:
     """Per-image probabilities of the stage-1 head(s) applied to the cached maps (None if not comparable)."""
-    if store.manifest.get("pool"):
-        return None  # the stage-1 head was trained on full maps
+    if store.manifest.get("pool") or any(slot_classes(p) is None for p in cfg.features.backbone_slots().values()):
+        return None  # the stage-1 head was trained on full maps; a frozen encoder has no head
     runs = {slot: load_stage1_run(path, str(device)) for slot, path in cfg.features.backbone_slots().items()}
     if any(r.classes != list(classes) for r in runs.values()):
         return None

@@ -1,0 +1,140 @@
+"""One encoder spec wherever a backbone is named: which family builds it, from where, with what preprocessing.
+
+A spec is ``FAMILY:TARGET`` or a bare timm name:
+
+* ``timm:NAME`` or ``NAME``: a timm model (:mod:`chexfusion.models.backbone`), weights from
+  ``model.checkpoint_path`` or the local timm / Hugging Face cache;
+* ``hf:ID_OR_FOLDER``: a transformers vision model (RAD-DINO, DINOv2, SigLIP / MedSigLIP, CLIP's
+  image tower) from a local folder or the Hugging Face cache (:mod:`chexfusion.models.hf_encoder`);
+* ``open_clip:ID_OR_FOLDER``: an open_clip model's image tower (BiomedCLIP, a CheXzero state dict
+  in open_clip's ViT-B-32 layout), :mod:`chexfusion.models.open_clip_encoder`.
+
+``xrv:`` is recognised and refused with one line: torchxrayvision loads its weights by unpickling
+whole model objects (``torch.load(weights_only=False)``), which this package never does
+(docs/foundation_models.md). Any other ``prefix:`` is a user error, so a typo never falls through
+to a timm name lookup.
+
+Stage 1 builds any spec through :func:`build_encoder`; the feature store uses
+:func:`describe_encoder` (preprocessing, map shape and weights hash without building anything big)
+for a frozen encoder that no stage-1 run trained, and records all three in its manifest.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+FAMILIES = ("timm", "hf", "open_clip", "xrv")
+# Families this package can name but not build, and why.
+UNSUPPORTED = {"xrv": "torchxrayvision loads its weights by unpickling model objects, which chexfusion never does"}
+_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    family: str
+    target: str
+
+    def __str__(self) -> str:
+        return f"{self.family}:{self.target}"
+
+
+def parse_encoder_spec(text: str) -> EncoderSpec:
+    """``timm:NAME`` / bare name, ``hf:ID_OR_FOLDER``, ...; a malformed spec is a one-line UserError."""
+    text = str(text).strip()
+    if not text:
+        raise UserError("encoder spec is empty: give a timm name, timm:NAME or hf:ID_OR_FOLDER")
+    prefix, sep, rest = text.partition(":")
+    if not sep:
+        return EncoderSpec("timm", text)
+    if prefix not in FAMILIES:
+        if _PREFIX.fullmatch(prefix) and len(prefix) > 1:  # not a Windows drive letter
+            raise UserError(f"encoder spec '{text}': unknown prefix '{prefix}:' "
+                            f"(known: {', '.join(f + ':' for f in FAMILIES)} or a bare timm name)")
+        return EncoderSpec("timm", text)
+    if not rest.strip():
+        raise UserError(f"encoder spec '{text}' names no model after '{prefix}:'")
+    if prefix in UNSUPPORTED:
+        raise UserError(f"encoder spec '{text}': {prefix}: encoders are not supported ({UNSUPPORTED[prefix]}); "
+                        f"use hf:, open_clip: or timm: (docs/foundation_models.md)")
+    return EncoderSpec(prefix, rest.strip())
+
+
+def is_encoder_spec(text: str) -> bool:
+    """Whether ``text`` is written as ``FAMILY:...`` (a feature-store backbone that is no stage-1 run folder)."""
+    prefix, sep, _ = str(text).strip().partition(":")
+    return bool(sep) and prefix in FAMILIES
+
+
+def build_encoder(spec_text: str, pretrained: bool = False, checkpoint_path: str | None = None, **kw):
+    """The map extractor for ``spec_text``: ``forward(images) -> [B, C, h, w]``, ``num_features``, ``feature_shape``.
+
+    ``kw`` goes to the timm family (``drop_path_rate``, ``in_chans``, ``img_size``...); an ``hf:`` encoder
+    takes its architecture from the folder's ``config.json``, and its weights too when ``pretrained``.
+    """
+    spec = parse_encoder_spec(spec_text)
+    if spec.family != "timm" and checkpoint_path:
+        raise UserError(f"model.checkpoint_path applies to timm backbones; '{spec}' loads its weights "
+                        f"from its own folder")
+    if spec.family == "hf":
+        from .hf_encoder import HFEncoder, resolve_hf_folder
+
+        return HFEncoder(resolve_hf_folder(spec.target), name=str(spec_text), pretrained=pretrained,
+                         drop_path_rate=kw.get("drop_path_rate", 0.0))
+    if spec.family == "open_clip":
+        from .open_clip_encoder import build_open_clip_encoder, resolve_open_clip_folder
+
+        return build_open_clip_encoder(resolve_open_clip_folder(spec.target), str(spec_text), pretrained)
+    from .backbone import Backbone
+
+    return Backbone(spec.target, pretrained=pretrained, checkpoint_path=checkpoint_path, **kw)
+
+
+def describe_encoder(spec_text: str) -> dict:
+    """What a feature store records of a frozen encoder: spec, weights hash, preprocessing, map shape.
+
+    Never reads the weights into a model: the hash is of the weight files, the shape of the config.
+    """
+    spec = parse_encoder_spec(spec_text)
+    if spec.family == "hf":
+        from .hf_encoder import describe_hf_folder, resolve_hf_folder
+
+        return {"encoder": str(spec), **describe_hf_folder(resolve_hf_folder(spec.target))}
+    if spec.family == "open_clip":
+        from .open_clip_encoder import describe_open_clip_folder, resolve_open_clip_folder
+
+        return {"encoder": str(spec), **describe_open_clip_folder(resolve_open_clip_folder(spec.target))}
+    raise UserError(f"features backbone '{spec_text}': a frozen feature-store encoder must be an hf: or "
+                    f"open_clip: spec or a stage-1 run folder (a timm model is trained with chexfusion stage1 first)")
+
+
+def encoder_files(spec_text: str) -> tuple[Path, tuple[str, ...]]:
+    """The folder of a frozen encoder and the glob patterns of the files that make it (for copying it)."""
+    spec = parse_encoder_spec(spec_text)
+    if spec.family == "hf":
+        from .hf_encoder import MODEL_FILES, resolve_hf_folder
+
+        return resolve_hf_folder(spec.target), MODEL_FILES
+    if spec.family == "open_clip":
+        from .open_clip_encoder import MODEL_FILES, resolve_open_clip_folder
+
+        return resolve_open_clip_folder(spec.target), MODEL_FILES
+    raise UserError(f"encoder {spec_text} has no folder to copy")
+
+
+def check_stage1_normalisation(spec_text: str, mean, std) -> None:
+    """A pretrained hf: / open_clip: backbone fine-tuned in stage 1 must see images normalised as in its
+    pretraining: refuse other ``data.mean`` / ``data.std`` with the values to set (the size may differ: ViTs
+    interpolate their position embeddings)."""
+    spec = parse_encoder_spec(spec_text)
+    if spec.family == "timm":
+        return
+    want = describe_encoder(spec_text)["preprocess"]
+    if [round(float(m), 6) for m in mean] != [round(float(m), 6) for m in want["mean"]] or \
+            [round(float(s), 6) for s in std] != [round(float(s), 6) for s in want["std"]]:
+        raise UserError(f"model.backbone {spec_text} was pretrained on images normalised with mean {want['mean']} "
+                        f"and std {want['std']}: set data.mean={want['mean']} data.std={want['std']} "
+                        f"(and data.image_size={want['image_size']}, its input size)")

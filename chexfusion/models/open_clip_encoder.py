@@ -1,0 +1,123 @@
+"""An open_clip model's image tower (``open_clip:ID_OR_FOLDER``) as a map extractor: BiomedCLIP, CheXzero-style CLIPs.
+
+The folder is open_clip's ``local-dir:`` layout: ``open_clip_config.json`` (``model_cfg`` and
+``preprocess_cfg``) and the weights as ``*.safetensors``; a Hugging Face id (e.g.
+``microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``) is looked up in the local Hugging
+Face cache only. A folder holding only pickled weights is refused (open_clip would unpickle them).
+
+The map is the tower's last block as open_clip's ``forward_intermediates`` lays it out
+(``[B, C, h, w]``, prefix tokens dropped, final norm applied), which works for its own ViTs and
+for timm trunks alike. Preprocessing (size, mean / std) is the model's ``preprocess_cfg``.
+open_clip is an optional dependency (``pip install 'chexfusion[foundation]'``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UserError
+from .hf_encoder import PICKLE_SUFFIXES, how_to_get, weight_files, weights_sha256
+
+CONFIG_FILE = "open_clip_config.json"
+MODEL_FILES = (CONFIG_FILE, "*.safetensors")
+
+
+def import_open_clip():
+    try:
+        import open_clip
+    except ImportError:
+        raise UserError("open_clip: encoders need the package open_clip_torch: "
+                        "pip install 'chexfusion[foundation]' (or pip install open_clip_torch)") from None
+    return open_clip
+
+
+def resolve_open_clip_folder(target: str) -> Path:
+    """The local ``local-dir:`` folder of ``target`` (a folder, or a model id in the Hugging Face cache)."""
+    path = Path(target).expanduser()
+    if path.is_dir():
+        folder = path.resolve()
+    elif path.exists() or path.is_absolute() or target.startswith((".", "~")) or target.count("/") != 1:
+        raise UserError(f"open_clip:{target}: not a model folder ({CONFIG_FILE} + *.safetensors) "
+                        f"nor a Hugging Face model id")
+    else:
+        from huggingface_hub import constants, snapshot_download
+
+        try:
+            folder = Path(snapshot_download(target, local_files_only=True))
+        except Exception:  # not in the cache (or not an id): nothing goes online
+            raise UserError(f"open_clip:{target} is not a local folder and not in the Hugging Face cache "
+                            f"({constants.HF_HUB_CACHE}): {how_to_get(target)}") from None
+    if not (folder / CONFIG_FILE).is_file():
+        raise UserError(f"open_clip:{target}: {folder} has no {CONFIG_FILE}")
+    if not weight_files(folder):
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        detail = f"only pickled weights ({pickled[0]}), which are never loaded" if pickled else "no weights"
+        raise UserError(f"open_clip:{target}: {folder} holds {detail}: save the state dict as "
+                        f"open_clip_model.safetensors")
+    return folder
+
+
+def create_open_clip(folder: Path, pretrained: bool = True) -> nn.Module:
+    """The whole open_clip model of ``folder`` (weights from its safetensors file when ``pretrained``)."""
+    open_clip = import_open_clip()
+    try:
+        return open_clip.create_model(f"local-dir:{folder}", load_weights=pretrained, weights_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot load open_clip:{folder}: {first_line}") from None
+
+
+def open_clip_preprocess(model: nn.Module, folder: Path) -> dict:
+    cfg = dict(getattr(model.visual, "preprocess_cfg", None) or {})
+    size = cfg.get("size", getattr(model.visual, "image_size", None))
+    size = size if isinstance(size, int) else tuple(size or ())
+    if not isinstance(size, int) and (len(size) != 2 or size[0] != size[1]):
+        raise UserError(f"open_clip:{folder}: input size {size} is not square; chexfusion resizes to a square")
+    mean, std = list(cfg.get("mean", ())), list(cfg.get("std", ()))
+    if not mean or not std:
+        raise UserError(f"open_clip:{folder}: no image mean / std in its preprocess_cfg")
+    return {"image_size": size if isinstance(size, int) else int(size[0]), "channels": len(mean), "mean": mean,
+            "std": std, "resize": "squash"}
+
+
+def describe_open_clip_folder(folder: Path) -> dict:
+    """Weights hash, preprocessing and map shape (from the architecture, no weights read)."""
+    model = create_open_clip(folder, pretrained=False)
+    pre = open_clip_preprocess(model, folder)
+    return {"weights_sha256": weights_sha256(folder), "preprocess": pre,
+            "feature_shape": list(OpenClipEncoder(model, str(folder)).feature_shape(pre["image_size"]))}
+
+
+def build_open_clip_encoder(folder: Path, name: str, pretrained: bool = True) -> "OpenClipEncoder":
+    return OpenClipEncoder(create_open_clip(folder, pretrained), name, str(folder) if pretrained else None)
+
+
+class OpenClipEncoder(nn.Module):
+    """``[B, 3, H, W]`` images -> the image tower's last-block map ``[B, C, h, w]``."""
+
+    def __init__(self, model: nn.Module, name: str, weights_source: str | None = None):
+        super().__init__()
+        self.name, self.visual = name, model.visual  # the text tower is not kept
+        if not hasattr(self.visual, "forward_intermediates"):
+            raise UserError(f"{name}: its image tower ({type(self.visual).__name__}) gives no spatial map")
+        self.weights_source = weights_source
+        self.frozen_unused: list[str] = []
+        size = getattr(self.visual, "image_size", 224)
+        self.num_features = self.feature_shape(size if isinstance(size, int) else tuple(size))[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.visual.forward_intermediates(x, indices=1, intermediates_only=True, normalize_intermediates=True)
+        return out["image_intermediates"][-1]
+
+    def feature_shape(self, image_size: int | tuple[int, int]) -> tuple[int, int, int]:
+        """``(C, h, w)`` from one forward pass of a blank image in eval mode (the tower's mode is kept)."""
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        was_training = self.training
+        try:
+            with torch.no_grad():
+                return tuple(int(d) for d in self.eval()(torch.zeros(1, 3, *size)).shape[1:])
+        finally:
+            self.train(was_training)

@@ -1,0 +1,1 @@
+"""Pretrained vision-language models: training-free zero-shot scoring (``chexfusion zero-shot``)."""

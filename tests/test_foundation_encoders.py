@@ -1,0 +1,270 @@
+"""Pretrained encoders named by a spec (hf:FOLDER): the map they give, the store they make, stage 2 on top.
+
+Every model is a tiny one built from a transformers config and saved as a local folder, as a user's
+download of RAD-DINO (DINOv2) or MedSigLIP (SigLIP) would be laid out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pipeline
+import pytest
+import torch
+
+from chexfusion.errors import UserError
+from chexfusion.models.encoders import build_encoder, describe_encoder, parse_encoder_spec
+
+PATCH, SIZE, WIDTH = 8, 32, 16
+
+
+def tiny_vit_kwargs() -> dict:
+    return dict(hidden_size=WIDTH, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                patch_size=PATCH, image_size=SIZE)
+
+
+def save_dinov2(folder: Path, seed: int = 0) -> Path:
+    """A RAD-DINO-shaped folder: Dinov2Model + a BitImageProcessor that resizes and centre-crops."""
+    import transformers
+
+    torch.manual_seed(seed)
+    transformers.Dinov2Model(transformers.Dinov2Config(**tiny_vit_kwargs())).save_pretrained(folder)
+    transformers.BitImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE},
+                                   image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3]).save_pretrained(folder)
+    return folder
+
+
+def save_siglip(folder: Path) -> Path:
+    """A MedSigLIP-shaped folder: SiglipVisionModel (no class token) + its image processor."""
+    import transformers
+
+    torch.manual_seed(1)
+    transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**tiny_vit_kwargs())).save_pretrained(folder)
+    transformers.SiglipImageProcessor(size={"height": SIZE, "width": SIZE}).save_pretrained(folder)
+    return folder
+
+
+def save_open_clip(folder: Path, seed: int = 2) -> Path:
+    """open_clip's local-dir layout (a BiomedCLIP / CheXzero download): open_clip_config.json + safetensors."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    cfg = {"embed_dim": 8, "vision_cfg": {"image_size": SIZE, "layers": 1, "width": WIDTH, "head_width": 8,
+                                          "patch_size": PATCH},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    folder.mkdir(parents=True)
+    (folder / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": cfg, "preprocess_cfg": {"mean": [0.48, 0.46, 0.41], "std": [0.27, 0.26, 0.28]}}))
+    torch.manual_seed(seed)
+    save_file(open_clip.CLIP(**cfg).state_dict(), folder / "open_clip_model.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def biomedclip(tmp_path_factory) -> Path:
+    return save_open_clip(tmp_path_factory.mktemp("enc") / "tiny-biomedclip")
+
+
+@pytest.fixture(scope="module")
+def dino(tmp_path_factory) -> Path:
+    return save_dinov2(tmp_path_factory.mktemp("enc") / "tiny-rad-dino")
+
+
+@pytest.fixture(scope="module")
+def siglip(tmp_path_factory) -> Path:
+    return save_siglip(tmp_path_factory.mktemp("enc") / "tiny-medsiglip")
+
+
+# ---- the spec ---------------------------------------------------------------------------------------------
+
+
+def test_one_spec_names_every_family_and_refuses_unknown_prefixes():
+    assert (parse_encoder_spec("convnext_atto").family, parse_encoder_spec("convnext_atto").target) == \
+        ("timm", "convnext_atto")
+    assert parse_encoder_spec("timm:resnet18.a1_in1k").target == "resnet18.a1_in1k"
+    assert str(parse_encoder_spec("hf:microsoft/rad-dino")) == "hf:microsoft/rad-dino"
+    with pytest.raises(UserError, match="unknown prefix 'hf-hub:'"):
+        parse_encoder_spec("hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224")
+    with pytest.raises(UserError, match="names no model after 'hf:'"):
+        parse_encoder_spec("hf:")
+    assert parse_encoder_spec("open_clip:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224").family == \
+        "open_clip"
+    with pytest.raises(UserError, match="unpickling"):
+        parse_encoder_spec("xrv:densenet121-res224-all")
+
+
+# ---- the map and the preprocessing -------------------------------------------------------------------------
+
+
+def test_dinov2_map_is_its_patch_tokens_on_the_grid_without_the_class_token(dino):
+    import transformers
+
+    encoder = build_encoder(f"hf:{dino}", pretrained=True).eval()
+    reference = transformers.Dinov2Model.from_pretrained(dino).eval()
+    x = torch.randn(2, 3, 48, SIZE)  # not square: rows and columns must not be swapped
+    with torch.no_grad():
+        got = encoder(x)
+        tokens = reference(pixel_values=x).last_hidden_state
+    assert got.shape == (2, WIDTH, 48 // PATCH, SIZE // PATCH)
+    assert encoder.feature_shape((48, SIZE)) == tuple(got.shape[1:])
+    # token 1 + (row * w + column) is the patch at (row, column); token 0 is the class token
+    torch.testing.assert_close(got[:, :, 2, 3], tokens[:, 1 + 2 * (SIZE // PATCH) + 3])
+    torch.testing.assert_close(got.flatten(2).transpose(1, 2), tokens[:, 1:])
+
+
+def test_siglip_map_uses_every_token_and_other_sizes_interpolate(siglip):
+    encoder = build_encoder(f"hf:{siglip}", pretrained=True).eval()
+    with torch.no_grad():
+        native = encoder(torch.randn(1, 3, SIZE, SIZE))
+        larger = encoder(torch.randn(1, 3, 2 * SIZE, 2 * SIZE))
+    assert native.shape == (1, WIDTH, SIZE // PATCH, SIZE // PATCH)
+    assert larger.shape == (1, WIDTH, 2 * SIZE // PATCH, 2 * SIZE // PATCH)
+
+
+def test_open_clip_map_is_the_image_towers_patch_grid_and_its_preprocess_cfg(biomedclip):
+    import open_clip
+
+    encoder = build_encoder(f"open_clip:{biomedclip}", pretrained=True).eval()
+    reference = open_clip.create_model(f"local-dir:{biomedclip}").eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    seen = []
+    reference.visual.transformer.resblocks[-1].register_forward_hook(lambda module, args, out: seen.append(out))
+    with torch.no_grad():
+        got = encoder(x)
+        reference.encode_image(x)
+        tokens = reference.visual.ln_post(seen[0])  # [B, 1 + h*w, C]: the class token first
+    assert got.shape == (2, WIDTH, SIZE // PATCH, SIZE // PATCH)
+    torch.testing.assert_close(got.flatten(2).transpose(1, 2), tokens[:, 1:])
+    found = describe_encoder(f"open_clip:{biomedclip}")
+    assert found["preprocess"] == {"image_size": SIZE, "channels": 3, "mean": [0.48, 0.46, 0.41],
+                                   "std": [0.27, 0.26, 0.28], "resize": "squash"}
+    assert found["feature_shape"] == [WIDTH, SIZE // PATCH, SIZE // PATCH]
+
+
+def test_preprocessing_and_shape_come_from_the_folder_and_the_hash_from_the_weights(dino, siglip, tmp_path):
+    found = describe_encoder(f"hf:{dino}")
+    assert found["preprocess"] == {"image_size": SIZE, "channels": 3, "mean": [0.5, 0.4, 0.3],
+                                   "std": [0.2, 0.25, 0.3], "resize": "squash"}
+    assert found["feature_shape"] == [WIDTH, SIZE // PATCH, SIZE // PATCH]
+    assert describe_encoder(f"hf:{siglip}")["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+    other = save_dinov2(tmp_path / "retrained", seed=5)
+    assert describe_encoder(f"hf:{other}")["weights_sha256"] != found["weights_sha256"]
+    assert describe_encoder(f"hf:{dino}")["weights_sha256"] == found["weights_sha256"]
+
+
+# ---- offline and bad folders -------------------------------------------------------------------------------
+
+
+def test_a_model_missing_offline_is_one_line_saying_how_to_get_it(tmp_path, monkeypatch, run_cli):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(UserError) as caught:
+        describe_encoder("hf:someone/absent-rad-dino")
+    message = str(caught.value)
+    assert "not in the Hugging Face cache" in message and "hf download someone/absent-rad-dino" in message
+    assert "\n" not in message
+
+
+def test_a_folder_holding_a_pickle_or_a_bad_spec_exits_2_with_one_line(tmp_path, dino, tiny_data, run_cli):
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((dino / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"not unpickled")
+    (pickled / "open_clip_config.json").write_text("{}")
+    for backbone, expected in ((f"hf:{pickled}", "only pickled weights (pytorch_model.bin)"),
+                               (f"open_clip:{pickled}", "only pickled weights (pytorch_model.bin)"),
+                               ("hf-hub:microsoft/rad-dino", "unknown prefix 'hf-hub:'"),
+                               (f"hf:{tmp_path}/absent/folder", "folder does not exist")):
+        code, _, err = run_cli("features", "--config", "stage2/config.yaml",
+                               *pipeline.stage2_overrides(tiny_data, tmp_path, tmp_path / "store", backbone))
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+# ---- feature store -> stage 2 -> predict -> evaluate, no stage-1 training ------------------------------------
+
+
+@pytest.fixture(scope="module", params=["hf", "open_clip"])
+def encoder_stage2(request, tiny_data, dino, biomedclip, tmp_path_factory, repo_root):
+    runs = tmp_path_factory.mktemp("encoder-stage2")
+    backbone = f"hf:{dino}" if request.param == "hf" else f"open_clip:{biomedclip}"
+    with pipeline_cwd(repo_root):
+        store = pipeline.build_features(tiny_data, runs, runs / "store", backbone)
+        run = pipeline.train_stage2(tiny_data, runs, store, backbone, **{"train.epochs": 1})
+    return store, run, backbone
+
+
+def pipeline_cwd(path):
+    from conftest import _chdir
+
+    return _chdir(path)
+
+
+def test_frozen_encoder_store_records_the_spec_and_its_weights(encoder_stage2):
+    store, _, backbone = encoder_stage2
+    manifest = json.loads((store / "manifest.json").read_text())
+    entry = manifest["backbones"]["shared"]
+    assert entry["encoder"] == backbone and entry["run"] is None
+    assert entry["weights_sha256"] == describe_encoder(backbone)["weights_sha256"]
+    assert manifest["preprocess"]["image_size"] == SIZE and manifest["shape"] == [WIDTH, 4, 4]
+
+
+def test_stage2_on_a_frozen_encoder_predicts_from_raw_images_and_evaluates(encoder_stage2, tiny_data, tmp_path,
+                                                                           run_cli):
+    _, run, backbone = encoder_stage2
+    info = json.loads((run / "run.json").read_text())
+    assert info["backbones"]["shared"]["encoder"] == backbone
+    assert list((run / "backbones" / "shared").glob("*.safetensors"))  # the run carries its encoder
+    pred = tmp_path / "pred.csv"
+    code, _, err = run_cli("predict", "--model", run, "--csv", tiny_data / "test.csv", "--image-root", tiny_data,
+                           "--out", pred, "--device", "cpu")
+    assert code == 0, err
+    frame = pd.read_csv(pred)
+    assert len(frame) == len(pd.read_csv(tiny_data / "test.csv")) and list(frame.columns[2:]) == info["classes"]
+    code, out, err = run_cli("evaluate", "--pred", pred, "--labels", tiny_data / "test.csv", "--out", tmp_path / "ev")
+    assert code == 0, err
+    assert np.isfinite(json.loads((tmp_path / "ev" / "metrics.json").read_text())["mAP"])
+
+
+def test_a_store_made_by_one_encoder_is_refused_for_another(encoder_stage2, tiny_data, siglip, tmp_path, run_cli):
+    store, _, _ = encoder_stage2
+    code, _, err = run_cli("stage2", "--config", "stage2/config.yaml",
+                           *pipeline.stage2_overrides(tiny_data, tmp_path, store, f"hf:{siglip}"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"encoder hf:{siglip}" in err
+
+
+def test_an_hf_encoder_fine_tuned_as_the_stage1_backbone_runs_from_its_run_folder(tiny_data, dino, tmp_path,
+                                                                                  repo_root, run_cli):
+    found = describe_encoder(f"hf:{dino}")["preprocess"]
+    code, _, err = run_cli("stage1", "--config", repo_root / "stage1/config.yaml", *pipeline.stage1_overrides(
+        tiny_data, tmp_path, "imagenet-normalised", **{"model.backbone": f"hf:{dino}"}))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"set data.mean={found['mean']} data.std={found['std']}" in err
+    with pipeline_cwd(repo_root):
+        run = pipeline.train_stage1(tiny_data, tmp_path, **{"model.backbone": f"hf:{dino}", "model.pretrained": True,
+                                                            "data.image_size": found["image_size"],
+                                                            "data.mean": json.dumps(found["mean"]),
+                                                            "data.std": json.dumps(found["std"])})
+    info = json.loads((run / "run.json").read_text())
+    assert info["backbone"] == f"hf:{dino}" and info["feature_shape"] == [WIDTH, 4, 4]
+    code, _, err = run_cli("predict", "--model", run, "--csv", tiny_data / "test.csv", "--image-root", tiny_data,
+                           "--out", tmp_path / "pred.csv", "--device", "cpu")
+    assert code == 0, err
+
+
+def test_an_open_clip_tower_under_the_stage1_head_rebuilds_from_its_architecture_and_saved_weights(biomedclip):
+    """What load_stage1_run does for such a run: the architecture from the folder, the weights from the run."""
+    from chexfusion.models.backbone import create_backbone
+    from chexfusion.models.image_classifier import ImageClassifier
+
+    head = dict(dim=16, num_layers=1, num_heads=2, ff_dim=32, dropout=0.0)
+    trained = ImageClassifier(create_backbone(f"open_clip:{biomedclip}", pretrained=True), 3, head).eval()
+    rebuilt = ImageClassifier(create_backbone(f"open_clip:{biomedclip}", pretrained=False), 3, head).eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    assert not torch.allclose(rebuilt.forward_features(x), trained.forward_features(x))
+    rebuilt.load_state_dict(trained.state_dict())
+    torch.testing.assert_close(rebuilt(x), trained(x))
+    assert trained.backbone.feature_shape(SIZE) == (WIDTH, SIZE // PATCH, SIZE // PATCH)
