@@ -65,8 +65,8 @@ class StudyEngine:
         chosen = chosen or self.class_sets.own
         tensors, views = [im.tensor for im in images], [im.view for im in images]
         with self._model_lock:
-            result = self.predictor.predict_study(tensors, views, classes=chosen.named,
-                                                  attention=method == "attention")
+            # always with attention: one forward path, so a study scores the same whichever map is asked for
+            result = self.predictor.predict_study(tensors, views, classes=chosen.named, attention=True)
             if method == "attention":
                 maps, mapped = class_heatmaps(torch.from_numpy(result.attention), chosen.query_index), None
             else:  # gradients: outside inference mode, still under the lock and with the chosen classes
