@@ -51,7 +51,7 @@ class Model:
         """``{class: probability}`` for one study: ``images`` are paths (JPEG, PNG, DICOM), PIL images, grayscale
         numpy arrays or model-input tensors; ``views`` one of frontal / lateral / unknown each, or None (read from
         DICOM headers, else unknown); ``classes`` other names to score (runs trained with text queries)."""
-        return self.explain_study(images, views, classes, tta=tta).as_dict()
+        return self.explain_study(images, views, classes, tta=tta, attention=False).as_dict()
 
     def explain_study(self, images, views=None, classes=None, tta: bool = False,
                       attention: bool = True) -> StudyPrediction:
