@@ -17,6 +17,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="skip missing or unreadable images (counted and reported; their rows are absent)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    from .submission import SUBMISSIONS
+
+    parser.add_argument("--submission", choices=sorted(SUBMISSIONS), default=None,
+                        help="write the CXR-LT 2026 server's CSV instead: ImageID, then the task's classes in the "
+                             "official order (task 2's unseen classes need a text-query run)")
     names = parser.add_mutually_exclusive_group()
     names.add_argument("--classes", metavar="A,B", help="score these class names instead of the run's own "
                        "(comma-separated; names it never saw are scored zero-shot: runs with model.queries=text)")
@@ -40,6 +45,18 @@ def requested_classes(args) -> list[str] | None:
     return None
 
 
+def submission_task(args) -> str | None:
+    """The CXR-LT 2026 task of ``--submission`` (None without it); a submission covers every image."""
+    from .errors import UserError
+    from .submission import SUBMISSIONS
+
+    if args.submission is None:
+        return None
+    if args.skip_bad_images:
+        raise UserError("--submission needs a row for every image: drop --skip-bad-images and fix the images")
+    return SUBMISSIONS[args.submission]
+
+
 def run(args) -> int:
     import numpy as np
 
@@ -47,11 +64,15 @@ def run(args) -> int:
     from .errors import UserError
     from .inference import load_predictor, use_classes
     from .predictions import write_predictions
+    from .submission import submission_classes, write_submission
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     names = requested_classes(args)
     predictor = load_predictor(args.model, args.device)
+    task = submission_task(args)
+    if task and names is None and not set(submission_classes(task)) <= set(predictor.classes):
+        names = submission_classes(task)  # scored by name: a text-query run (else a one-line error)
     if names is not None:
         use_classes(predictor, names)
     if args.aggregate and predictor.kind == "stage2":
@@ -62,8 +83,11 @@ def run(args) -> int:
     frame = table.frame
     order = np.argsort(result.rows, kind="stable")  # rows come back in study order; write them in input order
     rows, probs = result.rows[order], result.probs[order]
-    write_predictions(args.out, frame["dicom_id"].to_numpy()[rows], frame["study_id"].to_numpy()[rows],
-                      predictor.classes, probs)
+    if task:
+        write_submission(args.out, frame["dicom_id"].to_numpy()[rows], predictor.classes, probs, task)
+    else:
+        write_predictions(args.out, frame["dicom_id"].to_numpy()[rows], frame["study_id"].to_numpy()[rows],
+                          predictor.classes, probs)
     print(f"wrote {len(result.rows)} predictions ({len(predictor.classes)} classes) to {args.out}")
     if result.skipped:
         first = frame["fpath"].iloc[result.skipped[0]]

@@ -205,3 +205,22 @@ def join_challenge_csv(labels_csv: str | os.PathLike, metadata_csv: str | os.Pat
         table.raw_labels = None
     counts = projection.where(matched, "(not in the metadata)").replace("", "(blank)").value_counts()
     return Conversion(table, int((~keep).sum()), unmatched, {str(k): int(n) for k, n in counts.items()})
+
+
+def read_challenge_labels(path: str | os.PathLike, classes: list[str]) -> CxrLtTable:
+    """A labelled challenge-layout CSV alone (``ImageID`` + classes), for scoring: each image its own row.
+
+    Scoring needs no study or image file, so no metadata is joined: ``study_id`` and ``fpath`` are the ImageID.
+    """
+    path = Path(path)
+    frame, lines = _read_csv(path, ("ImageID",))
+    _refuse_duplicates(path, frame["ImageID"], lines, "ImageID")
+    given = _label_columns(path, frame, lines)
+    missing = [c for c in classes if c not in given]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"{path}: no label column for class '{missing[0]}'{more}")
+    raw = frame[classes].replace("", "nan").astype(np.float32).to_numpy()
+    ids = frame["ImageID"]
+    columns = {"dicom_id": ids, "study_id": ids, "fpath": ids}
+    return _table(path, columns, [UNKNOWN] * len(ids), list(classes), raw, lines)
