@@ -26,6 +26,7 @@ class DataConfig:
     image_size: int = 128
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    intensity: str = "full_range"  # 16-bit images (PadChest): full_range | minmax | percentile, recorded in the run
     skip_bad_images: bool = False
 
 

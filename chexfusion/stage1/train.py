@@ -114,7 +114,8 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
     # ---- data ------------------------------------------------------------------------------------------------
     policy = LabelPolicy(uncertain=cfg.data.uncertain_label, blank=cfg.data.blank_label)
     train_table, val_table, classes = load_tables(cfg)
-    pre = Preprocess(image_size=cfg.data.image_size, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+    pre = Preprocess(image_size=cfg.data.image_size, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
+                     intensity=cfg.data.intensity)
     train_rows, val_rows = select_rows(train_table, cfg.data.views), select_rows(val_table, cfg.data.views)
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise UserError(f"no {cfg.data.views} images in {cfg.data.train_csv} or {cfg.data.val_csv}")
