@@ -16,6 +16,9 @@ def add_arguments(parser) -> None:
                         help="stage-1 runs: give each image its study's max / mean probability")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="skip missing or unreadable images (counted and reported; their rows are absent)")
+    parser.add_argument("--normal-gating", type=float, default=0.0, metavar="ALPHA",
+                        help="scale every class but Normal by (1 - p_Normal)^ALPHA (the CXR-LT 2026 winner's normal "
+                             "gating; default 0: off)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     from .submission import SUBMISSIONS
 
@@ -83,6 +86,10 @@ def run(args) -> int:
     frame = table.frame
     order = np.argsort(result.rows, kind="stable")  # rows come back in study order; write them in input order
     rows, probs = result.rows[order], result.probs[order]
+    if args.normal_gating:
+        from .normal_gating import normal_gate
+
+        probs = normal_gate(probs, list(predictor.classes), args.normal_gating)
     if task:
         write_submission(args.out, frame["dicom_id"].to_numpy()[rows], predictor.classes, probs, task)
     else:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..data.augment import AugmentConfig
+from ..data.intensity import INTENSITY_MODES
 from ..errors import UserError
+from ..sampling import SamplingConfig
 from ..text.queries import TextQueryConfig, check_query_kind, check_text_config
 from ..training import OptimConfig
 
@@ -43,6 +45,9 @@ class ModelConfig:
     decoder_dropout: float = 0.1
     decoder_groups: int | None = None  # None: one query per class up to 100
     queries: str = "learned"  # learned | text: class-name embeddings (docs/zero_shot.md)
+    head: str = "ml_decoder"  # ml_decoder | csra (class-specific residual attention, models/csra.py)
+    csra_lambda: float = 0.1  # CSRA: weight of the attention-pooled score (the CXR-LT 2026 winner's 0.1)
+    csra_temperature: float = 1.0  # CSRA: softmax temperature over the map's locations
     text: TextQueryConfig = field(default_factory=TextQueryConfig)  # used when queries is text
 
 
@@ -128,6 +133,7 @@ class Stage1Config:
     train: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     tta_hflip: bool = True  # average with the horizontally flipped image at evaluation (and pseudo-labelling)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # uniform | repeat_factor (sampling.py)
     noisy_student: NoisyStudentConfig = field(default_factory=NoisyStudentConfig)
 
     def validate(self) -> None:
@@ -136,8 +142,16 @@ class Stage1Config:
         for key in ("uncertain_label", "blank_label"):
             if getattr(self.data, key) not in ("zero", "one", "ignore"):
                 raise UserError(f"config key 'data.{key}' must be zero, one or ignore")
+        if self.data.intensity not in INTENSITY_MODES:
+            raise UserError(f"config key 'data.intensity' must be one of {', '.join(INTENSITY_MODES)}, "
+                            f"got '{self.data.intensity}'")
         check_query_kind(self.model.queries)
         check_text_config(self.model.text)
+        if self.model.head not in ("ml_decoder", "csra"):
+            raise UserError(f"config key 'model.head' must be ml_decoder or csra, got '{self.model.head}'")
+        if self.model.head == "csra" and self.model.queries != "learned":
+            raise UserError("config key 'model.head: csra' has learned class vectors only: set model.queries: learned")
+        self.sampling.validate()
         if self.train.epochs < 1 or self.train.batch_size < 1:
             raise UserError("config keys 'train.epochs' and 'train.batch_size' must be at least 1")
         self.noisy_student.validate()
