@@ -18,7 +18,7 @@ STAGE2_CONFIG ?= stage2/config.yaml
 STAGE1_RUN    ?= stage1/runs/demo
 STAGE2_RUN    ?= stage2/runs/demo
 
-.PHONY: install data stage1 features stage2 evaluate ablate compare text-queries zero-shot localize test test-browser bench clean-runs help
+.PHONY: install data stage1 features stage2 evaluate ablate compare text-queries zero-shot cxr-lt-2026 localize test test-browser bench clean-runs help
 
 help:
 	@sed -n '2,4p' Makefile
@@ -109,6 +109,46 @@ zero-shot: $(DATA_STAMP) $(ZERO_SHOT_STAMP)
 		--classes "$(ZERO_SHOT_CLASSES)" --out $(ZERO_SHOT_OUT)/predictions.csv
 	$(CX) evaluate --pred $(ZERO_SHOT_OUT)/predictions.csv --labels $(ZERO_SHOT_DATA)/all.csv \
 		--train-labels $(DATA_DIR)/train.csv --classes "$(ZERO_SHOT_CLASSES)" --out $(ZERO_SHOT_OUT)
+
+# CXR-LT 2026 on its synthetic twin (docs/cxr_lt_2026.md): the challenge layout -> convert -> stage 1 -> features
+# -> stage 2 (text queries) -> a submission per task on the test CSV -> evaluate against the held labels; and the
+# stage-1 single-image submission of Task 1 beside it (how every 2026 team worked).
+CXR26_DIR     ?= data/cxr-lt-2026
+CXR26_STUDIES ?= 1200
+CXR26_CONV    := $(CXR26_DIR)/converted
+CXR26_STAMP   := $(CXR26_DIR)/.complete
+CXR26_RUN     := cxr-lt-2026-demo
+CXR26_OUT     := stage2/runs/$(CXR26_RUN)/challenge
+CXR26_CONVERT  = $(CX) convert --format cxr-lt-2026 --image-root $(CXR26_DIR)/images \
+	--padchest-metadata $(CXR26_DIR)/PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv
+CXR26_PREDICT  = $(CX) predict --csv $(CXR26_CONV)/test.csv --image-root $(CXR26_DIR)/images
+CXR26_EVALUATE = $(CX) evaluate --train-labels $(CXR26_CONV)/train.csv
+
+$(CXR26_STAMP): $(STAMP)
+	$(CX) synth --out $(CXR26_DIR) --studies $(CXR26_STUDIES) --label-set cxr-lt-2026 --seed $(DATA_SEED)
+	$(CXR26_CONVERT) --labels $(CXR26_DIR)/CXRLT_2026_training.csv --removal $(CXR26_DIR)/Removal.csv \
+		--out $(CXR26_CONV)/train.csv
+	$(CXR26_CONVERT) --labels $(CXR26_DIR)/CXRLT_2026_validation.csv --out $(CXR26_CONV)/validation.csv
+	$(CXR26_CONVERT) --labels $(CXR26_DIR)/CXRLT_2026_TEST_ALL_TASK1.csv --out $(CXR26_CONV)/test.csv
+	$(CXR26_CONVERT) --labels $(CXR26_DIR)/held_labels/task1.csv --out $(CXR26_CONV)/test_task1_labels.csv
+	touch $(CXR26_STAMP)
+
+cxr-lt-2026: $(CXR26_STAMP)
+	$(CX) stage1 --config stage1/$(CXR26_RUN).yaml
+	$(CX) features --config stage2/$(CXR26_RUN).yaml
+	$(CX) stage2 --config stage2/$(CXR26_RUN).yaml
+	$(CXR26_PREDICT) --model stage1/runs/$(CXR26_RUN) --submission cxr-lt-2026-task1 --out $(CXR26_OUT)/stage1-task1.csv
+	$(CXR26_PREDICT) --model stage2/runs/$(CXR26_RUN) --submission cxr-lt-2026-task1 --out $(CXR26_OUT)/stage2-task1.csv
+	$(CXR26_PREDICT) --model stage2/runs/$(CXR26_RUN) --submission cxr-lt-2026-task2 --out $(CXR26_OUT)/stage2-task2.csv
+	@echo "== Task 1, stage 1 (single images) =="
+	$(CXR26_EVALUATE) --task cxr-lt-2026-1 --pred $(CXR26_OUT)/stage1-task1.csv --labels $(CXR26_DIR)/held_labels/task1.csv \
+		--out $(CXR26_OUT)/stage1-task1
+	@echo "== Task 1, stage 2 (a study's views fused) =="
+	$(CXR26_EVALUATE) --task cxr-lt-2026-1 --pred $(CXR26_OUT)/stage2-task1.csv --labels $(CXR26_DIR)/held_labels/task1.csv \
+		--out $(CXR26_OUT)/stage2-task1
+	@echo "== Task 2 (six unseen findings scored by name), stage 2 =="
+	$(CXR26_EVALUATE) --task cxr-lt-2026-2 --pred $(CXR26_OUT)/stage2-task2.csv --labels $(CXR26_DIR)/held_labels/task2.csv \
+		--out $(CXR26_OUT)/stage2-task2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

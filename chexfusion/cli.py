@@ -19,6 +19,7 @@ from .errors import EXIT_USER_ERROR, UserError
 COMMANDS = {
     "synth": ("chexfusion.data.synth.command", "write the synthetic demo dataset in the CXR-LT format"),
     "inspect": ("chexfusion.inspect", "check a dataset CSV and its images before a long run"),
+    "convert": ("chexfusion.convert", "another dataset's layout (CXR-LT 2026 / PadChest) into the CXR-LT CSV"),
     "stage1": ("chexfusion.stage1.command", "train the image-level backbone + ML-Decoder"),
     "features": ("chexfusion.feature_store.command",
                  "write the Parquet feature store from frozen stage-1 backbone(s) or pretrained encoders"),

@@ -30,6 +30,8 @@ from .errors import UserError
 from .io import atomic_write_json
 from .metrics import bootstrap_intervals, compute_metrics, json_safe
 from .predictions import read_predictions
+from .submission import EVALUATION_TASKS as TASKS
+from .submission import load_task_evaluation
 
 UNCERTAIN_POLICIES = ("zero", "one", "ignore")
 SHOW_IDS = 3  # ids quoted in a join error
@@ -52,6 +54,9 @@ def _probability(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred", required=True, help="predictions CSV: dicom_id, study_id, one column per class")
     parser.add_argument("--labels", required=True, help="CXR-LT CSV with the true labels of the same images")
+    parser.add_argument("--task", choices=sorted(TASKS), default=None,
+                        help="score a CXR-LT 2026 submission (ImageID + the task's classes in the official order) "
+                             "against --labels (challenge layout or CXR-LT CSV); the file is checked as the server would")
     parser.add_argument("--train-labels", help="training CSV; its prevalence defines head/medium/tail "
                         "(default: the prevalence in --labels)")
     parser.add_argument("--out", help="folder for metrics.json, per_class.csv, plots and report.md "
@@ -217,7 +222,12 @@ def run(args) -> int:
     policy = LabelPolicy(uncertain=args.label_policy_uncertain)
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    evaluation = load_evaluation(args.pred, args.labels, _split_names(args.classes, "--classes"), policy)
+    if args.task:
+        if args.classes:
+            raise UserError("--classes does not go with --task: a task scores its own classes")
+        evaluation = load_task_evaluation(args.pred, args.labels, TASKS[args.task], policy)
+    else:
+        evaluation = load_evaluation(args.pred, args.labels, _split_names(args.classes, "--classes"), policy)
     notes = []
     if evaluation.not_evaluated:
         notes.append(f"Not evaluated (no label column in {args.labels}): {', '.join(evaluation.not_evaluated)}.")

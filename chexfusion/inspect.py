@@ -24,6 +24,7 @@ from typing import Callable
 from .data.classes import prevalence_group
 from .data.cxr_lt import CxrLtTable, read_cxr_lt
 from .data.external import read_chexpert, read_nih, read_vindr
+from .data.padchest import join_challenge_csv, read_padchest
 from .data.images import ImageError, read_image
 from .data.studies import study_sizes
 from .data.views import VIEWS
@@ -32,7 +33,9 @@ from .progress import tqdm
 
 # External sets report the project classes their labels map onto (chexfusion/resources/external_label_map.csv).
 FORMATS: dict[str, Callable[[Path], CxrLtTable]] = {
-    "cxr-lt": read_cxr_lt, "nih": read_nih, "chexpert": read_chexpert, "vindr": read_vindr}
+    "cxr-lt": read_cxr_lt, "nih": read_nih, "chexpert": read_chexpert, "vindr": read_vindr,
+    "padchest": read_padchest}
+JOINED_FORMATS = ("cxr-lt-2026",)  # CSVs read together with a second file (see _read)
 EXAMPLES = 10  # missing / unreadable files listed by name in the report
 DECODE_SIZE = 64  # small: decoding is only a readability check (JPEGs then decode at 1/8 scale)
 
@@ -42,9 +45,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--image-root", required=True, type=Path, help="folder the CSV's fpath values are relative to")
     parser.add_argument("--decode", action="store_true", help="also decode every image (slower, finds corrupt files)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
-    parser.add_argument("--format", choices=sorted(FORMATS), default="cxr-lt",
+    parser.add_argument("--format", choices=sorted([*FORMATS, *JOINED_FORMATS]), default="cxr-lt",
                         help="CSV layout: cxr-lt (default), or an external set: nih (Data_Entry_2017.csv), chexpert "
-                             "(train.csv / valid.csv), vindr (annotations; --image-root is the folder of its images)")
+                             "(train.csv / valid.csv), vindr (annotations; --image-root is the folder of its images), "
+                             "padchest (PadChest's metadata CSV, Labels mapped onto the CXR-LT 2026 classes), "
+                             "cxr-lt-2026 (a challenge CSV; needs --padchest-metadata)")
+    parser.add_argument("--padchest-metadata", type=Path, default=None,
+                        help="with --format cxr-lt-2026: PadChest's metadata CSV (studies, views, image folders)")
+    parser.add_argument("--removal", type=Path, default=None,
+                        help="with --format cxr-lt-2026: Removal.csv (its images are left out and counted)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="threads decoding images with --decode")
 
@@ -169,10 +178,23 @@ def _problem_line(report: dict) -> str | None:
     return f"{report['csv']}: " + "; ".join(parts) if parts else None
 
 
+def _read(args) -> CxrLtTable:
+    if args.format != "cxr-lt-2026":
+        if args.padchest_metadata is not None or args.removal is not None:
+            raise UserError("--padchest-metadata and --removal go with --format cxr-lt-2026")
+        return FORMATS[args.format](args.csv)
+    if args.padchest_metadata is None:
+        raise UserError("--format cxr-lt-2026 needs --padchest-metadata (the challenge CSV has no study or view)")
+    conversion = join_challenge_csv(args.csv, args.padchest_metadata, args.removal)
+    if conversion.removed:
+        print(f"{conversion.removed} images listed in {args.removal} left out", file=sys.stderr)
+    return conversion.table
+
+
 def run(args) -> int:
     if not args.image_root.is_dir():
         raise UserError(f"image root is not a folder: {args.image_root}")
-    table = FORMATS[args.format](args.csv)
+    table = _read(args)
     report = build_report(table, args.image_root, args.decode, args.workers, args.format)
     print(json.dumps(report) if args.json else format_text(report))
     problem = _problem_line(report)

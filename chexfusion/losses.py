@@ -287,7 +287,18 @@ _LOSS_PARAMS = {
             "detach_focusing", "weights"},
     "reweighted": {"a", "g", "m", "eps", "detach_focusing"},
 }
-LOSS_NAMES = tuple(_LOSS_PARAMS)
+LOSS_NAMES = tuple(_LOSS_PARAMS) + ("distribution_balanced", "logit_adjusted")  # the last two: long_tail_losses.py
+
+
+def _build_long_tail(name: str, entry: tuple, params: dict, prevalence) -> nn.Module:
+    loss_class, allowed = entry
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise UserError(f"loss '{name}' has no parameter '{unknown[0]}' (allowed: {', '.join(sorted(allowed))})")
+    bad = [k for k, v in params.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+    if bad:
+        raise UserError(f"loss '{name}' parameter '{bad[0]}' must be a number, got {params[bad[0]]!r}")
+    return loss_class(_need_prevalence(name, prevalence), **params)
 
 
 def _need_prevalence(name: str, prevalence) -> np.ndarray:
@@ -312,6 +323,10 @@ def build_loss(name: str, params: dict | None = None, prevalence: np.ndarray | N
     focal, asl, weighted_asl (CheXFusion weights unless ``weights`` says otherwise),
     ral (unweighted unless ``weights`` is given), reweighted (ratio weights).
     """
+    from .long_tail_losses import LOSSES as LONG_TAIL_LOSSES  # built on this module's base class
+
+    if name in LONG_TAIL_LOSSES:
+        return _build_long_tail(name, LONG_TAIL_LOSSES[name], dict(params or {}), prevalence)
     if name not in _LOSS_PARAMS:
         raise UserError(f"unknown loss '{name}' (known: {', '.join(LOSS_NAMES)})")
     params = dict(params or {})

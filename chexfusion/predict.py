@@ -18,7 +18,15 @@ def add_arguments(parser) -> None:
                         help="skip missing or unreadable images (counted and reported; their rows are absent)")
     parser.add_argument("--uncalibrated", action="store_true",
                         help="raw probabilities, without the run's temperature scaling (chexfusion calibrate)")
+    parser.add_argument("--normal-gating", type=float, default=0.0, metavar="ALPHA",
+                        help="scale every class but Normal by (1 - p_Normal)^ALPHA (the CXR-LT 2026 winner's normal "
+                             "gating; default 0: off)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    from .submission import SUBMISSIONS
+
+    parser.add_argument("--submission", choices=sorted(SUBMISSIONS), default=None,
+                        help="write the CXR-LT 2026 server's CSV instead: ImageID, then the task's classes in the "
+                             "official order (task 2's unseen classes need a text-query run)")
     names = parser.add_mutually_exclusive_group()
     names.add_argument("--classes", metavar="A,B", help="score these class names instead of the run's own "
                        "(comma-separated; names it never saw are scored zero-shot: runs with model.queries=text)")
@@ -42,20 +50,44 @@ def requested_classes(args) -> list[str] | None:
     return None
 
 
+def submission_task(args) -> str | None:
+    """The CXR-LT 2026 task of ``--submission`` (None without it); a submission covers every image."""
+    from .errors import UserError
+    from .submission import SUBMISSIONS
+
+    if args.submission is None:
+        return None
+    if args.skip_bad_images:
+        raise UserError("--submission needs a row for every image: drop --skip-bad-images and fix the images")
+    return SUBMISSIONS[args.submission]
+
+
 def run(args) -> int:
     from .api import load
     from .data.cxr_lt import read_cxr_lt
     from .inference import TableOptions
     from .predictions import write_predictions
+    from .submission import submission_classes, write_submission
 
     names = requested_classes(args)
     model = load(args.model, args.device, calibrated=not args.uncalibrated)
+    task = submission_task(args)
+    if task and names is None and not set(submission_classes(task)) <= set(model.classes):
+        names = submission_classes(task)  # scored by name: a text-query run (else a one-line error)
     table = read_cxr_lt(args.csv, classes=[])
     options = TableOptions(batch_size=args.batch_size, tta=args.tta, skip_bad_images=args.skip_bad_images,
                            aggregate=args.aggregate)
     df = model.predict_table(table, args.image_root, names, options)
     classes = list(df.columns[2:])
-    write_predictions(args.out, df["dicom_id"], df["study_id"], classes, df[classes].to_numpy())
+    probs = df[classes].to_numpy()
+    if args.normal_gating:
+        from .normal_gating import normal_gate
+
+        probs = normal_gate(probs, classes, args.normal_gating)
+    if task:
+        write_submission(args.out, df["dicom_id"].to_numpy(), classes, probs, task)
+    else:
+        write_predictions(args.out, df["dicom_id"], df["study_id"], classes, probs)
     how = "calibrated" if model.calibrated else "raw"
     print(f"wrote {len(df)} predictions ({len(classes)} classes, {how} probabilities) to {args.out}")
     unseen = [c for c in classes if c not in model.classes]

@@ -16,6 +16,7 @@ from chexfusion.data.external import (
     read_nih,
     read_vindr,
 )
+from chexfusion.data.padchest import task_classes
 from chexfusion.errors import UserError
 from chexfusion.resources import read_table
 
@@ -201,7 +202,8 @@ def test_vindr_unknown_label_and_rule_are_refused(tmp_path):
 
 
 def test_mapping_table_names_only_real_classes_and_every_format_maps_something():
-    known = {c.name for s in ("cxr-lt-2024", "cxr-lt-2023") for c in label_set(s)} | set(zero_shot_classes())
+    known = ({c.name for s in ("cxr-lt-2024", "cxr-lt-2023") for c in label_set(s)} | set(zero_shot_classes())
+             | set(task_classes("1")) | set(task_classes("2")))
     rows = read_table("external_label_map.csv")
     assert {r["source"] for r in rows} == set(EXTERNAL_FORMATS)
     for row in rows:
@@ -209,8 +211,8 @@ def test_mapping_table_names_only_real_classes_and_every_format_maps_something()
         assert row["if_present"] in ("", "0", "1") and row["if_absent"] in ("", "0", "1"), row
     for fmt in EXTERNAL_FORMATS:
         assert len(labelled_classes(fmt)) >= 10
-    with pytest.raises(UserError, match="unknown external format 'padchest'"):
-        read_external("padchest", "x.csv")
+    with pytest.raises(UserError, match="unknown external format 'mimic'"):
+        read_external("mimic", "x.csv")
 
 
 def test_inspect_reads_every_external_format_with_the_same_report_keys(tmp_path, run_cli):

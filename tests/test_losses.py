@@ -151,12 +151,14 @@ def test_mask_ignores_entries_exactly(name):
     loss = build_loss(name, {}, np.array(PREVALENCE))
     mask = [[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]
     masked = value(loss, mask=mask)
-    # The loss over valid entries only: the mean of the entries computed one by one.
+    # The loss over valid entries only: the mean of the entries computed one by one (not for the
+    # distribution-balanced loss, whose weight couples a row's classes: tests/test_long_tail.py).
     singles = [
         value(_column_loss(name, c), logits=[[LOGITS[r][c]]], targets=[[TARGETS[r][c]]])
         for r in range(2) for c in range(3) if mask[r][c]
     ]
-    assert masked == pytest.approx(sum(singles) / len(singles), rel=1e-6)
+    if name != "distribution_balanced":
+        assert masked == pytest.approx(sum(singles) / len(singles), rel=1e-6)
     # Whatever sits in an ignored entry (NaN target, -1, a wild logit) changes nothing.
     garbage_targets = [[TARGETS[0][0], float("nan"), TARGETS[0][2]], [-1.0, TARGETS[1][1], TARGETS[1][2]]]
     garbage_logits = [[LOGITS[0][0], 40.0, LOGITS[0][2]], [-40.0, LOGITS[1][1], LOGITS[1][2]]]

@@ -70,7 +70,7 @@ def test_round_zero_is_plain_stage1_and_students_get_the_noise(repo_root):
 @pytest.mark.parametrize("override, key", [
     ("noisy_student.external=[]", "noisy_student.external"),
     ("noisy_student.pseudo_label=sharp", "noisy_student.pseudo_label"),
-    ("noisy_student.external=[{format: padchest, csv: a.csv, image_root: b}]", "noisy_student.external[0].format"),
+    ("noisy_student.external=[{format: mimic, csv: a.csv, image_root: b}]", "noisy_student.external[0].format"),
     ("noisy_student.external=[{format: nih, csv: a.csv, image_root: b}, {format: nih, csv: c.csv, image_root: d}]",
      "noisy_student.external[1].name"),
 ])

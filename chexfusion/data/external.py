@@ -21,8 +21,11 @@ both); ``0,`` is "rules out" (a finding rules out Normal). The source label
 ``*`` stands for "any finding of the source" (every label but its no-finding
 label). A row with no class lists a label the source has but the project does
 not: every label a source can use is listed, so an unknown name in a CSV is a
-typo to report, not a finding to drop silently. Names match case- and
-space-insensitively.
+typo to report, not a finding to drop silently. PadChest is the exception: its
+~190 report-derived names are lists, not a closed column set, so its rows name
+only the labels that map onto a CXR-LT 2026 class (any other name says nothing
+about them; each such class is 0 when none of its labels is in the list).
+Names match case- and space-insensitively.
 
 Classes a source says nothing about stay NaN ("unknown"), never 0: the
 noisy-student teacher fills them in. A source label that is itself uncertain
@@ -51,11 +54,11 @@ from ..resources import read_table
 from .cxr_lt import METADATA_COLUMNS, CxrLtTable
 from .views import FRONTAL, LATERAL, view_of
 
-EXTERNAL_FORMATS = ("nih", "chexpert", "vindr")
+EXTERNAL_FORMATS = ("nih", "chexpert", "vindr", "padchest")  # padchest: its reader is in padchest.py
 AGREEMENT_RULES = ("any", "majority", "all")
 ANY_FINDING = "*"
 # Each format's own "nothing found" label (not a finding: it does not count for ``*``).
-NO_FINDING_LABEL = {"nih": "No Finding", "chexpert": "No Finding", "vindr": "No finding"}
+NO_FINDING_LABEL = {"nih": "No Finding", "chexpert": "No Finding", "vindr": "No finding", "padchest": "normal"}
 LABEL_MAP_TABLE = "external_label_map.csv"
 HEADER_LINE = 1
 
@@ -393,6 +396,9 @@ READERS = {"nih": read_nih, "chexpert": read_chexpert, "vindr": read_vindr}
 
 def read_external(fmt: str, path: str | os.PathLike, classes: list[str] | None = None, **options) -> CxrLtTable:
     """Read an external set of format ``fmt`` (nih | chexpert | vindr); ``options`` go to its reader."""
-    if fmt not in READERS:
+    from .padchest import read_padchest  # padchest.py builds on this module
+
+    readers = {**READERS, "padchest": read_padchest}
+    if fmt not in readers:
         raise UserError(f"unknown external format '{fmt}' (known: {', '.join(EXTERNAL_FORMATS)})")
-    return READERS[fmt](path, classes, **options)
+    return readers[fmt](path, classes, **options)

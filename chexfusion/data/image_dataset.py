@@ -63,7 +63,8 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         row = int(self.rows[i])
         try:
-            gray = read_image(self.paths[row], self.preprocess.image_size, self.max_pixels, self.preprocess.resize)
+            gray = read_image(self.paths[row], self.preprocess.image_size, self.max_pixels, self.preprocess.resize,
+                              intensity=self.preprocess.intensity)
         except ImageError as exc:
             if not self.skip_bad_images:
                 raise

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
+from .intensity import DEFAULT_INTENSITY, check_intensity, map_intensity
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
 MAX_IMAGE_PIXELS = 100_000_000  # decompression-bomb cap; real radiographs are below 10 megapixels
@@ -100,18 +101,17 @@ def _check_pixels(source: str, width: int, height: int, max_pixels: int) -> None
 # ---------------------------------------------------------------------------- JPEG / PNG
 
 
-def _pil_to_gray(image: Image.Image, source: str) -> Image.Image:
-    """Any JPEG/PNG mode to an ``L`` (8-bit) or ``F`` (16-bit, scaled to [0, 1]) image.
+def _pil_to_gray(image: Image.Image, source: str, intensity: str = DEFAULT_INTENSITY) -> Image.Image:
+    """Any JPEG/PNG mode to an ``L`` (8-bit) or ``F`` (16-bit, mapped to [0, 1]) image.
 
-    16-bit data is divided by 65535, the maximum of its type, so a dark image
-    stays dark; alpha is dropped (radiographs carry no meaning in it).
+    16-bit data is mapped by ``intensity`` (:mod:`.intensity`; by default divided by 65535, the maximum of its
+    type, so a dark image stays dark); alpha is dropped (radiographs carry no meaning in it).
     """
     mode = image.mode
     if mode == "L":
         return image
     if mode in _SIXTEEN_BIT_MODES:
-        array = np.asarray(image).astype(np.float32) / np.float32(_SIXTEEN_BIT_MAX)
-        return Image.fromarray(np.clip(array, 0.0, 1.0), mode="F")
+        return Image.fromarray(map_intensity(np.asarray(image), intensity, _SIXTEEN_BIT_MAX), mode="F")
     if mode in ("LA", "La"):
         return image.getchannel(0)
     if mode in _COLOUR_MODES:
@@ -140,7 +140,7 @@ def _open_pil(stream: BinaryIO, source: str, max_pixels: int) -> Image.Image:
 
 
 def _decode_pil(stream: BinaryIO, source: str, image_size: int, max_pixels: int, resize: str,
-                use_draft: bool) -> np.ndarray:
+                use_draft: bool, intensity: str = DEFAULT_INTENSITY) -> np.ndarray:
     with _open_pil(stream, source, max_pixels) as image:
         try:
             if use_draft and image.format == "JPEG":
@@ -149,7 +149,7 @@ def _decode_pil(stream: BinaryIO, source: str, image_size: int, max_pixels: int,
             image.load()
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageError(source, f"corrupt or truncated file ({exc})") from None
-        return _as_float(_resize(_pil_to_gray(image, source), image_size, resize))
+        return _as_float(_resize(_pil_to_gray(image, source, intensity), image_size, resize))
 
 
 # ---------------------------------------------------------------------------- DICOM
@@ -225,8 +225,9 @@ def _check_resize(image_size: int, resize: str) -> None:
 
 
 def _decode(stream: BinaryIO, source: str, image_size: int, max_pixels: int, resize: str,
-            use_draft: bool) -> np.ndarray:
+            use_draft: bool, intensity: str = DEFAULT_INTENSITY) -> np.ndarray:
     _check_resize(image_size, resize)
+    check_intensity(intensity)
     head = stream.read(_DICOM_MAGIC_OFFSET + 4)
     stream.seek(0)
     if not head:
@@ -234,15 +235,16 @@ def _decode(stream: BinaryIO, source: str, image_size: int, max_pixels: int, res
     if head[_DICOM_MAGIC_OFFSET:] == b"DICM":
         return _decode_dicom(stream, source, image_size, max_pixels, resize)
     if head.startswith(_JPEG_MAGIC) or head.startswith(_PNG_MAGIC):
-        return _decode_pil(stream, source, image_size, max_pixels, resize, use_draft)
+        return _decode_pil(stream, source, image_size, max_pixels, resize, use_draft, intensity)
     raise ImageError(source, "not a JPEG, PNG or DICOM file")
 
 
 def read_image(path: str | os.PathLike, image_size: int, max_pixels: int = MAX_IMAGE_PIXELS,
-               resize: str = "squash", use_draft: bool = True) -> np.ndarray:
+               resize: str = "squash", use_draft: bool = True, intensity: str = DEFAULT_INTENSITY) -> np.ndarray:
     """A radiograph file as float32 ``[image_size, image_size]`` in [0, 1].
 
-    ``use_draft=False`` decodes JPEGs at full size first (only the benchmark wants that).
+    ``use_draft=False`` decodes JPEGs at full size first (only the benchmark wants that); ``intensity`` maps
+    16-bit files (:mod:`.intensity`).
     """
     try:
         handle = open(path, "rb")
@@ -253,13 +255,14 @@ def read_image(path: str | os.PathLike, image_size: int, max_pixels: int = MAX_I
     except OSError as exc:
         raise ImageError(path, exc.strerror or str(exc)) from None
     with handle:
-        return _decode(handle, str(path), image_size, max_pixels, resize, use_draft)
+        return _decode(handle, str(path), image_size, max_pixels, resize, use_draft, intensity)
 
 
 def read_image_bytes(data: bytes, image_size: int, max_pixels: int = MAX_IMAGE_PIXELS,
-                     resize: str = "squash", source: str = "uploaded image") -> np.ndarray:
+                     resize: str = "squash", source: str = "uploaded image",
+                     intensity: str = DEFAULT_INTENSITY) -> np.ndarray:
     """Same as :func:`read_image` from the bytes of a file (the web demo's uploads)."""
-    return _decode(io.BytesIO(data), source, image_size, max_pixels, resize, use_draft=True)
+    return _decode(io.BytesIO(data), source, image_size, max_pixels, resize, use_draft=True, intensity=intensity)
 
 
 # ---------------------------------------------------------------------------- model input
@@ -278,11 +281,13 @@ class Preprocess:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     resize: str = "squash"  # as CheXFusion and most CXR-LT entries: aspect not kept
+    intensity: str = DEFAULT_INTENSITY  # 16-bit files to [0, 1]: full_range | minmax | percentile (.intensity)
 
     def __post_init__(self):
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         _check_resize(self.image_size, self.resize)
+        check_intensity(self.intensity)
         if int(self.channels) < 1:
             raise UserError(f"preprocess channels must be at least 1, got {self.channels}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
@@ -294,8 +299,12 @@ class Preprocess:
             raise UserError(f"preprocess std values must be positive, got {self.std}")
 
     def to_dict(self) -> dict:
+        """A JSON-ready dict; the default ``intensity`` is left out, so runs and stores made before the key
+        existed (all full_range) stay equal to new ones and are not taken for stale."""
         out = asdict(self)
         out["mean"], out["std"] = list(self.mean), list(self.std)
+        if self.intensity == DEFAULT_INTENSITY:
+            del out["intensity"]
         return out
 
     @classmethod
@@ -308,12 +317,12 @@ class Preprocess:
 
     def read(self, path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
         """A file as a normalized ``[channels, H, W]`` tensor."""
-        return to_tensor(read_image(path, self.image_size, max_pixels, self.resize), self)
+        return to_tensor(read_image(path, self.image_size, max_pixels, self.resize, intensity=self.intensity), self)
 
     def read_bytes(self, data: bytes, max_pixels: int = MAX_IMAGE_PIXELS,
                    source: str = "uploaded image") -> torch.Tensor:
         """File bytes as a normalized ``[channels, H, W]`` tensor."""
-        return to_tensor(read_image_bytes(data, self.image_size, max_pixels, self.resize, source), self)
+        return to_tensor(read_image_bytes(data, self.image_size, max_pixels, self.resize, source, self.intensity), self)
 
 
 def to_tensor(gray: np.ndarray, pre: Preprocess) -> torch.Tensor:

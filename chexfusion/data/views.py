@@ -3,7 +3,8 @@
 Every code in the CXR-LT 2024 training CSV is mapped (reference table
 ``resources/view_positions_2024.csv``); a missing or unrecognised code is
 ``unknown`` -- about 4% of CXR-LT 2024 training images -- and is kept, never dropped: how an
-unknown view is routed is a config choice of the feature store and stage 2.
+unknown view is routed is a config choice of the feature store and stage 2. PadChest's ``Projection`` codes
+(``resources/padchest_projections.csv``) are known too, so a converted CXR-LT 2026 CSV reads back with its views.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def _load_codes() -> dict[str, str]:
     codes.setdefault("LAT", LATERAL)
     codes.setdefault("LLAT", LATERAL)
     codes.setdefault("RL", LATERAL)
+    for row in read_table("padchest_projections.csv"):  # PadChest's Projection codes (L, AP_horizontal, ...)
+        if row["view"] != UNKNOWN:
+            codes.setdefault(row["Projection"].strip().upper(), row["view"])
     return codes
 
 

@@ -24,9 +24,10 @@ class ImageClassifier(nn.Module):
     """Backbone map ``[B, C, h, w]`` -> tokens ``[B, h*w, C]`` -> ML-Decoder logits ``[B, K]``."""
 
     def __init__(self, backbone: Backbone, num_classes: int, decoder_kwargs: dict | None = None,
-                 query_dim: int | None = None, position_encoding: bool = False):
+                 query_dim: int | None = None, position_encoding: bool = False, head: nn.Module | None = None):
         """``position_encoding`` adds the fixed 2-D sin-cos code to the tokens before the decoder (the public
-        CheXFusion stage-1 code does; the ML-Decoder paper does not, hence off by default)."""
+        CheXFusion stage-1 code does; the ML-Decoder paper does not, hence off by default). ``head``: another head
+        with the decoder's calling convention (:class:`~chexfusion.models.csra.CSRAHead`) instead of an ML-Decoder."""
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
@@ -34,7 +35,8 @@ class ImageClassifier(nn.Module):
         if position_encoding and backbone.num_features % 4:
             raise UserError(f"position_encoding needs backbone channels divisible by 4, "
                             f"'{backbone.name}' has {backbone.num_features}")
-        self.decoder = build_decoder(num_classes, backbone.num_features, decoder_kwargs, query_dim)
+        self.decoder = head if head is not None else build_decoder(num_classes, backbone.num_features,
+                                                                   decoder_kwargs, query_dim)
 
     def forward_features(self, images: Tensor) -> Tensor:
         """The backbone's map ``[B, C, h, w]``."""
@@ -50,7 +52,7 @@ class ImageClassifier(nn.Module):
     def classify_map(self, feature_map: Tensor, queries: Tensor | None = None,
                      return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """The head alone on a (possibly cached) map ``[B, C, h, w]``; cast to the head's dtype."""
-        feature_map = feature_map.to(self.decoder.token_projection[0].weight.dtype)
+        feature_map = feature_map.to(next(self.decoder.parameters()).dtype)
         return self.decoder(self._tokens(feature_map), queries=queries, return_attention=return_attention)
 
     def forward(self, images: Tensor, queries: Tensor | None = None) -> Tensor:

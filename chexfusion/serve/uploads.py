@@ -127,7 +127,8 @@ def prepare_image(upload: UploadedFile, requested_view: str, preprocess: Preproc
     view, source = choose_view(requested_view, header)
     try:
         gray = read_image_bytes(upload.data, preprocess.image_size, max_pixels=limits.max_pixels,
-                                resize=preprocess.resize, source=f"'{upload.filename}'")
+                                resize=preprocess.resize, source=f"'{upload.filename}'",
+                                intensity=preprocess.intensity)
     except UserError as exc:  # ImageError: corrupt, truncated, unsupported DICOM encoding
         raise Rejected(UNPROCESSABLE, str(exc)) from None
     return PreparedImage(upload.filename, header, view, source, to_tensor(gray, preprocess),

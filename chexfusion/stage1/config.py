@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..data.augment import AugmentConfig
+from ..data.intensity import INTENSITY_MODES
 from ..errors import UserError
 from ..models.head_config import HeadKeys
+from ..sampling import SamplingConfig
 from ..training import OptimConfig
 
 VIEW_FILTERS = ("all", "frontal", "lateral")
@@ -26,6 +28,7 @@ class DataConfig:
     image_size: int = 128
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    intensity: str = "full_range"  # 16-bit images (PadChest): full_range | minmax | percentile, recorded in the run
     skip_bad_images: bool = False
 
 
@@ -37,6 +40,9 @@ class ModelConfig(HeadKeys):
     drop_path_rate: float = 0.0
     decoder_dim: int = 256
     decoder_dropout: float = 0.1
+    head: str = "ml_decoder"  # ml_decoder | csra (class-specific residual attention, models/csra.py)
+    csra_lambda: float = 0.1  # CSRA: weight of the attention-pooled score (the CXR-LT 2026 winner's 0.1)
+    csra_temperature: float = 1.0  # CSRA: softmax temperature over the map's locations
 
 
 @dataclass
@@ -121,6 +127,7 @@ class Stage1Config:
     train: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     tta_hflip: bool = True  # average with the horizontally flipped image at evaluation (and pseudo-labelling)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # uniform | repeat_factor (sampling.py)
     noisy_student: NoisyStudentConfig = field(default_factory=NoisyStudentConfig)
 
     def validate(self) -> None:
@@ -129,6 +136,14 @@ class Stage1Config:
         for key in ("uncertain_label", "blank_label"):
             if getattr(self.data, key) not in ("zero", "one", "ignore"):
                 raise UserError(f"config key 'data.{key}' must be zero, one or ignore")
+        if self.data.intensity not in INTENSITY_MODES:
+            raise UserError(f"config key 'data.intensity' must be one of {', '.join(INTENSITY_MODES)}, "
+                            f"got '{self.data.intensity}'")
         self.model.validate_head()
+        if self.model.head not in ("ml_decoder", "csra"):
+            raise UserError(f"config key 'model.head' must be ml_decoder or csra, got '{self.model.head}'")
+        if self.model.head == "csra" and self.model.queries != "learned":
+            raise UserError("config key 'model.head: csra' has learned class vectors only: set model.queries: learned")
+        self.sampling.validate()
         self.train.validate()
         self.noisy_student.validate()

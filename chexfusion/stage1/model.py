@@ -29,7 +29,13 @@ def build_image_model(cfg: Stage1Config, num_classes: int, query_dim: int | None
     m = cfg.model
     backbone = create_backbone(m.backbone, pretrained=m.pretrained if pretrained is None else pretrained,
                                checkpoint_path=m.checkpoint_path, drop_path_rate=m.drop_path_rate)
-    return ImageClassifier(backbone, num_classes, m.decoder_kwargs(m.decoder_dropout, m.decoder_dim), query_dim=query_dim)
+    head = None
+    if m.head == "csra":
+        from ..models.csra import CSRAHead
+
+        head = CSRAHead(num_classes, backbone.num_features, m.csra_lambda, m.csra_temperature)
+    return ImageClassifier(backbone, num_classes, m.decoder_kwargs(m.decoder_dropout, m.decoder_dim),
+                           query_dim=query_dim, head=head)
 
 
 def build_for_classes(cfg: Stage1Config, classes: list[str]) -> tuple[ImageClassifier, dict | None]:

@@ -87,6 +87,18 @@ class RowOffset(torch.utils.data.Dataset):
         return item
 
 
+def epoch_sampler(cfg: Stage1Config, labelled_targets: np.ndarray, size: int):
+    """The training order: a seeded permutation, or repeat-factor sampling over the labelled images (extra
+    noisy-student rows, after them, are drawn once per epoch)."""
+    if cfg.sampling.method == "uniform":
+        return training.EpochPermutationSampler(size, cfg.seed)
+    from ..sampling import RepeatFactorSampler, repeat_factors
+
+    factors = np.ones(size)
+    factors[: len(labelled_targets)] = repeat_factors(labelled_targets, cfg.sampling.threshold, cfg.sampling.max_repeat)
+    return RepeatFactorSampler(factors, cfg.seed)
+
+
 def make_loader(dataset, batch_size, sampler, num_workers, drop_last=False):
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                                        collate_fn=collate_images, drop_last=drop_last)
@@ -108,7 +120,8 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
     # ---- data ------------------------------------------------------------------------------------------------
     policy = LabelPolicy(uncertain=cfg.data.uncertain_label, blank=cfg.data.blank_label)
     train_table, val_table, classes = load_tables(cfg)
-    pre = Preprocess(image_size=cfg.data.image_size, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+    pre = Preprocess(image_size=cfg.data.image_size, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
+                     intensity=cfg.data.intensity)
     check_stage1_normalisation(cfg.model.backbone, pre.mean, pre.std)
     train_rows, val_rows = select_rows(train_table, cfg.data.views), select_rows(val_table, cfg.data.views)
     if len(train_rows) == 0 or len(val_rows) == 0:
@@ -123,7 +136,7 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
     if extra_train is not None:
         labelled = torch.utils.data.ConcatDataset([labelled, RowOffset(extra_train, len(train_table))])
     train_set = AugmentedDataset(labelled, RadiographAugment(cfg.augment), cfg.seed)
-    sampler = training.EpochPermutationSampler(len(train_set), cfg.seed)
+    sampler = epoch_sampler(cfg, train_table.targets(policy)[0][train_rows], len(train_set))
     train_loader = make_loader(train_set, cfg.train.batch_size, sampler, cfg.train.num_workers, drop_last=True)
     val_loader = make_loader(images(val_table, val_rows), cfg.train.batch_size, None, cfg.train.num_workers)
     extra_text = "" if extra_train is None else f" (+{len(extra_train)} pseudo-labelled)"

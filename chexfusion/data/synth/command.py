@@ -21,6 +21,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -28,6 +29,7 @@ from ...errors import UserError
 from ...io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..classes import LABEL_SETS
 from . import GENERATOR_VERSION
+from . import cxr_lt_2026
 from .cohort import MEANINGS, MIN_STUDIES, SPLITS, Cohort, build_cohort
 from .external import NIH_LABELS, build_external, nih_csv
 from .findings import SIGNATURES, view_only
@@ -45,7 +47,9 @@ EXTERNAL_PER_TRAIN_IMAGE = 1.5
 def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (created; an earlier synth output is replaced)")
     parser.add_argument("--studies", type=int, default=2000, help="number of CXR-LT studies (default 2000)")
-    parser.add_argument("--label-set", default="cxr-lt-2024", choices=LABEL_SETS, help="class list (default cxr-lt-2024)")
+    parser.add_argument("--label-set", default="cxr-lt-2024", choices=[*LABEL_SETS, cxr_lt_2026.LABEL_SET],
+                        help="class list (default cxr-lt-2024); cxr-lt-2026 also writes the 2026 challenge's "
+                             "layout (PadChest-style 16-bit PNGs, challenge CSVs, metadata)")
     parser.add_argument("--image-size", type=int, default=256, help="image side in pixels (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--label-noise", type=float, default=0.0,
@@ -61,6 +65,8 @@ def run(args) -> int:
     started = time.monotonic()
     out: Path = args.out
     prepare_output(out)
+    if args.label_set == cxr_lt_2026.LABEL_SET:
+        return run_2026(args, started)
     model = label_model(args.label_set)
     cohort = build_cohort(args.seed, args.studies, model, args.label_noise)
     train_images = sum(1 for s in cohort.image_study if cohort.study_split[s] == 0)
@@ -83,11 +89,32 @@ def run(args) -> int:
     return 0
 
 
+def run_2026(args, started: float) -> int:
+    """The demo in the CXR-LT 2026 layout (see :mod:`.cxr_lt_2026`): the 2024 cohort's pictures, 2026's files."""
+    cohort = build_cohort(args.seed, args.studies, label_model(cxr_lt_2026.BASE_LABEL_SET))
+    layout = cxr_lt_2026.Layout(cohort, args.seed)
+    meta = metadata(args, cohort, build_external(args.seed, 0))
+    meta.update(classes=cxr_lt_2026.task_classes("1"), task2_classes=cxr_lt_2026.task_classes("2"),
+                drawn_as=cxr_lt_2026.signs(), external=None, signatures=None, positive_studies=None,
+                frontal_only=None, lateral_only=None)
+    atomic_write_json(args.out / META_NAME, meta)
+    tasks = [(task[0], str(args.out / layout.fpath(i)), f"PNG16-{int(layout.bits[i])}")
+             for i, task in enumerate(cohort_tasks(args, cohort, args.out))]
+    render_all(tasks, args.workers or available_cpus())
+    counts = cxr_lt_2026.write_csvs(args.out, layout, args.seed)
+    atomic_write_json(args.out / META_NAME, {**meta, "layout_2026": counts})
+    print(f"wrote {len(tasks)} 16-bit PNGs in {len(cohort.study_id)} studies (cxr-lt-2026 layout, "
+          f"{counts['removed']} in Removal.csv) to {args.out} in {time.monotonic() - started:.1f} s")
+    return 0
+
+
 def validate(args) -> None:
     if args.studies < MIN_STUDIES:
         raise UserError(f"--studies must be at least {MIN_STUDIES} (got {args.studies})")
     if not 32 <= args.image_size <= 2048:
         raise UserError(f"--image-size must be between 32 and 2048 pixels (got {args.image_size})")
+    if args.label_set == cxr_lt_2026.LABEL_SET and args.label_noise:
+        raise UserError("--label-noise applies to the CXR-LT 2023 / 2024 layouts, not cxr-lt-2026")
     if not 0.0 <= args.label_noise < 0.5:
         raise UserError(f"--label-noise must be a probability in [0, 0.5) (got {args.label_noise})")
     if args.external_images is not None and args.external_images < 0:
@@ -104,8 +131,11 @@ def prepare_output(out: Path) -> None:
         if not (out / META_NAME).is_file():
             raise UserError(f"--out {out} is not empty and holds no synthetic dataset ({META_NAME}); "
                             "choose a new or empty folder")
-        for name in ("files", "external", REGIONS_DIR):
-            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("files", "external", REGIONS_DIR, *cxr_lt_2026.OUTPUTS):
+            if (out / name).is_dir():
+                shutil.rmtree(out / name, ignore_errors=True)
+            else:
+                (out / name).unlink(missing_ok=True)
         for name in [f"{s}.csv" for s in SPLITS] + [regions_csv_name(s) for s in SPLITS] + [META_NAME]:
             (out / name).unlink(missing_ok=True)
     try:
@@ -155,7 +185,11 @@ def render_to_file(task) -> list:
     buffer = io.BytesIO()
     scene = draw_scene(spec)
     image = Image.fromarray(acquire(scene, acquisition_rng(spec), spec.portable))
-    if fmt == "JPEG":
+    if fmt.startswith("PNG16-"):  # PadChest: 16-bit PNG holding 12 or 10 stored bits
+        top = 2 ** int(fmt.split("-")[1]) - 1
+        stored = (np.asarray(image, dtype=np.uint32) * top + 127) // 255
+        Image.fromarray(stored.astype(np.uint16)).save(buffer, format="PNG", compress_level=1)
+    elif fmt == "JPEG":
         image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     else:
         image.save(buffer, format="PNG", compress_level=1)
