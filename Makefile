@@ -151,6 +151,7 @@ cxr-lt-2026: $(CXR26_STAMP)
 		--out $(CXR26_OUT)/stage2-task2
 
 test: $(STAMP)
+	$(BIN)/ruff check chexfusion tests benchmarks
 	$(BIN)/python -m pytest -q
 
 test-browser: $(STAMP)

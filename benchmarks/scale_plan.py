@@ -37,9 +37,18 @@ import math
 from pathlib import Path
 
 import support
-from support.scale_inputs import (DTYPE_BYTES, fusion_costs, image_model_costs, load_configs, measure_backbone_cpu,
-                                  measure_fusion_cpu, measure_study_ordering, read_benchmark, store_row_overhead,
-                                  study_size_mix)
+from support.scale_inputs import (
+    DTYPE_BYTES,
+    fusion_costs,
+    image_model_costs,
+    load_configs,
+    measure_backbone_cpu,
+    measure_fusion_cpu,
+    measure_study_ordering,
+    read_benchmark,
+    store_row_overhead,
+    study_size_mix,
+)
 
 DOC = support.REPO / "docs" / "scale.md"
 POOLS = (None, (16, 16), (8, 8))
@@ -154,7 +163,8 @@ def render(plan: dict) -> tuple[str, dict]:
     out(f"| fusion model parameters | {plan['fusion_sizes'][None]['params'] / 1e6:.1f} M | counted "
         f"(stage2/cxr-lt.yaml: dim {s2.model.dim}, {s2.model.layers} layers) |")
     out(f"| fusion forward per study | {plan['fusion_flops'][None] / 1e9:.1f} GFLOP (unpooled maps; 1 image "
-        f"{plan['fusion_sizes'][None][1]['flops'] / 1e9:.1f}, 2 images {plan['fusion_sizes'][None][2]['flops'] / 1e9:.1f}) "
+        f"{plan['fusion_sizes'][None][1]['flops'] / 1e9:.1f}, "
+        f"2 images {plan['fusion_sizes'][None][2]['flops'] / 1e9:.1f}) "
         "| counted, averaged over the study-size table |")
     out(f"| GPU throughput (assumed) | {a['gpu_name']}: ConvNeXt-S {a['gpu_infer']} images/s inference, "
         f"{a['gpu_train']} images/s training at {a['gpu_size']} px | parameters `--gpu-*` |")
@@ -224,7 +234,8 @@ def render(plan: dict) -> tuple[str, dict]:
     out(f"| feature extraction, once | {n_images:,} images, forward; writes {fmt_bytes(row16 * n_images)} "
         f"({dtype}, unpooled) | {fmt_time(cpu_extract)} | {fmt_time(extract_compute[1])} + "
         f"{fmt_time(write_s)} writing | {fmt_time(extract_compute[gpus])} + writing (shared by the ranks) |")
-    headline.update(stage1_epoch_hours_1gpu=round(stage1[1] / 3600, 2), stage1_epoch_hours_8gpu=round(stage1[gpus] / 3600, 2),
+    headline.update(stage1_epoch_hours_1gpu=round(stage1[1] / 3600, 2),
+                    stage1_epoch_hours_8gpu=round(stage1[gpus] / 3600, 2),
                     extraction_hours_1gpu=round(extract_compute[1] / 3600, 2))
     for pool in POOLS:
         flops = 3 * plan["fusion_flops"][pool] * train_studies
@@ -237,7 +248,8 @@ def render(plan: dict) -> tuple[str, dict]:
             f"compute, reading shared |")
         if pool is None:
             headline["stage2_epoch_minutes_1gpu_compute"] = round(compute[1] / 60, 1)
-    recompute = n_train / (plan["gpu"]["infer"]) + 3 * plan["fusion_flops"][None] * train_studies / plan["gpu_train_flops_per_s"]
+    recompute = (n_train / (plan["gpu"]["infer"])
+                 + 3 * plan["fusion_flops"][None] * train_studies / plan["gpu_train_flops_per_s"])
     cached = 3 * plan["fusion_flops"][None] * train_studies / plan["gpu_train_flops_per_s"]
     out(f"| stage 2, one epoch recomputing the backbone (the public implementation) | decode + backbone forward of "
         f"every image every epoch, then the fusion step | - | {fmt_time(recompute)} | "
@@ -326,7 +338,8 @@ def render(plan: dict) -> tuple[str, dict]:
         "Streamed under several processes, every rank reads the whole split and keeps its slice of each global batch "
         "(see below).")
     out(f"- **Ordering rows by study** (`inference.study_ordered_rows`, used by extraction and predict) costs "
-        f"{plan['ordering_s'] * 1e3:.2f} ms per study here, {fmt_time(plan['ordering_s'] * n_images / a['images_per_study'])} "
+        f"{plan['ordering_s'] * 1e3:.2f} ms per study here, "
+        f"{fmt_time(plan['ordering_s'] * n_images / a['images_per_study'])} "
         f"for all {n_images / a['images_per_study']:,.0f} studies, in every process.")
     out("")
 

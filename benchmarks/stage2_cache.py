@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
         "repeats": args.repeats,
         "machine": support.machine_info(),
     }
-    print(f"stage-2 demo epoch: {studies} studies ({split.features.num_images} images) in batches of {cfg.train.batch_size}, "
+    print(f"stage-2 demo epoch: {studies} studies ({split.features.num_images} images) in batches of "
+          f"{cfg.train.batch_size}, "
           f"maps {tuple(store.shape)} {store.manifest['dtype']} from {result['backbone']} at "
           f"{result['image_size']} px; {args.threads} thread(s), median of {args.repeats} interleaved epochs")
     print(f"from the store:        {store_s:8.3f} s per epoch (loading the split once: {load_seconds:.3f} s)")
@@ -240,7 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"{flops['fusion_gflop_per_epoch']} G -> the cache can save at most a factor "
           f"{flops['flop_ratio_bound']} on this config")
     if ratio < TARGET:
-        result["note"] = (f"demo config: the fusion model's training ({flops['fusion_gflop_per_epoch']} GFLOP per epoch) "
+        result["note"] = (f"demo config: the fusion model's training ({flops['fusion_gflop_per_epoch']} GFLOP per "
+                          f"epoch) "
                           f"costs about as much as the {result['backbone']} {result['image_size']} px backbone forward "
                           f"that the cache saves ({flops['backbone_gflop_per_epoch']} GFLOP), so by FLOPs the cache "
                           f"can gain about {flops['flop_ratio_bound']}x here; the full recipe: docs/scale.md")

@@ -69,7 +69,10 @@ class Calibration:
     @classmethod
     def fit(cls, probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, classes: list[str],
             fitted_on: str) -> "Calibration":
-        temps = {c: fit_temperature(probs[mask[:, k] > 0, k], targets[mask[:, k] > 0, k]) for k, c in enumerate(classes)}
+        temps = {}
+        for k, c in enumerate(classes):
+            scored = mask[:, k] > 0
+            temps[c] = fit_temperature(probs[scored, k], targets[scored, k])
         return cls(temps, float(np.median(list(temps.values()))), str(fitted_on))
 
     def for_classes(self, names: list[str]) -> np.ndarray:
@@ -91,7 +94,8 @@ class Calibration:
             temps = {str(k): float(v) for k, v in data["temperatures"].items()}
             default = float(data["default_temperature"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"{path} is damaged ({type(exc).__name__}: {exc}): run chexfusion calibrate again") from None
+            raise UserError(f"{path} is damaged ({type(exc).__name__}: {exc}): "
+                            "run chexfusion calibrate again") from None
         bad = [c for c, t in temps.items() if not (np.isfinite(t) and t > 0)]
         if sorted(temps) != sorted(classes) or bad or not (np.isfinite(default) and default > 0):
             raise UserError(f"{path} does not fit this run's classes (or holds a non-positive temperature): "

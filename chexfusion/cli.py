@@ -31,7 +31,8 @@ COMMANDS = {
     "compare": ("chexfusion.compare", "paired tests between models on the same images (DeLong, bootstrap)"),
     "serve": ("chexfusion.serve.command", "the web demo"),
     "ablate": ("chexfusion.ablate", "shared vs per-view backbones and stage-2 losses: train what is missing, tables"),
-    "explain": ("chexfusion.explain.command", "heat maps (attention, Grad-CAM, Group-CAM) of a run's findings per image"),
+    "explain": ("chexfusion.explain.command",
+                "heat maps (attention, Grad-CAM, Group-CAM) of a run's findings per image"),
     "localize": ("chexfusion.explain.localize", "score heat maps against ground-truth finding regions"),
     "zero-shot": ("chexfusion.vlm.command", "training-free scores from a pretrained vision-language model"),
 }

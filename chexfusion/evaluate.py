@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, help="CXR-LT CSV with the true labels of the same images")
     parser.add_argument("--task", choices=sorted(TASKS), default=None,
                         help="score a CXR-LT 2026 submission (ImageID + the task's classes in the official order) "
-                             "against --labels (challenge layout or CXR-LT CSV); the file is checked as the server would")
+                             "against --labels (challenge layout or CXR-LT CSV); the file is checked as the server "
+                             "would")
     parser.add_argument("--train-labels", help="training CSV; its prevalence defines head/medium/tail "
                         "(default: the prevalence in --labels)")
     parser.add_argument("--out", help="folder for metrics.json, per_class.csv, plots and report.md "

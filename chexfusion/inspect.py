@@ -24,8 +24,8 @@ from typing import Callable
 from .data.classes import prevalence_group
 from .data.cxr_lt import CxrLtTable, read_cxr_lt
 from .data.external import read_chexpert, read_nih, read_vindr
-from .data.padchest import join_challenge_csv, read_padchest
 from .data.images import ImageError, read_image
+from .data.padchest import join_challenge_csv, read_padchest
 from .data.studies import study_sizes
 from .data.views import VIEWS
 from .errors import EXIT_USER_ERROR, UserError
@@ -174,7 +174,8 @@ def _problem_line(report: dict) -> str | None:
                      f"(first: line {first['line']}, {first['path']})")
     if report["unreadable_images"]:
         first = report["unreadable_examples"][0]
-        parts.append(f"{_plural(report['unreadable_images'], 'image')} unreadable (first: line {first['line']}, {first['error']})")
+        parts.append(f"{_plural(report['unreadable_images'], 'image')} unreadable (first: line {first['line']}, "
+                     f"{first['error']})")
     return f"{report['csv']}: " + "; ".join(parts) if parts else None
 
 

@@ -80,7 +80,8 @@ class MaskedMultiLabelLoss(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
         if logits.shape != targets.shape or logits.ndim != 2:
-            raise ValueError(f"logits and targets must both be [B, K]; got {tuple(logits.shape)} and {tuple(targets.shape)}")
+            raise ValueError(f"logits and targets must both be [B, K]; got {tuple(logits.shape)} and "
+                             f"{tuple(targets.shape)}")
         logits = logits.float()
         targets = targets.to(device=logits.device, dtype=torch.float32)
         if mask is None:
@@ -295,7 +296,8 @@ def _build_long_tail(name: str, entry: tuple, params: dict, prevalence) -> nn.Mo
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise UserError(f"loss '{name}' has no parameter '{unknown[0]}' (allowed: {', '.join(sorted(allowed))})")
-    bad = [k for k, v in params.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+    bad = [k for k, v in params.items() if isinstance(v, bool) or not isinstance(v, (int,
+                                                                                     float)) or not math.isfinite(v)]
     if bad:
         raise UserError(f"loss '{name}' parameter '{bad[0]}' must be a number, got {params[bad[0]]!r}")
     return loss_class(_need_prevalence(name, prevalence), **params)

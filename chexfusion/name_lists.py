@@ -16,7 +16,8 @@ def parse_name_list(values: str | list[str], option: str) -> list[str]:
     values = [values] if isinstance(values, str) else list(values)
     names = [name.strip() for value in values for name in value.split(",")]
     if not names or any(not name for name in names):
-        raise UserError(f"{option}: empty name in {', '.join(repr(v) for v in values)} (give names separated by commas)")
+        raise UserError(f"{option}: empty name in {', '.join(repr(v) for v in values)} (give names separated by "
+                        f"commas)")
     return check_distinct(names, option)
 
 

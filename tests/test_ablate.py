@@ -71,7 +71,8 @@ def test_ablate_trains_what_is_missing_and_writes_both_tables(configs, capsys):
     assert json.loads((out / "losses.json").read_text()) == losses
 
 
-@pytest.mark.parametrize("losses, message", [("bce,hinge", "unknown loss 'hinge'"), ("bce,,asl", "--losses: empty name"),
+@pytest.mark.parametrize("losses, message", [("bce,hinge", "unknown loss 'hinge'"), ("bce,,asl",
+                                                                                     "--losses: empty name"),
                                              ("bce,bce", "--losses: 'bce' given twice")])
 def test_a_bad_loss_list_is_a_one_line_error(configs, capsys, losses, message):
     argv = [str(a) for a in configs["args"]] + ["--losses", losses, "--out", str(configs["tmp"] / "x")]

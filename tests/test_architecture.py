@@ -14,15 +14,20 @@ PACKAGE = Path(chexfusion.__file__).parent
 
 # Top-level module or sub-package of chexfusion -> its layer; a module may import its own layer or lower ones.
 LAYERS = {
-    "errors": 0, "io": 0, "progress": 0, "resources": 0, "name_lists": 0, "config": 0, "run_folder": 0, "model_card": 0, "hub": 0, "predictions": 0,
+    "errors": 0, "io": 0, "progress": 0, "resources": 0, "name_lists": 0, "config": 0, "run_folder": 0,
+    "model_card": 0, "hub": 0, "predictions": 0,
     "data": 1,
-    "metrics": 2, "long_tail_losses": 2, "sampling": 2, "decision_metrics": 2, "resampling": 2, "delong": 2, "paired_bootstrap": 2, "calibration": 2, "report": 2, "text": 2, "models": 2, "losses": 2,
+    "metrics": 2, "long_tail_losses": 2, "sampling": 2, "decision_metrics": 2, "resampling": 2, "delong": 2,
+    "paired_bootstrap": 2, "calibration": 2, "report": 2, "text": 2, "models": 2, "losses": 2,
     "training": 3, "fit": 3,
     "stage1": 4,
     "feature_store": 5,
     "stage2": 6,
     "inference": 7,
-    "api": 8, "explain": 8, "convert": 8, "submission": 8, "normal_gating": 8, "vlm": 8, "compare": 8, "compare_report": 8, "calibrate": 8, "export": 8, "predict": 8, "evaluate": 8, "inspect": 8, "serve": 8, "ablate": 8, "cli": 8, "__main__": 8,
+    "api": 8,
+    "explain": 8,
+    "convert": 8, "submission": 8, "normal_gating": 8, "vlm": 8, "compare": 8, "compare_report": 8, "calibrate": 8,
+    "export": 8, "predict": 8, "evaluate": 8, "inspect": 8, "serve": 8, "ablate": 8, "cli": 8, "__main__": 8,
 }
 TOP = max(LAYERS.values())
 

@@ -189,7 +189,8 @@ def test_missing_checkpoint_file_is_named(tmp_path):
 @pytest.mark.parametrize(
     "name, kwargs, message",
     [
-        ("resnet_unknown_9000", {}, r"unknown timm model 'resnet_unknown_9000': list the names with: .*timm.list_models"),
+        ("resnet_unknown_9000", {},
+         r"unknown timm model 'resnet_unknown_9000': list the names with: .*timm.list_models"),
         ("convnext_atto.no_such_tag", {}, r"has no pretrained tag 'no_such_tag'.*list_pretrained"),
         ("resnet10t", {"img_size": 64}, r"does not accept the options given"),
     ],

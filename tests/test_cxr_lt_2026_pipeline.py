@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from pipeline import cli
 
 from chexfusion.data.padchest import task_classes
 from chexfusion.data.synth import cxr_lt_2026 as layout
-from pipeline import cli
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,8 @@ def run(tmp_path_factory, repo_root):
     cli("synth", "--out", data, "--studies", 60, "--label-set", "cxr-lt-2026", "--image-size", 64, "--workers", 1)
     convert = ["convert", "--format", "cxr-lt-2026", "--image-root", data / layout.IMAGE_FOLDER,
                "--padchest-metadata", data / layout.METADATA_CSV]
-    cli(*convert, "--labels", data / layout.TRAIN_CSV, "--removal", data / layout.REMOVAL_CSV, "--out", conv / "train.csv")
+    cli(*convert, "--labels", data / layout.TRAIN_CSV, "--removal", data / layout.REMOVAL_CSV, "--out",
+        conv / "train.csv")
     cli(*convert, "--labels", data / layout.VALIDATION_CSV, "--out", conv / "validation.csv")
     cli(*convert, "--labels", data / layout.TEST_CSVS["1"], "--out", conv / "test.csv")
     cli(*convert, "--labels", data / layout.HELD_LABELS["1"], "--out", conv / "held1.csv")

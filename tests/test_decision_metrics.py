@@ -120,5 +120,7 @@ def test_bootstrap_by_study_of_copied_images_equals_bootstrap_of_the_originals()
     for key, interval in original["intervals"].items():
         assert by_study["intervals"][key] == pytest.approx(interval, abs=1e-12)
     by_image = bootstrap_intervals(copies_y, copies_p, classes, n=30, seed=2)
-    width = lambda r: r["intervals"]["mAP"][1] - r["intervals"]["mAP"][0]
+    def width(r):
+        return r["intervals"]["mAP"][1] - r["intervals"]["mAP"][0]
+
     assert width(by_image) < width(by_study)

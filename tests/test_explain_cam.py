@@ -14,7 +14,8 @@ SIZE, GRID = 64, 8  # 8x8 feature cells of 8x8 pixels
 
 
 class QuadrantModel:
-    """Feature channel ``c`` is the mean brightness of cell ``c`` (and 0 elsewhere): a backbone that keeps where things are.
+    """Feature channel ``c`` is the mean brightness of cell ``c`` (and 0 elsewhere): a backbone that keeps where
+    things are.
 
     Class 0 reads the top-left quadrant of the first image only, class 1 the bottom-right quadrant of the last
     image only. ``per_image=False``: the images form one unit (a study), like a stage-2 run; ``True``: each image

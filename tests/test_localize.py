@@ -63,8 +63,10 @@ def test_vindr_boxes_are_read_as_regions_of_the_mapped_classes(tmp_path):
     # the two readers' boxes are united, then scaled like the image (squash to 128 px of a 2000 x 2500 image)
     mask = model_frame_mask(first["Cardiomegaly"], (2000, 2500), 128, "squash")
     ys, xs = np.nonzero(mask)
-    assert xs.min() == pytest.approx(691 * 128 / 2000, abs=1) and xs.max() + 1 == pytest.approx(1680 * 128 / 2000, abs=1)
-    assert ys.min() == pytest.approx(1375 * 128 / 2500, abs=1) and ys.max() + 1 == pytest.approx(1879 * 128 / 2500, abs=1)
+    assert xs.min() == pytest.approx(691 * 128 / 2000, abs=1) and xs.max() + 1 == pytest.approx(1680 * 128 / 2000,
+                                                                                                abs=1)
+    assert ys.min() == pytest.approx(1375 * 128 / 2500, abs=1) and ys.max() + 1 == pytest.approx(1879 * 128 / 2500,
+                                                                                                 abs=1)
     # letterbox: the 2000-wide image is 102 px wide in the frame, centred
     boxed = model_frame_mask([("box", 0.0, 0.0, 2000.0, 2500.0)], (2000, 2500), 128, "letterbox")
     assert boxed[:, 13:115].all() and not boxed[:, :12].any() and not boxed[:, 116:].any()

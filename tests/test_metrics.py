@@ -183,7 +183,8 @@ def test_chance_map_is_the_mean_prevalence_of_the_scored_classes():
 
 
 def test_chance_ap_is_the_evaluation_prevalence_whatever_the_grouping():
-    """What a zero-shot AP is read against: the AP random rankings reach on these labels, not the training prevalence."""
+    """What a zero-shot AP is read against: the AP random rankings reach on these labels, not the training
+    prevalence."""
     y, p, classes = _random()
     y[:, 2] = 0
     result = compute_metrics(y, p, classes, train_prevalence=np.full(len(classes), 0.5))

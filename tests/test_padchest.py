@@ -21,14 +21,16 @@ S1, S2, S3 = "216840111366964012819207061112010306085429121", "21684011136696401
 META_ROWS = [
     # a two-image study: PA + lateral
     ["216840111366964012819207061112010307142602253_04-014-084.png", "0", "20140915", S1, P1, "1950",
-     "POSTEROANTERIOR", "PA", "12", "2048", "4096", "cardiomegalia , derrame pleural", "['cardiomegaly', 'pleural effusion']"],
+     "POSTEROANTERIOR", "PA", "12", "2048", "4096", "cardiomegalia , derrame pleural",
+     "['cardiomegaly', 'pleural effusion']"],
     ["216840111366964012819207061112010307142602254_04-014-085.png", "0", "20140915", S1, P1, "1950",
      "LATERAL", "L", "12", "2048", "4096", "cardiomegalia , derrame pleural", "['cardiomegaly', 'pleural effusion']"],
     # one-image studies, every other Projection value
     ["1.5E+3.png", "12", "20150101", S2, P2, "1960", "AP", "AP", "10", "512", "1024", "sin hallazgos", "['normal']"],
     ["0042.png", "12", "20150102", S3, P2, "1960", "AP", "AP_horizontal", "12", "2048", "4096", "",
      "['central venous catheter via jugular vein', 'unchanged']"],
-    ["costal.png", "3", "20150103", "777", "555", "1970", "", "COSTAL", "12", "2048", "4096", "", "['callus rib fracture']"],
+    ["costal.png", "3", "20150103", "777", "555", "1970", "", "COSTAL", "12", "2048", "4096", "",
+     "['callus rib fracture']"],
     ["exclude.png", "3", "20150104", "778", "555", "1970", "", "EXCLUDE", "12", "2048", "4096", "", "[]"],
     ["unk.png", "3", "20150105", "779", "556", "1970", "", "UNK", "12", "2048", "4096", "", ""],
 ]

@@ -103,7 +103,8 @@ def test_stage2_refuses_a_store_from_another_backbone(tiny_stage2, tiny_stage1, 
     from safetensors.torch import load_file, save_file
 
     weights = load_file(str(other / "model.safetensors"))
-    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}, str(other / "model.safetensors"))
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()},
+              str(other / "model.safetensors"))
     info = json.loads((other / "run.json").read_text())
     info["weights_sha256"] = file_sha256(other / "model.safetensors")
     (other / "run.json").write_text(json.dumps(info))

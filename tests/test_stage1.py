@@ -76,7 +76,8 @@ def test_killed_training_resumes_to_the_same_result(tiny_data, tmp_path, repo_ro
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
     # hashes, not bytes: pytest's diff of two multi-MB byte strings runs for hours
-    assert file_sha256(tmp_path / "whole" / "model.safetensors") == file_sha256(tmp_path / "killed" / "model.safetensors")
+    whole, killed = (file_sha256(tmp_path / name / "model.safetensors") for name in ("whole", "killed"))
+    assert whole == killed
     a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert a["validation"] == b["validation"] and a["test"] == b["test"]

@@ -11,7 +11,8 @@ from chexfusion.training.setup import make_accelerator
 
 
 @pytest.mark.slow
-def test_a_stage2_run_with_tensorboard_writes_event_files_tensorboard_reads(tiny_data, tiny_stage1, tiny_store, repo_root,
+def test_a_stage2_run_with_tensorboard_writes_event_files_tensorboard_reads(tiny_data, tiny_stage1, tiny_store,
+                                                                            repo_root,
                                                                            monkeypatch):
     monkeypatch.chdir(repo_root)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -68,7 +68,8 @@ def test_predict_scores_names_the_run_never_saw(text_runs, tiny_data, tmp_path, 
     common = ["predict", "--model", model, "--csv", tiny_data / "test.csv", "--image-root", tiny_data]
     code, _, err = run_cli(*common, "--out", tmp_path / "own.csv")
     assert code == 0, err
-    code, out, err = run_cli(*common, "--out", tmp_path / "zero.csv", "--classes", "Pneumonia, Infiltration,Cardiomegaly")
+    code, out, err = run_cli(*common, "--out", tmp_path / "zero.csv", "--classes",
+                             "Pneumonia, Infiltration,Cardiomegaly")
     assert code == 0, err
     assert "3 classes" in out
     own, zero = _read(tmp_path / "own.csv"), _read(tmp_path / "zero.csv")

@@ -7,8 +7,7 @@ A folder (not a ``benchmarks/*.py`` file) so that ``benchmarks/run_all.py`` and
 they import it as ``support``.
 """
 
-from .artifacts import (OUT, REPO, demo_data, feature_store, stage1_run, stage2_run, subset_csv,
-                        write_result)
+from .artifacts import OUT, REPO, demo_data, feature_store, stage1_run, stage2_run, subset_csv, write_result
 from .machine import machine_info
 from .timing import interleaved, median_rate, set_threads
 

@@ -30,14 +30,17 @@ OVERLAY_ALPHA = 0.45
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="a stage-1 or stage-2 run folder")
-    parser.add_argument("--csv", required=True, help="the images: a CXR-LT CSV (or VinDr-CXR's, with --csv-format vindr)")
+    parser.add_argument("--csv", required=True,
+                        help="the images: a CXR-LT CSV (or VinDr-CXR's, with --csv-format vindr)")
     parser.add_argument("--csv-format", default="cxr-lt", choices=CSV_FORMATS, help="layout of --csv (default cxr-lt)")
     parser.add_argument("--image-root", required=True, help="folder the CSV's fpath values are relative to")
     parser.add_argument("--out", required=True, type=Path, help="output folder (maps.parquet, overlays/)")
     parser.add_argument("--method", action="append", choices=METHODS,
                         help="map method (repeat for several; default groupcam)")
-    parser.add_argument("--classes", default=None, help="comma-separated findings to map (default: the --top most probable)")
-    parser.add_argument("--top", type=int, default=3, help="without --classes: this many most probable findings (default 3)")
+    parser.add_argument("--classes", default=None,
+                        help="comma-separated findings to map (default: the --top most probable)")
+    parser.add_argument("--top", type=int, default=3,
+                        help="without --classes: this many most probable findings (default 3)")
 
 
 def overlay(gray: np.ndarray, heat: np.ndarray, peak: float) -> np.ndarray:

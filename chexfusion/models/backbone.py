@@ -96,7 +96,8 @@ def find_local_weights(model: nn.Module) -> str | None:
     hub_id = cfg.get("hf_hub_id")
     if hub_id:
         repo, _, revision = hub_id.partition("@")
-        filenames = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else ["model.safetensors", "pytorch_model.bin"]
+        filenames = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else ["model.safetensors",
+                                                                                 "pytorch_model.bin"]
         for filename in filenames:
             found = try_to_load_from_cache(repo, filename, cache_dir=_hf_cache_dir(), revision=revision or None)
             if isinstance(found, str) and os.path.isfile(found):

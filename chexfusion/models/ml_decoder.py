@@ -141,7 +141,8 @@ class MLDecoder(nn.Module):
                     raise ValueError(f"{queries.shape[0]} query rows for {trained} trained classes: pass trained_index")
                 trained_index = torch.arange(trained)
             trained_index = torch.as_tensor(trained_index, dtype=torch.long)
-            if trained_index.shape != (queries.shape[0],) or bool(((trained_index < -1) | (trained_index >= trained)).any()):
+            if trained_index.shape != (queries.shape[0],
+                                       ) or bool(((trained_index < -1) | (trained_index >= trained)).any()):
                 raise ValueError(f"trained_index must be [{queries.shape[0]}] with values in -1..{trained - 1}")
             self.residual_index = trained_index.to(self.residual_index.device)
         self.label_queries = queries.detach().to(device=self.label_queries.device, dtype=torch.float32).clone()

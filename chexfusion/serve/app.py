@@ -171,12 +171,14 @@ def create_app(model, limits: ServeLimits | None = None, device: str | None = No
     @app.get("/health", response_model=Health, summary="the loaded model and the upload limits")
     async def health() -> Health:
         return Health(status="ok", run=engine.run_name, kind=engine.kind, classes=engine.classes,
-                      scores_other_names=engine.class_sets.accepts_names, max_images_scored=engine.max_images, limits=Limits(**limits.describe()))
+                      scores_other_names=engine.class_sets.accepts_names, max_images_scored=engine.max_images,
+                      limits=Limits(**limits.describe()))
 
     @app.post("/api/predict", response_model=PredictResponse, responses=errors,
               summary="score one study from its images", openapi_extra=_request_body_schema(limits))
     async def predict(request: Request) -> PredictResponse:
-        form = await read_form(request.headers, request.stream(), limits, {FILE_FIELD}, {VIEW_FIELD, CLASSES_FIELD, MAPS_FIELD})
+        form = await read_form(request.headers, request.stream(), limits, {FILE_FIELD}, {VIEW_FIELD, CLASSES_FIELD,
+                                                                                         MAPS_FIELD})
         if not form.files:
             raise Rejected(UNPROCESSABLE, f"no images: send 1 to {limits.max_images} files in the "
                                           f"'{FILE_FIELD}' field")

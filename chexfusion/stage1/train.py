@@ -180,7 +180,8 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
         results["test"] = evaluate(best, test_loader, test_table, "test")
     finish_run(accelerator, run_dir, results,
                lambda: write_run_info(run_dir, cfg, classes, prevalence, pre, best, text_queries))
-    log(f"stage 1 validation ({cfg.name}, best epoch {state.progress.best_epoch}): {summary_line(results['validation'])}")
+    log(f"stage 1 validation ({cfg.name}, best epoch {state.progress.best_epoch}): "
+        f"{summary_line(results['validation'])}")
     if "test" in results:
         log(f"stage 1 test       ({cfg.name}): {summary_line(results['test'])}")
     if state.skipped_images or results["validation"]["skipped_images"]:

@@ -273,7 +273,8 @@ def _vessel_tree(a: Anatomy, canvas: Canvas, side_points, lateral_reach: float, 
         turn = rng.choice([-1, 1], (n, 2)) * rng.uniform(0.4, 0.8, (n, 2))
         for b in range(n):
             for i in range(steps):
-                lines.append(([(xs[b, i], ys[b, i]), (xs[b, i + 1], ys[b, i + 1])], 0.022 * (1 - i / 5.5), 1.0 - 0.12 * i))
+                lines.append(([(xs[b, i], ys[b, i]), (xs[b, i + 1], ys[b, i + 1])], 0.022 * (1 - i / 5.5),
+                              1.0 - 0.12 * i))
             for j, i in enumerate((2, 3)):  # two side branches
                 h = heading[b, i] + side * turn[b, j]
                 end = (xs[b, i] + side * np.cos(h) * length[b] * 0.3, ys[b, i] + np.sin(h) * length[b] * 0.3)

@@ -151,7 +151,8 @@ def draw_views(rng: np.random.Generator, sizes: np.ndarray, portable: np.ndarray
             if v == "frontal":
                 code = "AP" if portable[s] else "PA"
                 if rng.random() < f_freq[rare_frontal].sum() / f_freq.sum():
-                    code = str(rng.choice(np.array(f_codes)[rare_frontal], p=f_freq[rare_frontal] / f_freq[rare_frontal].sum()))
+                    code = str(rng.choice(np.array(f_codes)[rare_frontal],
+                                          p=f_freq[rare_frontal] / f_freq[rare_frontal].sum()))
             else:
                 code = str(rng.choice(l_codes, p=l_freq / l_freq.sum()))
             if rng.random() < blank:

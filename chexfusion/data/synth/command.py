@@ -28,8 +28,7 @@ from tqdm import tqdm
 from ...errors import UserError
 from ...io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..classes import LABEL_SETS
-from . import GENERATOR_VERSION
-from . import cxr_lt_2026
+from . import GENERATOR_VERSION, cxr_lt_2026
 from .cohort import MEANINGS, MIN_STUDIES, SPLITS, Cohort, build_cohort
 from .external import NIH_LABELS, build_external, nih_csv
 from .findings import SIGNATURES, view_only
@@ -45,7 +44,8 @@ EXTERNAL_PER_TRAIN_IMAGE = 1.5
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="output folder (created; an earlier synth output is replaced)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output folder (created; an earlier synth output is replaced)")
     parser.add_argument("--studies", type=int, default=2000, help="number of CXR-LT studies (default 2000)")
     parser.add_argument("--label-set", default="cxr-lt-2024", choices=[*LABEL_SETS, cxr_lt_2026.LABEL_SET],
                         help="class list (default cxr-lt-2024); cxr-lt-2026 also writes the 2026 challenge's "
@@ -70,7 +70,9 @@ def run(args) -> int:
     model = label_model(args.label_set)
     cohort = build_cohort(args.seed, args.studies, model, args.label_noise)
     train_images = sum(1 for s in cohort.image_study if cohort.study_split[s] == 0)
-    n_external = args.external_images if args.external_images is not None else round(EXTERNAL_PER_TRAIN_IMAGE * train_images)
+    n_external = args.external_images
+    if n_external is None:
+        n_external = round(EXTERNAL_PER_TRAIN_IMAGE * train_images)
     external = build_external(args.seed, n_external)
     atomic_write_json(out / META_NAME, metadata(args, cohort, external))
 

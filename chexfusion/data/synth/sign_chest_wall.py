@@ -46,7 +46,8 @@ def p_clavicle_fracture(rng):
 
 
 def a_clavicle_fracture(anatomy, p):
-    return replace(anatomy, clavicle_breaks=anatomy.clavicle_breaks + ((p["side"], p["s"], p["step"] * p["sev"], p["gap"]),))
+    broken = (p["side"], p["s"], p["step"] * p["sev"], p["gap"])
+    return replace(anatomy, clavicle_breaks=anatomy.clavicle_breaks + (broken,))
 
 
 def p_fracture(rng):
@@ -56,7 +57,8 @@ def p_fracture(rng):
 
 def a_fracture(anatomy, p):
     if p["kind"] == "vertebra":
-        return replace(anatomy, compressed_vertebra=anatomy.compressed_vertebra + ((p["level"], 0.4 + 0.35 * p["sev"]),))
+        compressed = (p["level"], 0.4 + 0.35 * p["sev"])
+        return replace(anatomy, compressed_vertebra=anatomy.compressed_vertebra + (compressed,))
     return replace(anatomy, humerus_breaks=anatomy.humerus_breaks + ((p["side"], p["step"] * p["sev"]),))
 
 
@@ -73,7 +75,8 @@ def p_subcutaneous(rng):
     n = int(rng.integers(14, 24))
     return dict(side=side_of(rng), sev=severity(rng, 0.55),
                 streaks=[(float(a), float(b), float(c), float(d)) for a, b, c, d in
-                         zip(rng.uniform(0, 1, n), rng.uniform(0, 1, n), rng.uniform(0.04, 0.09, n), rng.normal(0, 0.4, n))])
+                         zip(rng.uniform(0, 1, n), rng.uniform(0, 1, n), rng.uniform(0.04, 0.09, n),
+                             rng.normal(0, 0.4, n))])
 
 
 def d_subcutaneous(scene, p, rng):

@@ -40,7 +40,8 @@ def d_lung_opacity(scene, p, rng):
 
 def p_consolidation(rng):
     return dict(spot(rng, u=(0.35, 0.65), v=(0.45, 0.8)), sev=severity(rng, 0.6),
-                a=float(rng.uniform(0.16, 0.24)), b=float(rng.uniform(0.13, 0.19)), fissure=float(rng.uniform(-0.12, 0.12)),
+                a=float(rng.uniform(0.16, 0.24)), b=float(rng.uniform(0.13, 0.19)),
+                fissure=float(rng.uniform(-0.12, 0.12)),
                 bronchi=[float(a) for a in rng.uniform(0.3, np.pi - 0.3, size=4)])
 
 
@@ -98,7 +99,7 @@ def d_infiltration(scene, p, rng):
 
 
 def p_edema(rng):
-    return dict(sev=severity(rng), kerley=[(float(v), float(l)) for v, l in
+    return dict(sev=severity(rng), kerley=[(float(v), float(length)) for v, length in
                                            zip(rng.uniform(0.0, 1.0, 8), rng.uniform(0.04, 0.07, 8))])
 
 
@@ -281,7 +282,8 @@ def d_granuloma(scene, p, rng):
 def p_tuberculosis(rng):
     return dict(side=side_of(rng, 0.6), sev=severity(rng), u=float(rng.uniform(0.35, 0.65)),
                 v=float(rng.uniform(0.08, 0.25)), w=float(rng.uniform(0.55, 0.85)), cavity=bool(rng.random() < 0.6),
-                r=float(rng.uniform(0.03, 0.05)), calcified=[(float(dx), float(dy)) for dx, dy in rng.normal(0, 0.06, (2, 2))])
+                r=float(rng.uniform(0.03, 0.05)),
+                calcified=[(float(dx), float(dy)) for dx, dy in rng.normal(0, 0.06, (2, 2))])
 
 
 def d_tuberculosis(scene, p, rng):

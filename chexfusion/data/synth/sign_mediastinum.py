@@ -123,7 +123,8 @@ def d_pneumomediastinum(scene, p, rng):
     streak = strokes(scene.canvas, [([(front + 0.06, -0.60), (front + 0.09, -0.30), (front + 0.12, -0.05)], 0.028, 1.0),
                                     ([(-0.15 * D, -0.55), (-0.05 * D, -0.40)], 0.02, 1.0)])
     lucency(scene, np.clip(ring + streak, 0, 1), 0.35 + 0.2 * p["sev"])
-    pleura = strokes(scene.canvas, [([(front + 0.10, -0.60), (front + 0.13, -0.30), (front + 0.16, -0.05)], 0.008, 1.0)])
+    line = [(front + 0.10, -0.60), (front + 0.13, -0.30), (front + 0.16, -0.05)]
+    pleura = strokes(scene.canvas, [(line, 0.008, 1.0)])
     densify(scene, pleura, 0.25)
 
 

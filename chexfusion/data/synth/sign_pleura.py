@@ -137,7 +137,8 @@ def d_pleural_thickening(scene, p, rng):
 def p_pleural_other(rng):
     n = int(rng.integers(2, 5))
     return dict(sev=severity(rng, 0.6), plaques=[dict(side=side_of(rng), v=float(rng.uniform(0.3, 0.9)),
-                                                      size=float(rng.uniform(0.06, 0.10)), on_dome=bool(rng.random() < 0.3),
+                                                      size=float(rng.uniform(0.06, 0.10)),
+                                                      on_dome=bool(rng.random() < 0.3),
                                                       jag=[float(j) for j in rng.uniform(0.6, 1.0, 8)])
                                                  for _ in range(n)])
 
