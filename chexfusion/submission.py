@@ -113,5 +113,7 @@ def load_task_evaluation(pred_path, labels_path, task: str, policy):
         raise UserError(f"{labels_path}: no rows to evaluate")
     rows = align_ids(image_ids, table.frame["dicom_id"].tolist(), pred_path, labels_path)
     targets, mask = table.targets(policy)
+    frame = table.frame  # a study per image where the labels name no studies (the challenge's own layout)
+    study_ids = (frame["study_id"] if "study_id" in frame else frame["dicom_id"]).astype(str).to_numpy()
     return Evaluation(list(table.classes), np.asarray(targets, dtype=np.float64), probs[rows], np.asarray(mask) != 0,
-                      [])
+                      [], study_ids)

@@ -216,5 +216,6 @@ def finish_run(accelerator, run_dir: Path, results: dict, write_info: Callable[[
         atomic_write_json(run_dir / "metrics.json", json_safe(results))
         write_model_card(run_dir)  # config.json + README.md: the folder is a Hugging Face model repository
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
-    accelerator.end_training()  # closes the trackers' writers (a no-op without trackers)
+    for tracker in accelerator.trackers:  # close the trackers' writers; the process group stays for the caller
+        tracker.finish()
     accelerator.wait_for_everyone()

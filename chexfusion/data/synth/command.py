@@ -100,7 +100,7 @@ def run_2026(args, started: float) -> int:
                 drawn_as=cxr_lt_2026.signs(), external=None, signatures=None, positive_studies=None,
                 frontal_only=None, lateral_only=None)
     atomic_write_json(args.out / META_NAME, meta)
-    tasks = [(task[0], str(args.out / layout.fpath(i)), f"PNG16-{int(layout.bits[i])}")
+    tasks = [(task[0], str(args.out / layout.fpath(i)), f"PNG16-{int(layout.bits[i])}", None)
              for i, task in enumerate(cohort_tasks(args, cohort, args.out))]
     render_all(tasks, args.workers or available_cpus())
     counts = cxr_lt_2026.write_csvs(args.out, layout, args.seed)
