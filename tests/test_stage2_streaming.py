@@ -29,10 +29,10 @@ from chexfusion.feature_store import FeatureConfig, FeatureStore
 from chexfusion.io import file_sha256
 from chexfusion.metrics import json_safe
 from chexfusion.stage2.config import Stage2Config
-from chexfusion.stage2.data import StudyDataset, collate_studies
+from chexfusion.stage2.baseline import stage1_baseline
 from chexfusion.stage2.model import load_stage2_run
-from chexfusion.stage2.streaming import StreamedStudies, choose_reader
-from chexfusion.stage2.train import Split, split_metrics, stage1_baseline, study_probs
+from chexfusion.stage2.studies import MemorySource, StreamSource, StudyItems, choose_reader, collate_studies, open_source
+from chexfusion.stage2.train import Split, split_metrics, study_probs
 
 STORE = {"features.row_group_rows": 8, "features.shard_rows": 32}
 STREAMED = {**STORE, "features.max_memory_gb": "0.000001", "features.shuffle_buffer": 16, "seed": 5,
@@ -71,9 +71,16 @@ def labelled(store_path, split="train"):
 
 
 def streamed(store_path, epoch=0, block=BATCH, split="train", shuffle_buffer=16):
-    store, meta, targets, mask = labelled(store_path, split)
-    dataset = StreamedStudies(store, split, len(meta), targets, mask, max_images=2, shuffle_buffer=shuffle_buffer,
-                              seed=5, block=block)
+    store, _, targets, mask = labelled(store_path, split)
+    dataset = StudyItems(StreamSource(store, split, shuffle_buffer=shuffle_buffer, seed=5), targets, mask,
+                         max_images=2, block=block)
+    dataset.set_epoch(epoch)
+    return dataset
+
+
+def in_memory(store_path, epoch=0, block=BATCH, split="train", shuffle=True):
+    store, _, targets, mask = labelled(store_path, split)
+    dataset = StudyItems(MemorySource(store, split, shuffle=shuffle, seed=5), targets, mask, max_images=2, block=block)
     dataset.set_epoch(epoch)
     return dataset
 
@@ -111,44 +118,56 @@ def test_bad_reader_or_shuffle_buffer_is_a_user_error_naming_the_key(tiny_data, 
 
 
 def test_streamed_items_are_the_in_memory_items(store):
-    """Same maps (cut to max_images), views, study index and labels as StudyDataset, whatever the order."""
-    opened, _, targets, mask = labelled(store)
-    split = opened.load_split("train")
-    in_memory = StudyDataset(split, targets, mask, max_images=2)
+    """Same maps (cut to max_images), views, study index and labels from both sources, whatever the order."""
+    split = FeatureStore(store).load_split("train")
+    by_study = {it["study"]: it for it in in_memory(store)}
     dataset = streamed(store)
     items = list(dataset)
+    assert sorted(by_study) == sorted(it["study"] for it in items) == list(range(len(split)))
     assert any(len(it["views"]) < len(split.study(it["study"]).views) for it in items)  # some studies are cut
     for item in items:
-        expected = in_memory[item["study"]]
+        expected = by_study[item["study"]]
         assert item.keys() == expected.keys()
         for key in ("features", "views", "target", "mask"):
             assert item[key].dtype == expected[key].dtype and torch.equal(item[key], expected[key]), key
-    stats = dataset.store.last_stream_stats  # memory stays bounded: two row groups and the buffer
+    stats = dataset.source.store.last_stream_stats  # memory stays bounded: two row groups and the buffer
     assert stats.max_decoded_row_groups <= 2 and stats.max_buffered_studies == 16
 
 
-def test_every_study_once_per_epoch_in_an_order_drawn_from_seed_and_epoch(store):
+@pytest.mark.parametrize("items", [streamed, in_memory])
+def test_every_study_once_per_epoch_in_an_order_drawn_from_seed_and_epoch(store, items):
     n = len(FeatureStore(store).split_metadata("train"))
-    orders = {epoch: [it["study"] for it in streamed(store, epoch)] for epoch in (0, 1)}
+    orders = {epoch: [it["study"] for it in items(store, epoch)] for epoch in (0, 1)}
     for order in orders.values():
         assert sorted(order) == list(range(n))
     assert orders[0] != orders[1]
-    assert [it["study"] for it in streamed(store, 0)] == orders[0]
-    assert [it["study"] for it in streamed(store, 0, split="val", shuffle_buffer=0)] == \
+    assert [it["study"] for it in items(store, 0)] == orders[0]
+    unshuffled = streamed(store, 0, split="val", shuffle_buffer=0) if items is streamed else \
+        in_memory(store, 0, split="val", shuffle=False)
+    assert [it["study"] for it in unshuffled] == \
         list(range(len(FeatureStore(store).split_metadata("val"))))  # evaluation: store order
 
 
+def test_in_memory_training_order_is_the_permutation_of_seed_and_epoch(store):
+    """The order the in-memory sampler drew before both readers shared one Dataset: the same runs train the same."""
+    n = len(FeatureStore(store).split_metadata("train"))
+    sampler = training.EpochPermutationSampler(n, seed=5)
+    sampler.set_epoch(3)
+    assert [it["study"] for it in in_memory(store, epoch=3)] == list(sampler)
+
+
+@pytest.mark.parametrize("items", [streamed, in_memory])
 @pytest.mark.parametrize("drop_last", [True, False])
-def test_two_workers_give_the_batches_of_one(store, drop_last):
-    """Workers split the stream by whole batches: the same batches in the same order, every study once."""
+def test_two_workers_give_the_batches_of_one(store, drop_last, items):
+    """Workers split the studies by whole batches: the same batches in the same order, every study once."""
     def batches(workers):
-        loader = torch.utils.data.DataLoader(streamed(store, epoch=1), batch_size=BATCH, collate_fn=collate_studies,
+        loader = torch.utils.data.DataLoader(items(store, epoch=1), batch_size=BATCH, collate_fn=collate_studies,
                                              num_workers=workers, drop_last=drop_last)
         return list(loader), len(loader)
 
     (one, length), (two, _) = batches(0), batches(2)
     n = len(FeatureStore(store).split_metadata("train"))
-    order = [it["study"] for it in streamed(store, epoch=1)]
+    order = [it["study"] for it in items(store, epoch=1)]
     assert studies_of(two) == studies_of(one) == order[:len(order) - (n % BATCH if drop_last else 0)]
     assert len(one) == length  # the length fit and the schedule count on
     for a, b in zip(one, two):
@@ -204,21 +223,22 @@ def test_same_weights_score_the_same_streamed_and_in_memory(streamed_run, store,
     classes, prevalence = metrics["classes"], np.asarray(json.loads((run / "run.json").read_text())["train_prevalence"])
     opened, policy, accelerator = FeatureStore(store), LabelPolicy(), training.make_accelerator(cfg.train)
     csvs = {"val": tiny_data / "development.csv", "test": tiny_data / "test.csv"}
-    in_memory, scored = {}, {}
+    memory_splits, scored = {}, {}
     for name, csv in csvs.items():
-        for reader, stream in (("memory", None), ("stream", dict(shuffle_buffer=0, seed=cfg.seed, block=BATCH))):
-            split = Split(opened, name, str(csv), classes, policy, cfg.model.max_images, stream)
-            assert (split.features is None) == (reader == "stream")
+        for reader in ("memory", "stream"):
+            source = open_source(opened, name, reader, shuffle=False, seed=cfg.seed, shuffle_buffer=16)
+            assert isinstance(source, MemorySource if reader == "memory" else StreamSource)
+            split = Split(opened, name, source, str(csv), classes, policy, cfg.model.max_images)
             loader = torch.utils.data.DataLoader(split.dataset, batch_size=BATCH, collate_fn=collate_studies)
             scored[name, reader] = split_metrics(split, *study_probs(model, loader, accelerator, name), classes,
                                                  prevalence)
             if reader == "memory":
-                in_memory[name] = split
+                memory_splits[name] = split
     for name, key in (("val", "validation"), ("test", "test")):
         assert_close(scored[name, "stream"], scored[name, "memory"])
         assert_close(metrics[key], scored[name, "memory"])
     assert_close(metrics["stage1_baseline"],
-                 stage1_baseline(cfg, opened, in_memory, classes, prevalence, accelerator))
+                 stage1_baseline(cfg, opened, memory_splits, classes, prevalence, accelerator.device))
 
 
 def assert_close(a, b, path=""):

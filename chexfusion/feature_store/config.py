@@ -23,7 +23,7 @@ LAYOUTS = ("binary", "list")
 # frontal backbone is the default; "lateral" is there for data sets where the opposite holds.
 UNKNOWN_VIEW_ROUTES = ("frontal", "lateral")
 # How stage 2 reads each split: auto loads it in memory when its maps fit in max_memory_gb and streams it
-# otherwise; memory and stream force one reader (stage2/streaming.py, features/README.md).
+# otherwise; memory and stream force one reader (stage2/studies.py, features/README.md).
 READERS = ("auto", "memory", "stream")
 
 

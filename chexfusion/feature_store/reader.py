@@ -109,6 +109,11 @@ class SplitFeatures:
         return len(self.meta)
 
     @cached_property
+    def csv_rows(self) -> np.ndarray:
+        """[N] int64 rows of the split's CSV (as :attr:`SplitMetadata.csv_rows`)."""
+        return self.meta["csv_row"].to_numpy(dtype=np.int64)
+
+    @cached_property
     def study_index(self) -> dict[str, slice]:
         return {s: slice(int(a), int(b)) for s, a, b in zip(self.study_ids, self.study_starts, self.study_stops)}
 
@@ -149,7 +154,7 @@ class SplitFeatures:
             features=self.rows(start, stop).reshape(stop - start, *self.shape),
             views=self.views[start:stop],
             dicom_ids=self.meta["dicom_id"].iloc[start:stop].tolist(),
-            csv_rows=self.meta["csv_row"].to_numpy(dtype=np.int64)[start:stop],
+            csv_rows=self.csv_rows[start:stop],
             index=i,
         )
 
