@@ -128,9 +128,8 @@ def store_epoch(parts, split, cfg, threads: int) -> float:
 
 
 def recompute_epoch(parts, split, cfg, extractor, images, threads: int) -> float:
-    import torch
-
     import numpy as np
+    import torch
 
     from chexfusion.stage2.studies import StudyMaps, collate_studies
     from chexfusion.training import EpochPermutationSampler

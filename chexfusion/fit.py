@@ -198,8 +198,11 @@ def prepare_training(accelerator, stage_cfg, model, train_loader, val_loader, ru
     run_dir.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         save_config(stage_cfg, run_dir / "config.yaml")
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler)
+    if getattr(train_loader.dataset, "shards_by_process", False):  # reads its own share: not sliced again
+        model, optimizer, val_loader, scheduler = accelerator.prepare(model, optimizer, val_loader, scheduler)
+    else:
+        model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+            model, optimizer, train_loader, val_loader, scheduler)
     if ema is not None:
         ema.to(accelerator.device)
     return Prepared(model, optimizer, scheduler, ema, train_loader, val_loader, steps_per_epoch)

@@ -16,22 +16,31 @@ import subprocess
 import sys
 
 import numpy as np
+import pipeline
 import pytest
 import torch
 from accelerate.data_loader import prepare_data_loader
 
-import pipeline
 from chexfusion import training
 from chexfusion.config import from_dict, read_yaml
 from chexfusion.data.labels import LabelPolicy
 from chexfusion.errors import UserError
 from chexfusion.feature_store import FeatureConfig, FeatureStore
+from chexfusion.feature_store import manifest as mf
 from chexfusion.io import file_sha256
 from chexfusion.metrics import json_safe
-from chexfusion.stage2.config import Stage2Config
 from chexfusion.stage2.baseline import stage1_baseline
+from chexfusion.stage2.config import Stage2Config
 from chexfusion.stage2.model import load_stage2_run
-from chexfusion.stage2.studies import MemorySource, StreamSource, StudyItems, choose_reader, collate_studies, open_source
+from chexfusion.stage2.studies import (
+    MemorySource,
+    ShardedSource,
+    StreamSource,
+    StudyItems,
+    choose_reader,
+    collate_studies,
+    open_source,
+)
 from chexfusion.stage2.train import Split, split_metrics, study_probs
 
 STORE = {"features.row_group_rows": 8, "features.shard_rows": 32}
@@ -72,15 +81,15 @@ def labelled(store_path, split="train"):
 
 def streamed(store_path, epoch=0, block=BATCH, split="train", shuffle_buffer=16):
     store, _, targets, mask = labelled(store_path, split)
-    dataset = StudyItems(StreamSource(store, split, shuffle_buffer=shuffle_buffer, seed=5), targets, mask,
-                         max_images=2, block=block)
+    dataset = StudyItems(StreamSource(store, split, shuffle_buffer=shuffle_buffer, seed=5, block=block), targets,
+                         mask, max_images=2)
     dataset.set_epoch(epoch)
     return dataset
 
 
 def in_memory(store_path, epoch=0, block=BATCH, split="train", shuffle=True):
     store, _, targets, mask = labelled(store_path, split)
-    dataset = StudyItems(MemorySource(store, split, shuffle=shuffle, seed=5), targets, mask, max_images=2, block=block)
+    dataset = StudyItems(MemorySource(store, split, shuffle=shuffle, seed=5, block=block), targets, mask, max_images=2)
     dataset.set_epoch(epoch)
     return dataset
 
@@ -279,3 +288,90 @@ def test_killed_streamed_run_resumes_to_the_same_result(streamed_run, tiny_data,
     history = [[{k: v for k, v in json.loads(line).items() if not k.endswith("seconds")}
                 for line in (r / "history.jsonl").read_text().splitlines()] for r in (whole, resumed)]
     assert history[0] == history[1]
+
+
+# ---- the training split streamed in per-process shares -----------------------------------------------------
+
+
+def sharded(store_path, rank=0, world=1, epoch=0, batch=4, lanes=4, store=None):
+    store = store or FeatureStore(store_path)
+    meta = store.split_metadata("train")
+    targets = np.zeros((len(meta), 3), np.float32)
+    dataset = StudyItems(ShardedSource(store, "train", seed=5, batch=batch, rank=rank, world=world, lanes=lanes,
+                                       shuffle_buffer=4), targets, np.ones_like(targets), max_images=2)
+    dataset.set_epoch(epoch)
+    return dataset
+
+
+def sharded_batches(store_path, rank, world, workers, epoch=0, batch=4):
+    loader = torch.utils.data.DataLoader(sharded(store_path, rank, world, epoch, batch), batch_size=batch,
+                                         collate_fn=collate_studies, num_workers=workers, drop_last=True)
+    return [[int(s) for s in b["study"]] for b in loader]
+
+
+def test_store_row_groups_and_shards_hold_whole_studies(store):
+    opened = FeatureStore(store)
+    meta = opened.split_metadata("train")
+    starts = set(meta.study_starts.tolist())
+    groups = opened.row_groups("train")
+    assert len(groups) > 4 and all(first in starts for _, _, first, _ in groups)
+    assert opened.manifest["study_aligned"] is True
+    for shard in opened.manifest["splits"]["train"]["shards"]:  # the checksum hashed while writing is the file's
+        assert shard["checksum"] == mf.shard_checksum(store / shard["file"])
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_sharded_epoch_trains_every_study_once_whatever_the_workers(store, world):
+    """Each process its own batches, the same with 0, 1, 2 or 4 workers; together every study at most once, and
+    all of them but fewer than one global batch; another epoch, another order."""
+    n, batch = len(FeatureStore(store).split_metadata("train")), 4
+    epochs = []
+    for epoch in (0, 1):
+        ranks = [sharded_batches(store, rank, world, workers=0, epoch=epoch) for rank in range(world)]
+        for rank in range(world):
+            for workers in (1, 2, 4):
+                assert sharded_batches(store, rank, world, workers, epoch=epoch) == ranks[rank], (rank, workers)
+        assert all(len(r) == n // (batch * world) for r in ranks)  # the steps fit counts on, on every process
+        seen = [s for r in ranks for b in r for s in b]
+        assert len(seen) == len(set(seen)) and n - len(seen) < batch * world
+        epochs.append(seen)
+    assert epochs[0] != epochs[1]
+
+
+def test_sharded_processes_read_only_their_own_row_groups(store, monkeypatch):
+    """Over all processes and lanes an epoch reads each row group once, twice at most where two shares meet."""
+    opened = FeatureStore(store)
+    reads = []
+    read = opened.read_row_group
+    monkeypatch.setattr(opened, "read_row_group", lambda path, index: reads.append((path, index)) or read(path, index))
+    world, lanes = 2, 4
+    for rank in range(world):
+        list(sharded(store, rank, world, store=opened, lanes=lanes))
+    groups = len(opened.row_groups("train"))
+    assert len(reads) <= groups + world * lanes - 1
+    assert len(set(reads)) >= groups - 1  # all but the row groups of the studies left for the next epoch
+
+
+def test_sharded_stream_needs_a_study_aligned_store(store, tmp_path):
+    import shutil
+
+    copy = tmp_path / "old"
+    shutil.copytree(store, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["study_aligned"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="run chexfusion features with the same config to rewrite it"):
+        sharded(copy)
+    FeatureStore(copy).load_split("train")  # in memory, an older store still reads
+
+
+def test_in_memory_split_is_mapped_from_one_shared_copy(store):
+    """map_split gives load_split's split, from a file written once and mapped again (its inode kept) after."""
+    opened = FeatureStore(store)
+    loaded, mapped = opened.load_split("val"), opened.map_split("val")
+    assert loaded.meta.equals(mapped.meta) and np.array_equal(loaded.features, mapped.features)
+    path = opened.mapped_path("val")
+    inode = path.stat().st_ino
+    again = FeatureStore(store).map_split("val")
+    assert path.stat().st_ino == inode and np.array_equal(again.features, loaded.features)
+    assert not again.chunks[0].flags.writeable  # a view of the mapped file, not a private copy

@@ -30,7 +30,9 @@ MANIFEST_NAME = "manifest.json"
 CONTENT_KEYS = ("routing", "unknown_view", "backbones", "preprocess", "image_size", "feature_shape", "pool",
                 "dtype", "shape", "splits")
 # Keys that change only how the same features are laid out in files; the writer rebuilds when they change.
-STORAGE_KEYS = ("format_version", "layout", "shard_rows", "row_group_rows")
+# study_aligned: row groups and shards hold whole studies (stage 2's sharded stream needs it; stores written
+# before it are rewritten by chexfusion features).
+STORAGE_KEYS = ("format_version", "layout", "shard_rows", "row_group_rows", "study_aligned")
 
 
 # A shard's checksum finds a damaged, truncated or swapped shard file (resume and ``features --verify``); it is not
@@ -47,6 +49,43 @@ def shard_file_name(split: str, index: int) -> str:
 def shard_checksum(path: Path, algorithm: str = SHARD_CHECKSUM) -> str:
     """``'<algorithm>:<hex digest>'`` of a shard file."""
     return f"{algorithm}:{file_digest(path, _DIGESTS[algorithm]())}"
+
+
+class HashingWriter:
+    """A binary file that hashes its bytes as they are written, so a shard's checksum costs no second read.
+
+    The Parquet writer only appends (its footer comes last), so the hash of the
+    bytes passed to :meth:`write` is the hash of the file.
+    """
+
+    def __init__(self, path: Path, algorithm: str = SHARD_CHECKSUM):
+        self.file = open(path, "wb")  # noqa: SIM115 (closed by close(), which the Parquet writer's owner calls)
+        self.algorithm, self.digest, self.position = algorithm, _DIGESTS[algorithm](), 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        written = self.file.write(data)
+        self.position += written
+        return written
+
+    def tell(self) -> int:
+        return self.position
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.file.close()
+            self.closed = True
+
+    def checksum(self) -> str:
+        """``'<algorithm>:<hex digest>'`` of everything written, as :func:`shard_checksum` gives for the file."""
+        return f"{self.algorithm}:{self.digest.hexdigest()}"
 
 
 def recorded_checksum(record: dict) -> str | None:
@@ -131,7 +170,8 @@ def expected_from_config(cfg: FeatureConfig, splits: dict[str, tuple[str, str]])
 def new_manifest(expected: dict, cfg: FeatureConfig) -> dict:
     """The manifest of a store being written (``complete`` false until every shard is on disk)."""
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "complete": False, **expected,
-            "layout": cfg.layout, "shard_rows": cfg.shard_rows, "row_group_rows": cfg.row_group_rows}
+            "layout": cfg.layout, "shard_rows": cfg.shard_rows, "row_group_rows": cfg.row_group_rows,
+            "study_aligned": True}
 
 
 def read_manifest(store: Path) -> dict | None:

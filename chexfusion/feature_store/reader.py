@@ -31,13 +31,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import xxhash
 
 from ..data.views import VIEWS
 from ..errors import UserError
+from ..io import atomic_path
 from . import manifest as mf
 from .schema import FEATURES, NUMPY_DTYPES, features_to_numpy
 
 READ_META = ("dicom_id", "study_id", "subject_id", "view", "csv_row")
+MAPPED_DIR = "_mapped"  # map_split's Arrow IPC copies of splits (derived from the shards; safe to delete)
 
 
 @dataclass
@@ -305,18 +308,59 @@ class FeatureStore:
         return table.drop_columns([FEATURES]), chunks
 
     def load_split(self, split: str) -> SplitFeatures:
-        """The whole split in memory (see :meth:`fits_in_memory`).
+        """The whole split in memory (see :meth:`fits_in_memory`), decoded from its Parquet shards.
 
         Shards are read one after the other: decoding is a memory-bound copy, and
         parallel threads measured slower here (they contend for the page tables).
+        The decoded maps are private to the process; :meth:`map_split` shares them.
         """
         parts = [self._read_shard(path) for path in self._shard_paths(split)]
-        if parts:
-            meta = pa.concat_tables([t for t, _ in parts]).to_pandas()
+        return self._split_features(split, [t for t, _ in parts], [c for _, cs in parts for c in cs])
+
+    def _split_features(self, split: str, metas: list[pa.Table], chunks: list[np.ndarray]) -> SplitFeatures:
+        if metas:
+            meta = pa.concat_tables(metas).to_pandas()
         else:
             meta = pd.DataFrame({c: pd.Series([], dtype="int32" if c == "csv_row" else "str") for c in READ_META})
-        chunks = [c for _, cs in parts for c in cs if len(c)]
-        return SplitFeatures(split, meta, self.shape, self.dtype, chunks)
+        return SplitFeatures(split, meta, self.shape, self.dtype, [c for c in chunks if len(c)])
+
+    def mapped_path(self, split: str) -> Path:
+        """Where :meth:`map_split` keeps the split's uncompressed copy: named by its shards' checksums, so a
+        rewritten shard gives another file."""
+        checksums = "".join(str(mf.recorded_checksum(s)) for s in self._split(split)["shards"])
+        return self.path / MAPPED_DIR / f"{split}-{xxhash.xxh3_64_hexdigest(checksums.encode())}.arrow"
+
+    def map_split(self, split: str) -> SplitFeatures:
+        """The whole split as :meth:`load_split` gives it, its maps memory-mapped from an Arrow IPC file.
+
+        Parquet pages always decode into the reading process's own memory, so P
+        processes that load a split hold P copies. An Arrow IPC file is the
+        in-memory layout itself: mapped, its buffers are the page cache's, and
+        every process on the machine that maps it shares one copy. The file is
+        written once (atomically, from the shards) and reused while the shards
+        do not change; under several processes let one process write it first.
+        """
+        if not self.split_rows(split):
+            return self.load_split(split)
+        path = self.mapped_path(split)
+        if not path.is_file():
+            self._write_mapped(split, path)
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        chunks = [features_to_numpy(c, self.manifest["dtype"], self.width) for c in table.column(FEATURES).chunks]
+        return self._split_features(split, [table.drop_columns([FEATURES])], chunks)
+
+    def _write_mapped(self, split: str, path: Path) -> None:
+        for stale in path.parent.glob(f"{split}-*.arrow"):
+            stale.unlink(missing_ok=True)
+        rows = int(self.manifest.get("row_group_rows", 256))  # a batch of rows at a time, not the whole shard
+        with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink:
+            writer = None
+            for shard in self._shard_paths(split):
+                for batch in self._open(shard, memory_map=False).iter_batches(
+                        batch_size=rows, columns=list(READ_META) + [FEATURES], use_threads=False):
+                    writer = writer or pa.ipc.new_file(sink, batch.schema)
+                    writer.write_batch(batch)
+            writer.close()
 
     # ---- streaming -----------------------------------------------------------------------------------------
 
@@ -335,6 +379,16 @@ class FeatureStore:
                              dicom_ids=meta.column("dicom_id").combine_chunks(),
                              study_ids=study_ids.take(pa.array(starts)).to_numpy(zero_copy_only=False).astype(object),
                              study_starts=starts, study_stops=stops)
+
+    def row_groups(self, split: str) -> list[tuple[Path, int, int, int]]:
+        """(shard path, row group index, first row, rows) of every row group of the split, in store order."""
+        return self._row_groups(split)
+
+    def read_row_group(self, path: Path, index: int) -> np.ndarray:
+        """The maps ``[rows, C*h*w]`` of one row group (read-only views of the decoded buffer)."""
+        column = self._open(path, memory_map=False).read_row_group(index, columns=[FEATURES]).column(FEATURES)
+        chunks = [features_to_numpy(c, self.manifest["dtype"], self.width) for c in column.chunks]
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     def _row_groups(self, split: str) -> list[tuple[Path, int, int, int]]:
         """(shard path, row group index, first row, rows) of every row group of the split, in store order."""
@@ -366,18 +420,28 @@ class FeatureStore:
                 yield from stream.studies_of_group(g, copy=False)
             return
         rng = np.random.default_rng([seed, epoch])
-        buffer: list[StudyFeatures] = []
-        for g in rng.permutation(stream.num_groups):
-            for study in stream.studies_of_group(int(g), copy=True):  # a buffered study must not pin its row group
-                if len(buffer) < shuffle_buffer:
-                    buffer.append(study)
-                    self.last_stream_stats.max_buffered_studies = len(buffer)
-                    continue
-                j = int(rng.integers(len(buffer)))
-                buffer[j], study = study, buffer[j]
-                yield study
-        for j in rng.permutation(len(buffer)):
-            yield buffer[j]
+        # a buffered study is a copy: it must not pin its row group
+        studies = (study for g in rng.permutation(stream.num_groups) for study in stream.studies_of_group(int(g), True))
+        yield from buffer_shuffle(studies, shuffle_buffer, rng, self.last_stream_stats)
+
+
+def buffer_shuffle(items: Iterator, size: int, rng: np.random.Generator,
+                   stats: StreamStats | None = None) -> Iterator:
+    """``items`` in a random order through a buffer of ``size``: once the buffer is full, each arriving item takes
+    the place of a random buffered one, which is yielded; the rest come out permuted at the end. Memory holds
+    ``size`` items whatever the stream's length; the same ``rng`` state gives the same order."""
+    buffer: list = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            if stats is not None:
+                stats.max_buffered_studies = len(buffer)
+            continue
+        j = int(rng.integers(len(buffer)))
+        buffer[j], item = item, buffer[j]
+        yield item
+    for j in rng.permutation(len(buffer)):
+        yield buffer[j]
 
 
 class _SplitStream:

@@ -22,6 +22,7 @@ from .. import training
 from ..config import to_dict
 from ..data.cxr_lt import read_cxr_lt
 from ..data.labels import LabelPolicy
+from ..errors import UserError
 from ..fit import finish_run, fit, prepare_training, summary_line
 from ..losses import build_loss
 from ..metrics import compute_metrics
@@ -29,7 +30,7 @@ from .baseline import stage1_baseline
 from .config import Stage2Config
 from .model import build_for_classes, write_run_info
 from .store import open_store_for, stage1_classes
-from .studies import StudyItems, choose_reader, collate_studies, image_study, open_source, study_labels
+from .studies import ShardedSource, StudyItems, choose_reader, collate_studies, image_study, open_source, study_labels
 
 
 class Split:
@@ -40,15 +41,30 @@ class Split:
     """
 
     def __init__(self, store, name: str, source, csv: str, classes: list[str], policy: LabelPolicy,
-                 max_images: int, block: int = 1):
+                 max_images: int):
         self.name, self.source, self.layout = name, source, source.layout
         table = read_cxr_lt(csv, classes=classes, require_labels=True)
         targets, mask = table.targets(policy)
         self.image_targets, self.image_mask = targets[self.layout.csv_rows], mask[self.layout.csv_rows]
         self.image_study = image_study(self.layout)
         self.targets, self.mask = study_labels(self.layout, self.image_targets, self.image_mask)
-        self.dataset = StudyItems(source, self.targets, self.mask, max_images, block)
+        self.dataset = StudyItems(source, self.targets, self.mask, max_images)
         self.skipped = store.manifest["splits"][name].get("skipped", [])
+
+
+def split_source(cfg: Stage2Config, store, name: str, reader: str, accelerator):
+    """Where a split's studies come from: the training split in an order from (seed, epoch), streamed in
+    per-process shares; evaluation splits in store order (``studies.py``)."""
+    block = cfg.train.batch_size * accelerator.num_processes
+    if name != "train" or reader == "memory":
+        return open_source(store, name, reader, shuffle=name == "train", seed=cfg.seed,
+                           shuffle_buffer=cfg.features.shuffle_buffer, block=block)
+    if cfg.features.stream_lanes % max(cfg.train.num_workers, 1):
+        raise UserError(f"train.num_workers {cfg.train.num_workers} must divide features.stream_lanes "
+                        f"{cfg.features.stream_lanes} when the training split is streamed")
+    return ShardedSource(store, name, seed=cfg.seed, batch=cfg.train.batch_size, rank=accelerator.process_index,
+                         world=accelerator.num_processes, lanes=cfg.features.stream_lanes,
+                         shuffle_buffer=cfg.features.shuffle_buffer)
 
 
 @torch.no_grad()
@@ -101,14 +117,12 @@ def train_stage2(cfg: Stage2Config) -> dict:
     if cfg.data.test_csv and "test" in store.manifest["splits"]:
         csvs["test"] = cfg.data.test_csv
     splits = {}
-    for name, csv in csvs.items():
-        reader, why = choose_reader(cfg.features, store, name)
-        log(f"stage 2 reads split '{name}' {'in memory' if reader == 'memory' else 'streamed'}: {why}")
-        # training: an order from (seed, epoch); evaluation: store order
-        source = open_source(store, name, reader, shuffle=name == "train", seed=cfg.seed,
-                             shuffle_buffer=cfg.features.shuffle_buffer)
-        splits[name] = Split(store, name, source, csv, classes, policy, cfg.model.max_images,
-                             block=cfg.train.batch_size * accelerator.num_processes)
+    with accelerator.local_main_process_first():  # it writes a split's mapped copy the others then share
+        for name, csv in csvs.items():
+            reader, why = choose_reader(cfg.features, store, name)
+            log(f"stage 2 reads split '{name}' {'in memory' if reader == 'memory' else 'streamed'}: {why}")
+            splits[name] = Split(store, name, split_source(cfg, store, name, reader, accelerator), csv, classes,
+                                 policy, cfg.model.max_images)
 
     def loader(split, drop_last=False):
         return torch.utils.data.DataLoader(split.dataset, batch_size=cfg.train.batch_size,
@@ -129,6 +143,7 @@ def train_stage2(cfg: Stage2Config) -> dict:
                                                      prepared.ema, prepared.val_loader)
 
     def batch_loss(m, batch):
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}  # a sharded stream is not prepared
         logits = m(batch["features"], batch["views"], batch["image_mask"])
         return loss_fn(logits.float(), batch["target"], batch["mask"])
 
