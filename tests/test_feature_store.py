@@ -431,7 +431,7 @@ def test_a_store_written_with_sha256_records_still_verifies_and_is_not_rebuilt(t
     damaged = bytearray((store / first["file"]).read_bytes())
     damaged[100] ^= 0xFF
     (store / first["file"]).write_bytes(bytes(damaged))
-    with pytest.raises(UserError, match=f"shard {first['file']} is damaged"):
+    with pytest.raises(UserError, match=f"shard {first['file']} differs from its checksum"):
         FeatureStore(store).verify()
 
 
@@ -447,7 +447,7 @@ def test_missing_or_damaged_store_and_bad_config_are_one_line_errors(tmp_path, d
     damaged = bytearray(shard.read_bytes())
     damaged[100] ^= 0xFF
     shard.write_bytes(bytes(damaged))
-    with pytest.raises(UserError, match="shard part-val-00000.parquet is damaged"):
+    with pytest.raises(UserError, match="shard part-val-00000.parquet differs from its checksum"):
         FeatureStore(copy).verify()
     with pytest.raises(UserError, match="has no split 'test'"):
         FeatureStore(copy).load_split("test")

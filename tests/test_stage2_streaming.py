@@ -43,17 +43,16 @@ from chexfusion.stage2.studies import (
 )
 from chexfusion.stage2.train import Split, split_metrics, study_probs
 
-STORE = {"features.row_group_rows": 8, "features.shard_rows": 32}
+STORE = pipeline.SMALL_GROUPS
 STREAMED = {**STORE, "features.max_memory_gb": "0.000001", "features.shuffle_buffer": 16, "seed": 5,
             "train.checkpoint_every_steps": 2}
 BATCH = 8  # pipeline.stage2_overrides: train.batch_size
 
 
 @pytest.fixture(scope="module")
-def store(tiny_data, tiny_stage1, tmp_path_factory, repo_root, monkeypatch_module):
-    monkeypatch_module.chdir(repo_root)
-    runs = tmp_path_factory.mktemp("streamed")
-    return pipeline.build_features(tiny_data, runs, runs / "store", tiny_stage1, **STORE)
+def store(grouped_store, repo_root, monkeypatch_module):
+    monkeypatch_module.chdir(repo_root)  # the stage-2 runs below name stage2/config.yaml
+    return grouped_store
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ import xxhash
 from ..data.views import VIEWS
 from ..errors import UserError
 from ..io import atomic_path
+from . import integrity
 from . import manifest as mf
 from .schema import FEATURES, NUMPY_DTYPES, features_to_numpy
 
@@ -244,6 +245,9 @@ class FeatureStore:
         self.dtype = NUMPY_DTYPES[manifest["dtype"]]
         self.width = int(np.prod(self.shape))
         self.last_stream_stats = StreamStats()
+        problems = integrity.listing_problems(self.path, manifest)  # footers only: a few KB a shard
+        if problems:
+            raise integrity.refusal(self.path, *problems[0])
 
     # ---- the manifest ------------------------------------------------------------------------------------
 
@@ -282,28 +286,24 @@ class FeatureStore:
         return [self.path / s["file"] for s in self._split(split)["shards"]]
 
     def verify(self) -> None:
-        """Check every shard against the checksum in the manifest."""
-        for split in self.splits:
-            for shard in self._split(split)["shards"]:
-                path = self.path / shard["file"]
-                if not path.is_file():
-                    raise UserError(f"feature store {self.path}: shard {shard['file']} is missing: delete the "
-                                    "folder and run chexfusion features")
-                if not mf.shard_matches(path, shard):
-                    raise UserError(f"feature store {self.path}: shard {shard['file']} is damaged (its checksum "
-                                    f"differs from {mf.MANIFEST_NAME}): delete the folder and run chexfusion features")
+        """Check every shard against the checksum in the manifest (reads the whole store)."""
+        problems = integrity.checksum_problems(self.path, self.manifest)
+        if problems:
+            raise integrity.refusal(self.path, *problems[0])
 
     # ---- in memory -----------------------------------------------------------------------------------------
 
     def _open(self, path: Path, memory_map: bool) -> pq.ParquetFile:
-        try:  # pre_buffer off: it would copy every column chunk into memory before decoding it
-            return pq.ParquetFile(path, memory_map=memory_map, pre_buffer=False)
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise UserError(f"feature store {self.path}: cannot read shard {path.name} ({exc}); run "
-                            f"FeatureStore.verify or rebuild the store") from None
+        # pre_buffer off: it would copy every column chunk into memory before decoding it; each page's CRC is
+        # checked as it is decoded (integrity.py)
+        with integrity.reading(self.path, path):
+            return pq.ParquetFile(path, memory_map=memory_map, pre_buffer=False, page_checksum_verification=True)
 
-    def _read_shard(self, path: Path) -> tuple[pa.Table, list[np.ndarray]]:
-        table = self._open(path, memory_map=True).read(columns=list(READ_META) + [FEATURES], use_threads=False)
+    def _read_shard(self, path: Path, split: str) -> tuple[pa.Table, list[np.ndarray]]:
+        with integrity.reading(self.path, path):
+            table = self._open(path, memory_map=True).read(columns=[*READ_META, "split", FEATURES], use_threads=False)
+        integrity.check_split_column(self.path, path, table, split)
+        table = table.drop_columns(["split"])
         chunks = [features_to_numpy(c, self.manifest["dtype"], self.width) for c in table.column(FEATURES).chunks]
         return table.drop_columns([FEATURES]), chunks
 
@@ -314,7 +314,7 @@ class FeatureStore:
         parallel threads measured slower here (they contend for the page tables).
         The decoded maps are private to the process; :meth:`map_split` shares them.
         """
-        parts = [self._read_shard(path) for path in self._shard_paths(split)]
+        parts = [self._read_shard(path, split) for path in self._shard_paths(split)]
         return self._split_features(split, [t for t, _ in parts], [c for _, cs in parts for c in cs])
 
     def _split_features(self, split: str, metas: list[pa.Table], chunks: list[np.ndarray]) -> SplitFeatures:
@@ -356,8 +356,12 @@ class FeatureStore:
         with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink:
             writer = None
             for shard in self._shard_paths(split):
-                for batch in self._open(shard, memory_map=False).iter_batches(
-                        batch_size=rows, columns=list(READ_META) + [FEATURES], use_threads=False):
+                with integrity.reading(self.path, shard):
+                    batches = list(self._open(shard, memory_map=False).iter_batches(
+                        batch_size=rows, columns=[*READ_META, "split", FEATURES], use_threads=False))
+                for batch in batches:
+                    integrity.check_split_column(self.path, shard, batch, split)
+                    batch = batch.drop_columns(["split"])
                     writer = writer or pa.ipc.new_file(sink, batch.schema)
                     writer.write_batch(batch)
             writer.close()
@@ -366,9 +370,12 @@ class FeatureStore:
 
     def split_metadata(self, split: str) -> SplitMetadata:
         """The split's metadata columns and study bounds, without its maps (see :class:`SplitMetadata`)."""
-        paths = self._shard_paths(split)
-        meta = pa.concat_tables([self._open(p, memory_map=False).read(columns=list(READ_META)) for p in paths]) \
-            if paths else None
+        tables = []
+        for path in self._shard_paths(split):
+            with integrity.reading(self.path, path):
+                tables.append(self._open(path, memory_map=False).read(columns=[*READ_META, "split"]))
+            integrity.check_split_column(self.path, path, tables[-1], split)
+        meta = pa.concat_tables(tables) if tables else None
         if meta is None or not meta.num_rows:
             empty = np.zeros(0, np.int64)
             return SplitMetadata(split, empty, empty, pa.array([], pa.string()), np.zeros(0, object), empty, empty)
@@ -386,7 +393,8 @@ class FeatureStore:
 
     def read_row_group(self, path: Path, index: int) -> np.ndarray:
         """The maps ``[rows, C*h*w]`` of one row group (read-only views of the decoded buffer)."""
-        column = self._open(path, memory_map=False).read_row_group(index, columns=[FEATURES]).column(FEATURES)
+        with integrity.reading(self.path, path):
+            column = self._open(path, memory_map=False).read_row_group(index, columns=[FEATURES]).column(FEATURES)
         chunks = [features_to_numpy(c, self.manifest["dtype"], self.width) for c in column.chunks]
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
@@ -465,7 +473,8 @@ class _SplitStream:
             if len(self.files) >= 2:
                 self.files.popitem(last=False)
             self.files[path] = self.store._open(path, memory_map=False)
-        column = self.files[path].read_row_group(index, columns=[FEATURES]).column(FEATURES)
+        with integrity.reading(self.store.path, path):
+            column = self.files[path].read_row_group(index, columns=[FEATURES]).column(FEATURES)
         chunks = [features_to_numpy(c, self.store.manifest["dtype"], self.store.width) for c in column.chunks]
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..io import atomic_path, atomic_write_json
+from . import integrity
 from . import manifest as mf
 from .config import FeatureConfig
 from .reader import MAPPED_DIR
@@ -128,7 +129,13 @@ def prepare_store(store: Path, header: dict, log) -> bool:
         why = mf.first_difference(current, header, mf.STORAGE_KEYS + mf.CONTENT_KEYS)
         if why is None and current.get("complete"):
             shutil.rmtree(store / PROGRESS_DIR, ignore_errors=True)  # a kill may fall just after the manifest
-            return True
+            problems = integrity.listing_problems(store, current) + integrity.checksum_problems(store, current)
+            if not problems:
+                return True
+            for name, what in problems:
+                log(f"feature store {store}: shard {name} {what}: rewriting it")
+            reopen_damaged(store, current, {name for name, _ in problems})
+            return False
         if why is None:
             return False  # resume: keep the shards and their sidecars
         log(f"feature store {store} was made differently ({why}): rebuilding it")
@@ -138,6 +145,19 @@ def prepare_store(store: Path, header: dict, log) -> bool:
         _remove_store_files(store)
     mf.write_manifest(store, header)
     return False
+
+
+def reopen_damaged(store: Path, manifest: dict, damaged: set[str]) -> None:
+    """Turn a complete store with damaged shards into an interrupted one that lacks them: the good shards get
+    their sidecars back from the manifest, the damaged (and unlisted) files go, and the resume writes them."""
+    for name, shard in integrity.listed_shards(manifest).items():
+        if name not in damaged:
+            atomic_write_json(_sidecar(store, name), {"file": name, "rows": shard["rows"],
+                                                      "checksum": mf.recorded_checksum(shard),
+                                                      "skipped": shard["skipped"], "skipped_errors": []})
+    for name in damaged:
+        (store / name).unlink(missing_ok=True)
+    mf.write_manifest(store, {**manifest, "complete": False})
 
 
 def shard_is_done(store: Path, job: ShardJob) -> bool:

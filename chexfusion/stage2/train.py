@@ -23,7 +23,9 @@ from ..config import to_dict
 from ..data.cxr_lt import read_cxr_lt
 from ..data.labels import LabelPolicy
 from ..errors import UserError
+from ..feature_store import integrity
 from ..fit import finish_run, fit, prepare_training, summary_line
+from ..inference import study_ordered_rows
 from ..losses import build_loss
 from ..metrics import compute_metrics
 from .baseline import stage1_baseline
@@ -44,12 +46,23 @@ class Split:
                  max_images: int):
         self.name, self.source, self.layout = name, source, source.layout
         table = read_cxr_lt(csv, classes=classes, require_labels=True)
+        check_coverage(store, name, table, self.layout)
         targets, mask = table.targets(policy)
         self.image_targets, self.image_mask = targets[self.layout.csv_rows], mask[self.layout.csv_rows]
         self.image_study = image_study(self.layout)
         self.targets, self.mask = study_labels(self.layout, self.image_targets, self.image_mask)
         self.dataset = StudyItems(source, self.targets, self.mask, max_images)
         self.skipped = store.manifest["splits"][name].get("skipped", [])
+
+
+def check_coverage(store, name: str, table, layout) -> None:
+    """Refuse a split that does not hold exactly its CSV's rows in store order, less the skipped images: labels
+    are taken by CSV row, so a swapped, dropped or shifted shard would train on wrong labels silently."""
+    skipped = store.manifest["splits"][name].get("skipped", [])
+    order = study_ordered_rows(table.frame)
+    if skipped:
+        order = order[~np.isin(table.frame["dicom_id"].astype(str).to_numpy()[order], skipped)]
+    integrity.check_coverage(store.path, name, store.manifest["splits"][name], order, layout.csv_rows)
 
 
 def split_source(cfg: Stage2Config, store, name: str, reader: str, accelerator):
