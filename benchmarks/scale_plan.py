@@ -335,7 +335,9 @@ def render(plan: dict) -> tuple[str, dict]:
         "processes, not on the DataLoader workers.")
     scaleout = plan["benchmarks"].get("stage2_scaleout")
     if scaleout:
-        out(f"  Measured (benchmarks/stage2_scaleout.py, a {scaleout['store_gb']} GB store of 768 x 8 x 8 maps): one "
+        out(f"  Measured (`python benchmarks/stage2_scaleout.py` on a {scaleout['machine']['cores']}-core CPU, "
+            f"{dt.date.fromtimestamp(support.OUT.joinpath('stage2_scaleout.json').stat().st_mtime)}, a "
+            f"{scaleout['store_gb']} GB store of 768 x 8 x 8 maps): one "
             f"streamed epoch on 2 processes x 2 workers read {scaleout['read_amplification']} x the store "
             f"({scaleout['read_amplification_1x1']} x on 1 x 1) and trained on every study once; 2 processes "
             f"holding the split in memory take {scaleout['node_memory_ratio']} x the memory of one (summed Pss).")
