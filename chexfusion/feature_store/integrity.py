@@ -1,13 +1,19 @@
 """What a store's shards must satisfy before anything trains on them, and the one-line refusal when they do not.
 
-Damage is found where it costs nothing extra: the shard list, each file's
-footer (its row count) when the store is opened; each page's CRC
-(``write_page_checksum`` when written, ``page_checksum_verification`` when
-read) and each row's split while the reading pass decodes them; coverage
-(a split holds exactly the rows of its CSV in store order, less the images
-recorded as skipped) when stage 2 labels the split. The whole-file checksums of
-``manifest.json`` are checked by ``chexfusion features``, which reads every
-shard anyway, and rewrites the shards that fail any of these.
+Damage is found where it costs little: the shard list and each file's footer
+(its row count) when the store is opened; each row's split while the reading
+pass decodes it; each shard's checksum while an in-memory split is read to
+write its mapped copy (``FeatureStore.map_split``: the bytes are hashed in
+memory before they are decoded); coverage (a split holds exactly the rows of
+its CSV in store order, less the images recorded as skipped) when stage 2
+labels the split. ``chexfusion features`` checks every checksum and rewrites
+the shards that fail any of these.
+
+Not checked: the bytes of a streamed row group (each process reads only some
+of a shard, so the whole-file checksum cannot be computed on the way);
+Parquet's page CRCs would check them, but verifying them measured 3-4x slower
+reads here, so a damaged page that still decodes trains unnoticed in a
+streamed split (one that does not decode is refused).
 
 Out of scope: a forger who rewrites shards and manifest consistently (the
 checksums are in the manifest they would rewrite; see features/README.md).
@@ -58,6 +64,16 @@ def listing_problems(store: Path, manifest: dict) -> list[tuple[str, str]]:
     problems += [(p.name, f"is not listed in {mf.MANIFEST_NAME}") for p in sorted(store.glob("part-*.parquet"))
                  if p.name not in listed]
     return problems
+
+
+def checked_bytes(store: Path, path: Path, entries: dict[str, dict]) -> bytes:
+    """The bytes of shard ``path``, read once and refused unless they match its checksum in the manifest."""
+    data = path.read_bytes()
+    recorded = mf.recorded_checksum(entries[path.name]) or ""
+    algorithm = recorded.partition(":")[0]
+    if algorithm not in mf.DIGESTS or f"{algorithm}:{mf.DIGESTS[algorithm](data).hexdigest()}" != recorded:
+        raise refusal(store, path.name, f"differs from its checksum in {mf.MANIFEST_NAME}")
+    return data
 
 
 def checksum_problems(store: Path, manifest: dict) -> list[tuple[str, str]]:

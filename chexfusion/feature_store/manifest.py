@@ -39,7 +39,7 @@ STORAGE_KEYS = ("format_version", "layout", "shard_rows", "row_group_rows", "stu
 # a defence against tampering, so it is XXH3-128, not sha256: hashing runs at memory speed (measured ~10x sha256
 # here), which keeps a shard's write close to the cost of writing its bytes (benchmarks/feature_store.py).
 SHARD_CHECKSUM = "xxh3_128"
-_DIGESTS = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
+DIGESTS = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
 
 
 def shard_file_name(split: str, index: int) -> str:
@@ -48,7 +48,7 @@ def shard_file_name(split: str, index: int) -> str:
 
 def shard_checksum(path: Path, algorithm: str = SHARD_CHECKSUM) -> str:
     """``'<algorithm>:<hex digest>'`` of a shard file."""
-    return f"{algorithm}:{file_digest(path, _DIGESTS[algorithm]())}"
+    return f"{algorithm}:{file_digest(path, DIGESTS[algorithm]())}"
 
 
 class HashingWriter:
@@ -60,7 +60,7 @@ class HashingWriter:
 
     def __init__(self, path: Path, algorithm: str = SHARD_CHECKSUM):
         self.file = open(path, "wb")  # noqa: SIM115 (closed by close(), which the Parquet writer's owner calls)
-        self.algorithm, self.digest, self.position = algorithm, _DIGESTS[algorithm](), 0
+        self.algorithm, self.digest, self.position = algorithm, DIGESTS[algorithm](), 0
         self.closed = False
 
     def write(self, data) -> int:
@@ -103,7 +103,7 @@ def shard_matches(path: Path, record: dict) -> bool:
     """Whether the file at ``path`` has the checksum that its manifest entry or sidecar ``record`` holds."""
     recorded = recorded_checksum(record)
     algorithm = recorded.partition(":")[0] if recorded else None
-    return algorithm in _DIGESTS and shard_checksum(path, algorithm) == recorded
+    return algorithm in DIGESTS and shard_checksum(path, algorithm) == recorded
 
 
 def pooled_shape(feature_shape, pool) -> list[int]:

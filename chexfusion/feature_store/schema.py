@@ -48,7 +48,6 @@ PARQUET_OPTIONS = dict(
     use_dictionary=["view", "split"],
     write_statistics=["dicom_id", "study_id", "subject_id", "csv_row"],  # small columns, for filter push-down
     store_schema=True,
-    write_page_checksum=True,  # a CRC per page, checked as the page is read (integrity.py)
 )
 
 
