@@ -17,7 +17,7 @@ images, at two map shapes (float16):
 
 - write: the store's shard writer (``writer.write_shard_file``: Parquet encode,
   write under a temporary name, the file's checksum for resume and the manifest
-  hashed from the bytes as they are written, rename) for every shard, plus the
+  (read back from the page cache), rename) for every shard, plus the
   manifest; against ``np.save`` of the features and an ids array.
   ``write_ratio_without_checksum``: Parquet alone; ``checksum_write_overhead``:
   the shard writer's time over Parquet alone's, minus 1.
@@ -291,7 +291,7 @@ def main() -> None:
             f"speed (no compression, dictionary or statistics on the maps; page sizes 1-512 MB, write batches of "
             f"64-4096 values and the system or jemalloc pools measured no faster): its encoder copies every map "
             f"into page buffers and writes those page by page, where np.save hands the array to the kernel as it "
-            f"is. The per-shard checksum (XXH3 of the bytes as they are written, for resume and "
+            f"is. The per-shard checksum (XXH3 of the file read back from the page cache, for resume and "
             f"`features --verify`) takes it to {result['write_ratio']:.2f}. At the "
             f"demo's 10 KB rows, per-row ids and index weigh more: read {demo['read_ratio']:.2f}, write "
             f"{demo['write_ratio']:.2f}")

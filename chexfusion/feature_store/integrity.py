@@ -71,7 +71,7 @@ def checked_bytes(store: Path, path: Path, entries: dict[str, dict]) -> bytes:
     data = path.read_bytes()
     recorded = mf.recorded_checksum(entries[path.name]) or ""
     algorithm = recorded.partition(":")[0]
-    if algorithm not in mf.DIGESTS or f"{algorithm}:{mf.DIGESTS[algorithm](data).hexdigest()}" != recorded:
+    if algorithm not in mf.DIGESTS or mf.bytes_checksum(data, algorithm) != recorded:
         raise refusal(store, path.name, f"differs from its checksum in {mf.MANIFEST_NAME}")
     return data
 

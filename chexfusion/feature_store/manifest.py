@@ -51,41 +51,9 @@ def shard_checksum(path: Path, algorithm: str = SHARD_CHECKSUM) -> str:
     return f"{algorithm}:{file_digest(path, DIGESTS[algorithm]())}"
 
 
-class HashingWriter:
-    """A binary file that hashes its bytes as they are written, so a shard's checksum costs no second read.
-
-    The Parquet writer only appends (its footer comes last), so the hash of the
-    bytes passed to :meth:`write` is the hash of the file.
-    """
-
-    def __init__(self, path: Path, algorithm: str = SHARD_CHECKSUM):
-        self.file = open(path, "wb")  # noqa: SIM115 (closed by close(), which the Parquet writer's owner calls)
-        self.algorithm, self.digest, self.position = algorithm, DIGESTS[algorithm](), 0
-        self.closed = False
-
-    def write(self, data) -> int:
-        self.digest.update(data)
-        written = self.file.write(data)
-        self.position += written
-        return written
-
-    def tell(self) -> int:
-        return self.position
-
-    def writable(self) -> bool:
-        return True
-
-    def flush(self) -> None:
-        self.file.flush()
-
-    def close(self) -> None:
-        if not self.closed:
-            self.file.close()
-            self.closed = True
-
-    def checksum(self) -> str:
-        """``'<algorithm>:<hex digest>'`` of everything written, as :func:`shard_checksum` gives for the file."""
-        return f"{self.algorithm}:{self.digest.hexdigest()}"
+def bytes_checksum(data, algorithm: str = SHARD_CHECKSUM) -> str:
+    """``'<algorithm>:<hex digest>'`` of a shard's bytes in memory, as :func:`shard_checksum` gives for its file."""
+    return f"{algorithm}:{DIGESTS[algorithm](data).hexdigest()}"
 
 
 def recorded_checksum(record: dict) -> str | None:
