@@ -16,9 +16,11 @@ images, at two map shapes (float16):
   more than at the recipe's size. Reported as ``demo_*``.
 
 - write: the store's shard writer (``writer.write_shard_file``: Parquet encode,
-  write under a temporary name, the file's checksum for resume and the manifest,
-  rename) for every shard, plus the manifest; against ``np.save`` of the
-  features and an ids array. ``write_ratio_without_checksum``: Parquet alone.
+  write under a temporary name, the file's checksum for resume and the manifest
+  (read back from the page cache), rename) for every shard, plus the
+  manifest; against ``np.save`` of the features and an ids array.
+  ``write_ratio_without_checksum``: Parquet alone; ``checksum_write_overhead``:
+  the shard writer's time over Parquet alone's, minus 1.
 - read: ``FeatureStore.load_split`` (the maps as zero-copy views of the decoded
   row groups, the metadata as a DataFrame, the study index) against
   ``np.load`` of the two arrays.
@@ -33,7 +35,7 @@ images, at two map shapes (float16):
   ``--scale``x store of the demo shape, each in a fresh process;
   ``memory_growth`` = peak RSS at the larger size / at 1x.
 
-Targets: read_ratio >= 0.8, write_ratio >= 0.5, memory_growth <= 1.2. Figures
+Targets: read_ratio >= 0.8, write_ratio >= 0.5, memory_growth <= 1.2, checksum_write_overhead <= 0.2. Figures
 are medians over ``--repeats`` processes. Last line of stdout: one JSON object.
 
     python benchmarks/feature_store.py [--rows N] [--repeats R] [--scale 10]
@@ -59,7 +61,8 @@ from chexfusion.feature_store import FeatureConfig, FeatureStore
 from chexfusion.feature_store import manifest as mf
 from chexfusion.feature_store.schema import shard_table, write_parquet
 
-TARGETS = {"read_ratio": 0.8, "write_ratio": 0.5, "memory_growth": 1.2}
+TARGETS = {"read_ratio": 0.8, "write_ratio": 0.5, "memory_growth": 1.2, "checksum_write_overhead": 0.2}
+AT_MOST = ("memory_growth", "checksum_write_overhead")
 SHAPES = {"recipe": (768, 8, 8), "demo": (320, 4, 4)}
 WARM_ROWS = 16
 OPERATIONS = ("write-numpy", "write-store", "write-store-without-checksum", "write-list", "read-numpy",
@@ -272,6 +275,7 @@ def main() -> None:
         "write_ratio": recipe["write_ratio"],
         "memory_growth": large["peak_rss_mb"] / small["peak_rss_mb"],
         "write_ratio_without_checksum": recipe["write_ratio_without_checksum"],
+        "checksum_write_overhead": recipe["write_ratio_without_checksum"] / recipe["write_ratio"] - 1,
         "demo_read_ratio": demo["read_ratio"],
         "demo_write_ratio": demo["write_ratio"],
         "demo_write_ratio_without_checksum": demo["write_ratio_without_checksum"],
@@ -280,15 +284,14 @@ def main() -> None:
         "rows": args.rows, "repeats": args.repeats, "shapes": {k: list(v) for k, v in SHAPES.items()},
         "recipe": recipe, "demo": demo, "stream_1x": small, f"stream_{args.scale}x": large,
     }
-    result["targets_met"] = all((result[k] <= v) if k == "memory_growth" else (result[k] >= v)
-                                for k, v in TARGETS.items())
+    result["targets_met"] = all((result[k] <= v) if k in AT_MOST else (result[k] >= v) for k, v in TARGETS.items())
     if not result["targets_met"]:
         result["note"] = (
             f"pyarrow's Parquet writer alone writes at {result['write_ratio_without_checksum']:.2f} of np.save's "
             f"speed (no compression, dictionary or statistics on the maps; page sizes 1-512 MB, write batches of "
             f"64-4096 values and the system or jemalloc pools measured no faster): its encoder copies every map "
             f"into page buffers and writes those page by page, where np.save hands the array to the kernel as it "
-            f"is. The per-shard checksum (XXH3 over the mapped file, for resume and "
+            f"is. The per-shard checksum (XXH3 of the file read back from the page cache, for resume and "
             f"`features --verify`) takes it to {result['write_ratio']:.2f}. At the "
             f"demo's 10 KB rows, per-row ids and index weigh more: read {demo['read_ratio']:.2f}, write "
             f"{demo['write_ratio']:.2f}")

@@ -116,7 +116,8 @@ def build_plan(args) -> dict:
         "cpu_train_flops_per_s": cpu_train_flops_per_s, "n_images": n_images, "n_train": n_train,
         "train_studies": train_studies, "row_overhead": overhead or 0.0, "row_overhead_measured": overhead is not None,
         "decode": decode, "benchmarks": {name: read_benchmark(name) for name in
-                                         ("stage1_throughput", "stage2_cache", "predict_throughput")},
+                                         ("stage1_throughput", "stage2_cache", "predict_throughput",
+                                          "stage2_scaleout")},
     }
 
 
@@ -305,18 +306,21 @@ def render(plan: dict) -> tuple[str, dict]:
     split_bytes = store_bytes[(None, dtype)] * n_train
     group = s2.features.row_group_rows * store_bytes[(None, dtype)]
     buffer = a["shuffle_buffer"] * a["images_per_study"] * store_bytes[(None, dtype)]
-    out(f"| stage 2 data, split in memory (when it fits `features.max_memory_gb`) | {fmt_bytes(split_bytes)} in "
-        f"every process (unpooled {dtype}); {fmt_bytes(store_bytes[((8, 8), dtype)] * n_train)} pooled 8x8 | "
-        f"`FeatureStore.load_split` of the training split |")
-    out(f"| stage 2 data, streamed | {fmt_bytes(2 * group + buffer)} | two row groups of "
-        f"{s2.features.row_group_rows} rows ({fmt_bytes(group)} each) + a shuffle buffer of {a['shuffle_buffer']} "
-        "studies (`FeatureStore.iter_studies`) |")
+    lanes = s2.features.stream_lanes
+    out(f"| stage 2 data, split in memory (when it fits `features.max_memory_gb`) | {fmt_bytes(split_bytes)} per "
+        f"machine, shared by its processes (unpooled {dtype}); {fmt_bytes(store_bytes[((8, 8), dtype)] * n_train)} "
+        f"pooled 8x8 | `FeatureStore.map_split`: the training split memory-mapped from one Arrow IPC copy in the "
+        f"page cache |")
+    out(f"| stage 2 data, training split streamed | {fmt_bytes(lanes * (group + buffer))} | {lanes} lanes "
+        f"(`features.stream_lanes`), each one row group of {s2.features.row_group_rows} rows ({fmt_bytes(group)}) + "
+        f"a shuffle buffer of {a['shuffle_buffer']} studies (`stage2.studies.ShardedSource`) |")
     headline["stage2_split_in_memory_gb"] = round(split_bytes / GB, 1)
     out("")
 
     # ---- sharding
     shard_rows = s2.features.shard_rows
     shards = math.ceil(n_images / shard_rows)
+    groups = math.ceil(n_train / s2.features.row_group_rows)
     out("## How each step shards across machines")
     out("")
     out(f"Every step runs under `accelerate launch` (`--num_machines M --machine_rank r --main_process_ip HOST "
@@ -334,9 +338,21 @@ def render(plan: dict) -> tuple[str, dict]:
         "all ranks finish. The bytes do not depend on the number of ranks (tests/test_multiprocess.py), and a "
         "killed run resumes shard by shard.")
     out(f"- **Stage 2**: reads the store by shards and row groups ({s2.features.row_group_rows} rows, "
-        f"{fmt_bytes(group)} unpooled): in memory when the split fits `features.max_memory_gb`, streamed otherwise. "
-        "Streamed under several processes, every rank reads the whole split and keeps its slice of each global batch "
-        "(see below).")
+        f"{fmt_bytes(group)} unpooled, whole studies): in memory when the split fits `features.max_memory_gb` "
+        "(one mapped copy per machine), streamed otherwise. The streamed training split is cut into shares: each "
+        "epoch the row groups are permuted from (seed, epoch) and each (process, lane) reads one contiguous run of "
+        f"them, so an epoch reads the store about {1 + (gpus * lanes - 1) / groups:.3f} times over all {gpus} "
+        f"processes ({fmt_bytes(split_bytes * (1 + (gpus * lanes - 1) / groups))} for {groups:,} row groups; "
+        "benchmarks/stage2_scaleout.py measures it), and the data order depends on the seed and the number of "
+        "processes, not on the DataLoader workers.")
+    scaleout = plan["benchmarks"].get("stage2_scaleout")
+    if scaleout:
+        out(f"  Measured (`python benchmarks/stage2_scaleout.py` on a {scaleout['machine']['cores']}-core CPU, "
+            f"{dt.date.fromtimestamp(support.OUT.joinpath('stage2_scaleout.json').stat().st_mtime)}, a "
+            f"{scaleout['store_gb']} GB store of 768 x 8 x 8 maps): one "
+            f"streamed epoch on 2 processes x 2 workers read {scaleout['read_amplification']} x the store "
+            f"({scaleout['read_amplification_1x1']} x on 1 x 1) and trained on every study once; 2 processes "
+            f"holding the split in memory take {scaleout['node_memory_ratio']} x the memory of one (summed Pss).")
     out(f"- **Ordering rows by study** (`inference.study_ordered_rows`, used by extraction and predict) costs "
         f"{plan['ordering_s'] * 1e3:.2f} ms per study here, "
         f"{fmt_time(plan['ordering_s'] * n_images / a['images_per_study'])} "
@@ -346,11 +362,9 @@ def render(plan: dict) -> tuple[str, dict]:
     # ---- findings
     out("## What does not scale yet")
     out("")
-    out(f"- Stage 2 streams the unpooled training split ({fmt_bytes(split_bytes)} {dtype}, over "
-        f"`features.max_memory_gb` {s2.features.max_memory_gb:g} in stage2/cxr-lt.yaml), and every one of the "
-        f"{gpus} processes reads all of it each epoch ({gpus} x {fmt_bytes(split_bytes)}, from one page cache on one "
-        "machine) to keep its slice of each global batch: rank-sharded row groups would read it once, at the price "
-        "of a data order that depends on the number of ranks.")
+    out(f"- Stage 2 streams the validation and test splits whole in every process (each keeps its slice of the "
+        f"batches, for the gathered metrics): {fmt_bytes(store_bytes[(None, dtype)] * (n_images - n_train))} of "
+        f"the store read {gpus} times per evaluation.")
     out("- Feature extraction and predict run the backbone in fp32 (no autocast); the GPU figures above assume AMP "
         "like the published throughput.")
     out("- `study_ordered_rows` runs one pandas call per study (figure above); one vectorised sort "

@@ -8,7 +8,7 @@ benchmark times one training epoch of the demo stage-2 config both ways, on the
 same studies in the same order, with the same model, loss and optimizer:
 
 - store: ``FeatureStore.load_split`` (once, timed separately as
-  ``store_load_seconds``) -> ``StudyDataset`` + ``collate_studies`` ->
+  ``store_load_seconds``) -> ``StudyItems`` + ``collate_studies`` ->
   ``StudyFusion`` forward/backward (weighted ASL) -> AdamW step;
 - recompute: per batch, each study's images (the same rows, at most
   ``max_images``) decoded by ``ImageDataset`` with the stage-1 run's
@@ -44,19 +44,20 @@ class RawStudies:
     """Studies as lists of decoded images (what an image-based stage 2 loads per step)."""
 
     def __init__(self, split, images, max_images: int):
-        self.features, self.images, self.max_images = split.features, images, max_images
-        self.csv_rows = self.features.meta["csv_row"].to_numpy()
+        self.layout, self.images, self.max_images = split.layout, images, max_images
+        self.csv_rows = self.layout.csv_rows
 
     def __len__(self) -> int:
-        return len(self.features)
+        return len(self.layout)
 
     def __getitem__(self, i: int) -> dict:
         from chexfusion.data.views import VIEWS
 
-        start = int(self.features.study_starts[i])
-        stop = min(int(self.features.study_stops[i]), start + self.max_images)
+        start = int(self.layout.study_starts[i])
+        stop = min(int(self.layout.study_stops[i]), start + self.max_images)
         items = [self.images[int(r)] for r in self.csv_rows[start:stop]]
-        return {"images": [it["image"] for it in items], "views": [VIEWS[it["view"]] for it in items], "study": i}
+        return {"images": [it["image"] for it in items], "views": [VIEWS[it["view"]] for it in items],
+                "view_index": [int(it["view"]) for it in items], "study": i}
 
 
 def build(args):
@@ -69,6 +70,7 @@ def build(args):
     from chexfusion.feature_store.extract import FeatureExtractor
     from chexfusion.stage2.config import Stage2Config
     from chexfusion.stage2.store import stage1_classes
+    from chexfusion.stage2.studies import MemorySource
     from chexfusion.stage2.train import Split
 
     data = support.demo_data(args.studies, 256)
@@ -81,7 +83,8 @@ def build(args):
     policy = LabelPolicy(uncertain=cfg.data.uncertain_label, blank=cfg.data.blank_label)
     store = FeatureStore(store_path)
     started = time.perf_counter()
-    split = Split(store, "train", cfg.data.train_csv, classes, policy, cfg.model.max_images)
+    source = MemorySource(store, "train", shuffle=True, seed=cfg.seed)
+    split = Split(store, "train", source, cfg.data.train_csv, classes, policy, cfg.model.max_images)
     load_seconds = time.perf_counter() - started
     extractor = FeatureExtractor(store.manifest, "cpu")
     table = read_cxr_lt(cfg.data.train_csv, classes=[])
@@ -112,13 +115,11 @@ def step(model, optimizer, loss_fn, batch) -> None:
 def store_epoch(parts, split, cfg, threads: int) -> float:
     import torch
 
-    from chexfusion.stage2.data import collate_studies
-    from chexfusion.training import EpochPermutationSampler
+    from chexfusion.stage2.studies import collate_studies
 
     support.set_threads(threads)
     model, optimizer, loss_fn = fusion_parts(*parts)
     loader = torch.utils.data.DataLoader(split.dataset, batch_size=cfg.train.batch_size, drop_last=True,
-                                         sampler=EpochPermutationSampler(len(split.dataset), cfg.seed),
                                          collate_fn=collate_studies, num_workers=cfg.train.num_workers)
     start = time.perf_counter()
     for batch in loader:
@@ -127,9 +128,10 @@ def store_epoch(parts, split, cfg, threads: int) -> float:
 
 
 def recompute_epoch(parts, split, cfg, extractor, images, threads: int) -> float:
+    import numpy as np
     import torch
 
-    from chexfusion.stage2.data import collate_studies
+    from chexfusion.stage2.studies import StudyMaps, collate_studies
     from chexfusion.training import EpochPermutationSampler
 
     support.set_threads(threads)
@@ -145,7 +147,8 @@ def recompute_epoch(parts, split, cfg, extractor, images, threads: int) -> float
                               [v for s in studies for v in s["views"]])
         items, offset = [], 0
         for s, n in zip(studies, counts):
-            items.append({**split.dataset[s["study"]], "features": maps[offset:offset + n]})
+            views = np.asarray(s["view_index"], dtype=np.int64)
+            items.append(split.dataset.item(StudyMaps(s["study"], maps[offset:offset + n].numpy(), views)))
             offset += n
         step(model, optimizer, loss_fn, collate_studies(items))
     return time.perf_counter() - start
@@ -160,7 +163,7 @@ def flop_estimate(parts, split, cfg, extractor) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from chexfusion.stage2.data import collate_studies
+    from chexfusion.stage2.studies import collate_studies
     from chexfusion.training import EpochPermutationSampler
 
     size = extractor.preprocess.image_size
@@ -170,10 +173,12 @@ def flop_estimate(parts, split, cfg, extractor) -> dict:
     per_image = counter.get_total_flops()
     steps = len(split.dataset) // cfg.train.batch_size
     order = list(EpochPermutationSampler(len(split.dataset), cfg.seed))[: steps * cfg.train.batch_size]
-    f = split.features
+    f = split.layout
     images = int(np.minimum(f.study_stops[order] - f.study_starts[order], cfg.model.max_images).sum())
     model = fusion_parts(*parts)[0]
-    batch = collate_studies([split.dataset[i] for i in order[: cfg.train.batch_size]])
+    split.dataset.set_epoch(0)  # the first batch of epoch 0: the first studies of ``order``
+    batch = next(iter(torch.utils.data.DataLoader(split.dataset, batch_size=cfg.train.batch_size,
+                                                  collate_fn=collate_studies)))
     with FlopCounterMode(display=False) as counter:
         model(batch["features"], batch["views"], batch["image_mask"])
     per_step = 3 * counter.get_total_flops()
@@ -217,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
         "store_seconds": [round(t, 4) for t in times["store"]],
         "recompute_seconds": [round(t, 3) for t in times["recompute"]],
         "studies_per_epoch": studies,
-        "images_in_split": int(split.features.num_images),
+        "images_in_split": int(split.layout.num_images),
         "batch_size_studies": cfg.train.batch_size,
         "feature_shape": list(store.shape),
         "feature_dtype": store.manifest["dtype"],
@@ -229,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
         "repeats": args.repeats,
         "machine": support.machine_info(),
     }
-    print(f"stage-2 demo epoch: {studies} studies ({split.features.num_images} images) in batches of "
+    print(f"stage-2 demo epoch: {studies} studies ({split.layout.num_images} images) in batches of "
           f"{cfg.train.batch_size}, "
           f"maps {tuple(store.shape)} {store.manifest['dtype']} from {result['backbone']} at "
           f"{result['image_size']} px; {args.threads} thread(s), median of {args.repeats} interleaved epochs")

@@ -228,7 +228,7 @@ def bootstrap_intervals(y_true, y_prob, classes, n: int, seed: int = 0, level: f
     samples: dict[str, list[float]] = {key: [] for key in HEADLINE_KEYS}
     replicates = range(n)
     if progress:
-        from tqdm import tqdm
+        from .progress import tqdm
 
         replicates = tqdm(replicates, desc="bootstrap", unit="replicate")
     for _ in replicates:

@@ -52,6 +52,14 @@ def tiny_store(tiny_data, tiny_stage1, tmp_path_factory, repo_root):
 
 
 @pytest.fixture(scope="session")
+def grouped_store(tiny_data, tiny_stage1, tmp_path_factory, repo_root):
+    """The tiny store in small shards and row groups (pipeline.SMALL_GROUPS)."""
+    runs = tmp_path_factory.mktemp("grouped")
+    with _chdir(repo_root):
+        return pipeline.build_features(tiny_data, runs, runs / "store", tiny_stage1, **pipeline.SMALL_GROUPS)
+
+
+@pytest.fixture(scope="session")
 def tiny_stage2(tiny_data, tiny_stage1, tiny_store, repo_root):
     """A trained stage-2 run folder (self-contained: it carries its backbone)."""
     with _chdir(repo_root):

@@ -11,6 +11,9 @@ from pathlib import Path
 from chexfusion.cli import main
 
 STUDIES, IMAGE_SIZE, SEED = 120, 64, 3
+# A store in small shards and row groups: the training split is several shards of several row groups, as a store
+# larger than memory would be (stage-2 streaming and store damage tests).
+SMALL_GROUPS = {"features.row_group_rows": 8, "features.shard_rows": 32}
 
 
 def cli(*argv) -> None:

@@ -149,15 +149,20 @@ def test_store_holds_one_row_per_image_grouped_by_study_in_canonical_order(store
 def test_shards_are_plain_parquet_with_the_documented_schema(store):
     manifest = json.loads((store / "manifest.json").read_text())
     shards = manifest["splits"]["train"]["shards"]
-    # shard k = positions [3k, 3k+3) of the store order: studies s2 and s3 run across shard boundaries
-    assert [s["rows"] for s in shards] == [3, 3, 3, 2]
+    # the store order cut into shards of at most 3 rows and row groups of at most 2, never inside a study (a
+    # larger study alone): studies of 1 to 4 images in store order give these
+    assert [s["rows"] for s in shards] == [2, 2, 4, 3]
     assert [s["file"] for s in shards] == [f"part-train-0000{k}.parquet" for k in range(4)]
+    owner = {}
     for shard in shards:
         path = store / shard["file"]
         assert shard["checksum"] == "xxh3_128:" + xxhash.xxh3_128(path.read_bytes()).hexdigest()
         pf = pq.ParquetFile(path)
-        assert [rg.num_rows for rg in (pf.metadata.row_group(i) for i in range(pf.metadata.num_row_groups))] \
-            == [2] * (shard["rows"] // 2) + [1] * (shard["rows"] % 2)
+        for g in range(pf.metadata.num_row_groups):
+            studies = pf.read_row_group(g, columns=["study_id"]).column("study_id").to_pylist()
+            assert len(studies) <= 2 or len(set(studies)) == 1
+            for study in set(studies):
+                assert owner.setdefault(study, (shard["file"], g)) == (shard["file"], g), study
     table = pq.read_table(store / shards[0]["file"])
     schema = table.schema
     assert schema.field("dicom_id").type == pa.string() and schema.field("csv_row").type == pa.int32()
@@ -265,7 +270,8 @@ def test_killed_extraction_resumes_to_a_byte_identical_store(tmp_path, data, run
     code, _, err = run_cli("features", "--config", config, f"features.store={clean}")
     assert code == 0, err
     assert file_bytes(partial) == file_bytes(clean)
-    assert len(file_bytes(clean)) == 1 + 6 + 2  # manifest, 6 train shards of 2 rows, 2 val shards
+    assert len(file_bytes(clean)) == 1 + 5 + 2  # manifest, 5 train shards of whole studies (<= 2 rows but one of
+    # 4: a study larger than shard_rows is a shard of its own), 2 val shards
 
 
 def test_a_store_killed_before_checksums_were_xxh3_resumes_without_rewriting_its_shards(tmp_path, data, runs,
@@ -425,7 +431,7 @@ def test_a_store_written_with_sha256_records_still_verifies_and_is_not_rebuilt(t
     damaged = bytearray((store / first["file"]).read_bytes())
     damaged[100] ^= 0xFF
     (store / first["file"]).write_bytes(bytes(damaged))
-    with pytest.raises(UserError, match=f"shard {first['file']} is damaged"):
+    with pytest.raises(UserError, match=f"shard {first['file']} differs from its checksum"):
         FeatureStore(store).verify()
 
 
@@ -441,7 +447,7 @@ def test_missing_or_damaged_store_and_bad_config_are_one_line_errors(tmp_path, d
     damaged = bytearray(shard.read_bytes())
     damaged[100] ^= 0xFF
     shard.write_bytes(bytes(damaged))
-    with pytest.raises(UserError, match="shard part-val-00000.parquet is damaged"):
+    with pytest.raises(UserError, match="shard part-val-00000.parquet differs from its checksum"):
         FeatureStore(copy).verify()
     with pytest.raises(UserError, match="has no split 'test'"):
         FeatureStore(copy).load_split("test")
@@ -502,8 +508,9 @@ def test_streaming_yields_every_study_once_whole_with_bounded_buffers(store):
     for study in studies:  # and whole
         assert np.array_equal(study.features, split.study(list(split.study_ids).index(study.study_id)).features)
     stats = opened.last_stream_stats
-    # two rows per row group: studies of up to 4 images straddle row groups, yet at most 2 are decoded at once
-    assert stats.max_decoded_row_groups <= 2 and stats.max_decoded_rows <= 4
+    # row groups of at most two rows or one whole study (up to 4 images): at most 2 are decoded at once
+    largest = int((split.study_stops - split.study_starts).max())
+    assert stats.max_decoded_row_groups <= 2 and stats.max_decoded_rows <= 2 * max(2, largest)
     assert stats.max_buffered_studies == 2
     assert shuffled(0)[0] == order0  # deterministic for (seed, epoch)
     assert any(shuffled(e)[0] != order0 for e in (1, 2, 3))

@@ -7,10 +7,12 @@ permutation from (seed, epoch) on every rank, accelerate gives rank r the
 batches r, r+2, ... of it, and DDP averages the two half-batch gradients into
 the full-batch mean (every label is scored, so both halves weigh the same).
 Augmentations draw from (seed, epoch, row), independent of the rank. Stage 2
-runs a second time with every split streamed (``features.reader`` stream):
-accelerate wraps the stream in ``IterableDatasetShard``, each process reads it
-whole and keeps its slice of every global batch, so the global batches are
-again those of one process.
+runs a second time with every split streamed (``features.reader`` stream) on
+2 processes x 2 DataLoader workers: each process reads only its share of the
+training split's row groups (``ShardedSource``), so that run depends on the
+world size and is checked on its own terms: every study once per epoch
+across processes and workers, the batches of no workers, an exact resume,
+and the same metrics from both readers for its weights.
 
 Tolerances. The arithmetic is the same up to summation order (the all-reduce,
 kernels at batch 8 instead of 16), ~1e-7 relative per step; Adam divides by the
@@ -53,7 +55,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from chexfusion.feature_store import FeatureStore
 from chexfusion.io import file_sha256
+from chexfusion.stage2.studies import collate_studies
 
 pytestmark = pytest.mark.slow
 
@@ -68,6 +72,7 @@ STAGE1 = {"train.epochs": 1, "train.max_steps_per_epoch": 3, "train.warmup_epoch
 FEATURES = {"features.shard_rows": 64}  # several shards per split, so both ranks write some
 STAGE2 = {"train.epochs": 1, "train.max_steps_per_epoch": 3, "train.warmup_epochs": 0.5, "model.dropout": 0}
 STREAM = {"features.reader": "stream"}
+WORKERS, RESUME_AFTER = 2, 3  # DataLoader workers per process of the streamed runs; batches before a resume
 
 
 def _free_port() -> int:
@@ -76,15 +81,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(repo_root: Path, *argv) -> str:
-    """``chexfusion ARGV`` under ``accelerate launch`` with two processes; its stdout."""
+def _launch(repo_root: Path, *argv, program: tuple[str, ...] = ("-m", "chexfusion")) -> str:
+    """``chexfusion ARGV`` (or ``program ARGV``) under ``accelerate launch`` with two processes; its stdout."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(PROCESSES),
            "--num_machines", "1", "--main_process_port", str(_free_port()), "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "chexfusion", *map(str, argv)]
+           "--dynamo_backend", "no", *program, *map(str, argv)]
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}  # the kernels of the in-process runs
     result = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"processes={PROCESSES}" in result.stdout, result.stdout[-2000:]
+    if program[-1] == "chexfusion":
+        assert f"processes={PROCESSES}" in result.stdout, result.stdout[-2000:]
     return result.stdout
 
 
@@ -116,17 +122,17 @@ def _run_both(tiny_data: Path, root: Path, repo_root: Path) -> dict:
     _launch(repo_root, "stage2", "--config", "stage2/config.yaml",
             *pipeline.stage2_overrides(tiny_data, two / "stage2", two / "store", stage1, **FEATURES, **STAGE2,
                                        **{"train.batch_size": half["stage2"]}))
-    # Stage 2 again with every split streamed: each process reads the whole stream and keeps its slice of every
-    # global batch, the slice the in-memory sampler gives it.
-    streamed = pipeline.train_stage2(tiny_data, one / "stage2", store, stage1, name="streamed", **FEATURES, **STAGE2,
-                                     **STREAM, **{"train.batch_size": GLOBAL_BATCH["stage2"]})
+    # Stage 2 again with every split streamed, 2 processes x 2 workers: each process reads its share of the store.
     out = _launch(repo_root, "stage2", "--config", "stage2/config.yaml",
                   *pipeline.stage2_overrides(tiny_data, two / "stage2", two / "store", stage1, "streamed", **FEATURES,
-                                             **STAGE2, **STREAM, **{"train.batch_size": half["stage2"]}))
+                                             **STAGE2, **STREAM, **{"train.batch_size": half["stage2"],
+                                                                    "train.num_workers": WORKERS}))
     assert "reads split 'train' streamed" in out and "reads split 'val' streamed" in out
-    return {"one": {"stage1": stage1, "store": store, "stage2": stage2, "streamed": streamed},
+    _launch(repo_root, two / "store", root / "sharded.json", half["stage2"], WORKERS, RESUME_AFTER,
+            program=("tests/sharded_epoch.py",))
+    return {"one": {"stage1": stage1, "store": store, "stage2": stage2},
             "two": {"stage1": two / "stage1" / "tiny", "store": two / "store", "stage2": two / "stage2" / "tiny",
-                    "streamed": two / "stage2" / "streamed"}}
+                    "streamed": two / "stage2" / "streamed", "sharded": root / "sharded.json"}}
 
 
 @pytest.fixture(scope="module")
@@ -178,15 +184,63 @@ def test_feature_store_of_two_processes_is_byte_identical(runs):
         assert one[name] == two[name], name
 
 
-@pytest.mark.parametrize("run", ["stage2", "streamed"])
-def test_stage2_on_two_processes_trains_the_model_of_one(runs, tiny_data, run):
-    one, two = runs["one"][run], runs["two"][run]
+def test_stage2_on_two_processes_trains_the_model_of_one(runs, tiny_data):
+    one, two = runs["one"]["stage2"], runs["two"]["stage2"]
     assert _max_weight_difference(one, two) <= TOLERANCE
     np.testing.assert_allclose(_validation_probs(two, tiny_data), _validation_probs(one, tiny_data), atol=TOLERANCE)
     m1, m2 = _metrics(one), _metrics(two)
     for split in ("validation", "test"):
         _assert_metrics_close(m1[split], m2[split])
         _assert_metrics_close(m1[split]["study_level"], m2[split]["study_level"])
+
+
+def test_sharded_stream_on_two_processes_and_two_workers_trains_every_study_once(runs):
+    """Each epoch, the two processes' batches (read by two workers each) hold every study at most once and all
+    but fewer than a global batch; they are the batches of one reader per process; a resume after 3 batches
+    gives the rest of the epoch."""
+    from sharded_epoch import batches, share
+
+    found = json.loads(runs["two"]["sharded"].read_text())
+    assert found["processes"] == PROCESSES
+    store = FeatureStore(runs["two"]["store"])
+    n, batch = len(store.split_metadata("train")), GLOBAL_BATCH["stage2"] // PROCESSES
+    for epoch in ("epoch0", "epoch1"):
+        seen = [s for rank in found["ranks"] for b in rank[epoch] for s in b]
+        assert len(seen) == len(set(seen)) and 0 <= n - len(seen) < batch * PROCESSES
+    assert found["ranks"][0]["epoch0"] != found["ranks"][0]["epoch1"]
+    for rank, result in enumerate(found["ranks"]):
+        assert result["resumed"] == result["epoch1"][RESUME_AFTER:]
+        dataset = share(store, rank, PROCESSES, batch)
+        dataset.set_epoch(1)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch, collate_fn=collate_studies, drop_last=True)
+        assert batches(loader) == result["epoch1"]
+
+
+def test_streamed_two_process_run_scores_its_weights_as_in_memory(runs, tiny_data):
+    """The streamed 2 x 2 run's validation and test metrics (streamed, two processes) equal its weights' metrics
+    with the splits in memory in one process."""
+    from chexfusion.config import from_dict, read_yaml
+    from chexfusion.data.labels import LabelPolicy
+    from chexfusion.stage2.config import Stage2Config
+    from chexfusion.stage2.model import load_stage2_run
+    from chexfusion.stage2.studies import MemorySource
+    from chexfusion.stage2.train import Split, split_metrics, study_probs
+    from chexfusion.training import make_accelerator
+
+    run = runs["two"]["streamed"]
+    cfg, metrics = from_dict(Stage2Config, read_yaml(run / "config.yaml")), _metrics(run)
+    prevalence = np.asarray(json.loads((run / "run.json").read_text())["train_prevalence"])
+    store, model = FeatureStore(runs["two"]["store"]), load_stage2_run(run).model
+    for name, csv, key in (("val", "development.csv", "validation"), ("test", "test.csv", "test")):
+        split = Split(store, name, MemorySource(store, name), str(tiny_data / csv), metrics["classes"], LabelPolicy(),
+                      cfg.model.max_images)
+        loader = torch.utils.data.DataLoader(split.dataset, batch_size=8, collate_fn=collate_studies)
+        scored = split_metrics(split, *study_probs(model, loader, make_accelerator(cfg.train), name),
+                               metrics["classes"], prevalence)
+        for level in (metrics[key], metrics[key]["study_level"]):
+            other = scored if level is metrics[key] else scored["study_level"]
+            for k in ("mAP", "mAUROC"):
+                assert level[k] == pytest.approx(other[k], abs=1e-6), (name, k)
 
 
 def test_learning_rate_per_optimizer_step_does_not_depend_on_the_process_count(monkeypatch):

@@ -25,25 +25,33 @@ from chexfusion.config import from_dict, read_yaml
 from chexfusion.data.labels import LabelPolicy
 from chexfusion.errors import UserError
 from chexfusion.feature_store import FeatureConfig, FeatureStore
+from chexfusion.feature_store import manifest as mf
 from chexfusion.io import file_sha256
 from chexfusion.metrics import json_safe
+from chexfusion.stage2.baseline import stage1_baseline
 from chexfusion.stage2.config import Stage2Config
-from chexfusion.stage2.data import StudyDataset, collate_studies
 from chexfusion.stage2.model import load_stage2_run
-from chexfusion.stage2.streaming import StreamedStudies, choose_reader
-from chexfusion.stage2.train import Split, split_metrics, stage1_baseline, study_probs
+from chexfusion.stage2.studies import (
+    MemorySource,
+    ShardedSource,
+    StreamSource,
+    StudyItems,
+    choose_reader,
+    collate_studies,
+    open_source,
+)
+from chexfusion.stage2.train import Split, split_metrics, study_probs
 
-STORE = {"features.row_group_rows": 8, "features.shard_rows": 32}
+STORE = pipeline.SMALL_GROUPS
 STREAMED = {**STORE, "features.max_memory_gb": "0.000001", "features.shuffle_buffer": 16, "seed": 5,
             "train.checkpoint_every_steps": 2}
 BATCH = 8  # pipeline.stage2_overrides: train.batch_size
 
 
 @pytest.fixture(scope="module")
-def store(tiny_data, tiny_stage1, tmp_path_factory, repo_root, monkeypatch_module):
-    monkeypatch_module.chdir(repo_root)
-    runs = tmp_path_factory.mktemp("streamed")
-    return pipeline.build_features(tiny_data, runs, runs / "store", tiny_stage1, **STORE)
+def store(grouped_store, repo_root, monkeypatch_module):
+    monkeypatch_module.chdir(repo_root)  # the stage-2 runs below name stage2/config.yaml
+    return grouped_store
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +78,16 @@ def labelled(store_path, split="train"):
 
 
 def streamed(store_path, epoch=0, block=BATCH, split="train", shuffle_buffer=16):
-    store, meta, targets, mask = labelled(store_path, split)
-    dataset = StreamedStudies(store, split, len(meta), targets, mask, max_images=2, shuffle_buffer=shuffle_buffer,
-                              seed=5, block=block)
+    store, _, targets, mask = labelled(store_path, split)
+    dataset = StudyItems(StreamSource(store, split, shuffle_buffer=shuffle_buffer, seed=5, block=block), targets,
+                         mask, max_images=2)
+    dataset.set_epoch(epoch)
+    return dataset
+
+
+def in_memory(store_path, epoch=0, block=BATCH, split="train", shuffle=True):
+    store, _, targets, mask = labelled(store_path, split)
+    dataset = StudyItems(MemorySource(store, split, shuffle=shuffle, seed=5, block=block), targets, mask, max_images=2)
     dataset.set_epoch(epoch)
     return dataset
 
@@ -110,44 +125,56 @@ def test_bad_reader_or_shuffle_buffer_is_a_user_error_naming_the_key(tiny_data, 
 
 
 def test_streamed_items_are_the_in_memory_items(store):
-    """Same maps (cut to max_images), views, study index and labels as StudyDataset, whatever the order."""
-    opened, _, targets, mask = labelled(store)
-    split = opened.load_split("train")
-    in_memory = StudyDataset(split, targets, mask, max_images=2)
+    """Same maps (cut to max_images), views, study index and labels from both sources, whatever the order."""
+    split = FeatureStore(store).load_split("train")
+    by_study = {it["study"]: it for it in in_memory(store)}
     dataset = streamed(store)
     items = list(dataset)
+    assert sorted(by_study) == sorted(it["study"] for it in items) == list(range(len(split)))
     assert any(len(it["views"]) < len(split.study(it["study"]).views) for it in items)  # some studies are cut
     for item in items:
-        expected = in_memory[item["study"]]
+        expected = by_study[item["study"]]
         assert item.keys() == expected.keys()
         for key in ("features", "views", "target", "mask"):
             assert item[key].dtype == expected[key].dtype and torch.equal(item[key], expected[key]), key
-    stats = dataset.store.last_stream_stats  # memory stays bounded: two row groups and the buffer
+    stats = dataset.source.store.last_stream_stats  # memory stays bounded: two row groups and the buffer
     assert stats.max_decoded_row_groups <= 2 and stats.max_buffered_studies == 16
 
 
-def test_every_study_once_per_epoch_in_an_order_drawn_from_seed_and_epoch(store):
+@pytest.mark.parametrize("items", [streamed, in_memory])
+def test_every_study_once_per_epoch_in_an_order_drawn_from_seed_and_epoch(store, items):
     n = len(FeatureStore(store).split_metadata("train"))
-    orders = {epoch: [it["study"] for it in streamed(store, epoch)] for epoch in (0, 1)}
+    orders = {epoch: [it["study"] for it in items(store, epoch)] for epoch in (0, 1)}
     for order in orders.values():
         assert sorted(order) == list(range(n))
     assert orders[0] != orders[1]
-    assert [it["study"] for it in streamed(store, 0)] == orders[0]
-    assert [it["study"] for it in streamed(store, 0, split="val", shuffle_buffer=0)] == \
+    assert [it["study"] for it in items(store, 0)] == orders[0]
+    unshuffled = streamed(store, 0, split="val", shuffle_buffer=0) if items is streamed else \
+        in_memory(store, 0, split="val", shuffle=False)
+    assert [it["study"] for it in unshuffled] == \
         list(range(len(FeatureStore(store).split_metadata("val"))))  # evaluation: store order
 
 
+def test_in_memory_training_order_is_the_permutation_of_seed_and_epoch(store):
+    """The order the in-memory sampler drew before both readers shared one Dataset: the same runs train the same."""
+    n = len(FeatureStore(store).split_metadata("train"))
+    sampler = training.EpochPermutationSampler(n, seed=5)
+    sampler.set_epoch(3)
+    assert [it["study"] for it in in_memory(store, epoch=3)] == list(sampler)
+
+
+@pytest.mark.parametrize("items", [streamed, in_memory])
 @pytest.mark.parametrize("drop_last", [True, False])
-def test_two_workers_give_the_batches_of_one(store, drop_last):
-    """Workers split the stream by whole batches: the same batches in the same order, every study once."""
+def test_two_workers_give_the_batches_of_one(store, drop_last, items):
+    """Workers split the studies by whole batches: the same batches in the same order, every study once."""
     def batches(workers):
-        loader = torch.utils.data.DataLoader(streamed(store, epoch=1), batch_size=BATCH, collate_fn=collate_studies,
+        loader = torch.utils.data.DataLoader(items(store, epoch=1), batch_size=BATCH, collate_fn=collate_studies,
                                              num_workers=workers, drop_last=drop_last)
         return list(loader), len(loader)
 
     (one, length), (two, _) = batches(0), batches(2)
     n = len(FeatureStore(store).split_metadata("train"))
-    order = [it["study"] for it in streamed(store, epoch=1)]
+    order = [it["study"] for it in items(store, epoch=1)]
     assert studies_of(two) == studies_of(one) == order[:len(order) - (n % BATCH if drop_last else 0)]
     assert len(one) == length  # the length fit and the schedule count on
     for a, b in zip(one, two):
@@ -203,21 +230,22 @@ def test_same_weights_score_the_same_streamed_and_in_memory(streamed_run, store,
     classes, prevalence = metrics["classes"], np.asarray(json.loads((run / "run.json").read_text())["train_prevalence"])
     opened, policy, accelerator = FeatureStore(store), LabelPolicy(), training.make_accelerator(cfg.train)
     csvs = {"val": tiny_data / "development.csv", "test": tiny_data / "test.csv"}
-    in_memory, scored = {}, {}
+    memory_splits, scored = {}, {}
     for name, csv in csvs.items():
-        for reader, stream in (("memory", None), ("stream", dict(shuffle_buffer=0, seed=cfg.seed, block=BATCH))):
-            split = Split(opened, name, str(csv), classes, policy, cfg.model.max_images, stream)
-            assert (split.features is None) == (reader == "stream")
+        for reader in ("memory", "stream"):
+            source = open_source(opened, name, reader, shuffle=False, seed=cfg.seed, shuffle_buffer=16)
+            assert isinstance(source, MemorySource if reader == "memory" else StreamSource)
+            split = Split(opened, name, source, str(csv), classes, policy, cfg.model.max_images)
             loader = torch.utils.data.DataLoader(split.dataset, batch_size=BATCH, collate_fn=collate_studies)
             scored[name, reader] = split_metrics(split, *study_probs(model, loader, accelerator, name), classes,
                                                  prevalence)
             if reader == "memory":
-                in_memory[name] = split
+                memory_splits[name] = split
     for name, key in (("val", "validation"), ("test", "test")):
         assert_close(scored[name, "stream"], scored[name, "memory"])
         assert_close(metrics[key], scored[name, "memory"])
     assert_close(metrics["stage1_baseline"],
-                 stage1_baseline(cfg, opened, in_memory, classes, prevalence, accelerator))
+                 stage1_baseline(cfg, opened, memory_splits, classes, prevalence, accelerator.device))
 
 
 def assert_close(a, b, path=""):
@@ -257,3 +285,90 @@ def test_killed_streamed_run_resumes_to_the_same_result(streamed_run, tiny_data,
     history = [[{k: v for k, v in json.loads(line).items() if not k.endswith("seconds")}
                 for line in (r / "history.jsonl").read_text().splitlines()] for r in (whole, resumed)]
     assert history[0] == history[1]
+
+
+# ---- the training split streamed in per-process shares -----------------------------------------------------
+
+
+def sharded(store_path, rank=0, world=1, epoch=0, batch=4, lanes=4, store=None):
+    store = store or FeatureStore(store_path)
+    meta = store.split_metadata("train")
+    targets = np.zeros((len(meta), 3), np.float32)
+    dataset = StudyItems(ShardedSource(store, "train", seed=5, batch=batch, rank=rank, world=world, lanes=lanes,
+                                       shuffle_buffer=4), targets, np.ones_like(targets), max_images=2)
+    dataset.set_epoch(epoch)
+    return dataset
+
+
+def sharded_batches(store_path, rank, world, workers, epoch=0, batch=4):
+    loader = torch.utils.data.DataLoader(sharded(store_path, rank, world, epoch, batch), batch_size=batch,
+                                         collate_fn=collate_studies, num_workers=workers, drop_last=True)
+    return [[int(s) for s in b["study"]] for b in loader]
+
+
+def test_store_row_groups_and_shards_hold_whole_studies(store):
+    opened = FeatureStore(store)
+    meta = opened.split_metadata("train")
+    starts = set(meta.study_starts.tolist())
+    groups = opened.row_groups("train")
+    assert len(groups) > 4 and all(first in starts for _, _, first, _ in groups)
+    assert opened.manifest["study_aligned"] is True
+    for shard in opened.manifest["splits"]["train"]["shards"]:  # the checksum hashed while writing is the file's
+        assert shard["checksum"] == mf.shard_checksum(store / shard["file"])
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_sharded_epoch_trains_every_study_once_whatever_the_workers(store, world):
+    """Each process its own batches, the same with 0, 1, 2 or 4 workers; together every study at most once, and
+    all of them but fewer than one global batch; another epoch, another order."""
+    n, batch = len(FeatureStore(store).split_metadata("train")), 4
+    epochs = []
+    for epoch in (0, 1):
+        ranks = [sharded_batches(store, rank, world, workers=0, epoch=epoch) for rank in range(world)]
+        for rank in range(world):
+            for workers in (1, 2, 4):
+                assert sharded_batches(store, rank, world, workers, epoch=epoch) == ranks[rank], (rank, workers)
+        assert all(len(r) == n // (batch * world) for r in ranks)  # the steps fit counts on, on every process
+        seen = [s for r in ranks for b in r for s in b]
+        assert len(seen) == len(set(seen)) and n - len(seen) < batch * world
+        epochs.append(seen)
+    assert epochs[0] != epochs[1]
+
+
+def test_sharded_processes_read_only_their_own_row_groups(store, monkeypatch):
+    """Over all processes and lanes an epoch reads each row group once, twice at most where two shares meet."""
+    opened = FeatureStore(store)
+    reads = []
+    read = opened.read_row_group
+    monkeypatch.setattr(opened, "read_row_group", lambda path, index: reads.append((path, index)) or read(path, index))
+    world, lanes = 2, 4
+    for rank in range(world):
+        list(sharded(store, rank, world, store=opened, lanes=lanes))
+    groups = len(opened.row_groups("train"))
+    assert len(reads) <= groups + world * lanes - 1
+    assert len(set(reads)) >= groups - 1  # all but the row groups of the studies left for the next epoch
+
+
+def test_sharded_stream_needs_a_study_aligned_store(store, tmp_path):
+    import shutil
+
+    copy = tmp_path / "old"
+    shutil.copytree(store, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["study_aligned"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="run chexfusion features with the same config to rewrite it"):
+        sharded(copy)
+    FeatureStore(copy).load_split("train")  # in memory, an older store still reads
+
+
+def test_in_memory_split_is_mapped_from_one_shared_copy(store):
+    """map_split gives load_split's split, from a file written once and mapped again (its inode kept) after."""
+    opened = FeatureStore(store)
+    loaded, mapped = opened.load_split("val"), opened.map_split("val")
+    assert loaded.meta.equals(mapped.meta) and np.array_equal(loaded.features, mapped.features)
+    path = opened.mapped_path("val")
+    inode = path.stat().st_ino
+    again = FeatureStore(store).map_split("val")
+    assert path.stat().st_ino == inode and np.array_equal(again.features, loaded.features)
+    assert not again.chunks[0].flags.writeable  # a view of the mapped file, not a private copy

@@ -23,7 +23,7 @@ LAYOUTS = ("binary", "list")
 # frontal backbone is the default; "lateral" is there for data sets where the opposite holds.
 UNKNOWN_VIEW_ROUTES = ("frontal", "lateral")
 # How stage 2 reads each split: auto loads it in memory when its maps fit in max_memory_gb and streams it
-# otherwise; memory and stream force one reader (stage2/streaming.py, features/README.md).
+# otherwise; memory and stream force one reader (stage2/studies.py, features/README.md).
 READERS = ("auto", "memory", "stream")
 
 
@@ -46,6 +46,7 @@ class FeatureConfig:
     max_memory_gb: float = 4.0  # stage 2, reader auto: load a split in memory below this, else stream it
     reader: str = "auto"  # stage 2: auto | memory | stream (see READERS above)
     shuffle_buffer: int = 256  # stage 2 streaming the training split: studies shuffled across row groups
+    stream_lanes: int = 4  # stage 2 streaming the training split: readers per process (train.num_workers divides it)
 
     def validate(self) -> None:
         """Refuse a bad value by its key, before any backbone is loaded."""
@@ -63,7 +64,7 @@ class FeatureConfig:
                             "an encoder spec such as hf:microsoft/rad-dino)")
         if self.pool is not None and (len(self.pool) != 2 or min(self.pool) < 1):
             raise UserError(f"config key 'features.pool' must be null or [h, w] with h, w >= 1, got {self.pool}")
-        for key in ("batch_size", "shard_rows", "row_group_rows", "shuffle_buffer"):
+        for key in ("batch_size", "shard_rows", "row_group_rows", "shuffle_buffer", "stream_lanes"):
             if getattr(self, key) < 1:
                 raise UserError(f"config key 'features.{key}' must be at least 1, got {getattr(self, key)}")
         if self.num_workers < 0:

@@ -33,14 +33,16 @@ MANIFEST_NAME = "manifest.json"
 CONTENT_KEYS = ("routing", "unknown_view", "backbones", "preprocess", "image_size", "feature_shape", "pool",
                 "dtype", "shape", "splits")
 # Keys that change only how the same features are laid out in files; the writer rebuilds when they change.
-STORAGE_KEYS = ("format_version", "layout", "shard_rows", "row_group_rows")
+# study_aligned: row groups and shards hold whole studies (stage 2's sharded stream needs it; stores written
+# before it are rewritten by chexfusion features).
+STORAGE_KEYS = ("format_version", "layout", "shard_rows", "row_group_rows", "study_aligned")
 
 
 # A shard's checksum finds a damaged, truncated or swapped shard file (resume and ``features --verify``); it is not
 # a defence against tampering, so it is XXH3-128, not sha256: hashing runs at memory speed (measured ~10x sha256
 # here), which keeps a shard's write close to the cost of writing its bytes (benchmarks/feature_store.py).
 SHARD_CHECKSUM = "xxh3_128"
-_DIGESTS = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
+DIGESTS = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
 
 
 def shard_file_name(split: str, index: int) -> str:
@@ -49,7 +51,12 @@ def shard_file_name(split: str, index: int) -> str:
 
 def shard_checksum(path: Path, algorithm: str = SHARD_CHECKSUM) -> str:
     """``'<algorithm>:<hex digest>'`` of a shard file."""
-    return f"{algorithm}:{file_digest(path, _DIGESTS[algorithm]())}"
+    return f"{algorithm}:{file_digest(path, DIGESTS[algorithm]())}"
+
+
+def bytes_checksum(data, algorithm: str = SHARD_CHECKSUM) -> str:
+    """``'<algorithm>:<hex digest>'`` of a shard's bytes in memory, as :func:`shard_checksum` gives for its file."""
+    return f"{algorithm}:{DIGESTS[algorithm](data).hexdigest()}"
 
 
 def recorded_checksum(record: dict) -> str | None:
@@ -67,7 +74,7 @@ def shard_matches(path: Path, record: dict) -> bool:
     """Whether the file at ``path`` has the checksum that its manifest entry or sidecar ``record`` holds."""
     recorded = recorded_checksum(record)
     algorithm = recorded.partition(":")[0] if recorded else None
-    return algorithm in _DIGESTS and shard_checksum(path, algorithm) == recorded
+    return algorithm in DIGESTS and shard_checksum(path, algorithm) == recorded
 
 
 def pooled_shape(feature_shape, pool) -> list[int]:
@@ -118,7 +125,8 @@ def expected_from_config(cfg: FeatureConfig, splits: dict[str, tuple[str, str]])
 def new_manifest(expected: dict, cfg: FeatureConfig) -> dict:
     """The manifest of a store being written (``complete`` false until every shard is on disk)."""
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "complete": False, **expected,
-            "layout": cfg.layout, "shard_rows": cfg.shard_rows, "row_group_rows": cfg.row_group_rows}
+            "layout": cfg.layout, "shard_rows": cfg.shard_rows, "row_group_rows": cfg.row_group_rows,
+            "study_aligned": True}
 
 
 def read_manifest(store: Path) -> dict | None:

@@ -31,13 +31,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import xxhash
 
 from ..data.views import VIEWS
 from ..errors import UserError
+from ..io import atomic_path
+from . import integrity
 from . import manifest as mf
 from .schema import FEATURES, NUMPY_DTYPES, features_to_numpy
 
 READ_META = ("dicom_id", "study_id", "subject_id", "view", "csv_row")
+MAPPED_DIR = "_mapped"  # map_split's Arrow IPC copies of splits (derived from the shards; safe to delete)
 
 
 @dataclass
@@ -109,6 +113,11 @@ class SplitFeatures:
         return len(self.meta)
 
     @cached_property
+    def csv_rows(self) -> np.ndarray:
+        """[N] int64 rows of the split's CSV (as :attr:`SplitMetadata.csv_rows`)."""
+        return self.meta["csv_row"].to_numpy(dtype=np.int64)
+
+    @cached_property
     def study_index(self) -> dict[str, slice]:
         return {s: slice(int(a), int(b)) for s, a, b in zip(self.study_ids, self.study_starts, self.study_stops)}
 
@@ -149,7 +158,7 @@ class SplitFeatures:
             features=self.rows(start, stop).reshape(stop - start, *self.shape),
             views=self.views[start:stop],
             dicom_ids=self.meta["dicom_id"].iloc[start:stop].tolist(),
-            csv_rows=self.meta["csv_row"].to_numpy(dtype=np.int64)[start:stop],
+            csv_rows=self.csv_rows[start:stop],
             index=i,
         )
 
@@ -236,6 +245,9 @@ class FeatureStore:
         self.dtype = NUMPY_DTYPES[manifest["dtype"]]
         self.width = int(np.prod(self.shape))
         self.last_stream_stats = StreamStats()
+        problems = integrity.listing_problems(self.path, manifest)  # footers only: a few KB a shard
+        if problems:
+            raise integrity.refusal(self.path, *problems[0])
 
     # ---- the manifest ------------------------------------------------------------------------------------
 
@@ -274,52 +286,101 @@ class FeatureStore:
         return [self.path / s["file"] for s in self._split(split)["shards"]]
 
     def verify(self) -> None:
-        """Check every shard against the checksum in the manifest."""
-        for split in self.splits:
-            for shard in self._split(split)["shards"]:
-                path = self.path / shard["file"]
-                if not path.is_file():
-                    raise UserError(f"feature store {self.path}: shard {shard['file']} is missing: delete the "
-                                    "folder and run chexfusion features")
-                if not mf.shard_matches(path, shard):
-                    raise UserError(f"feature store {self.path}: shard {shard['file']} is damaged (its checksum "
-                                    f"differs from {mf.MANIFEST_NAME}): delete the folder and run chexfusion features")
+        """Check every shard against the checksum in the manifest (reads the whole store)."""
+        problems = integrity.checksum_problems(self.path, self.manifest)
+        if problems:
+            raise integrity.refusal(self.path, *problems[0])
 
     # ---- in memory -----------------------------------------------------------------------------------------
 
     def _open(self, path: Path, memory_map: bool) -> pq.ParquetFile:
-        try:  # pre_buffer off: it would copy every column chunk into memory before decoding it
+        # pre_buffer off: it would copy every column chunk into memory before decoding it. Parquet's page CRCs
+        # are not used: verifying them measured 3-4x slower reads than not (integrity.py checks bytes otherwise).
+        with integrity.reading(self.path, path):
             return pq.ParquetFile(path, memory_map=memory_map, pre_buffer=False)
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise UserError(f"feature store {self.path}: cannot read shard {path.name} ({exc}); run "
-                            f"FeatureStore.verify or rebuild the store") from None
 
-    def _read_shard(self, path: Path) -> tuple[pa.Table, list[np.ndarray]]:
-        table = self._open(path, memory_map=True).read(columns=list(READ_META) + [FEATURES], use_threads=False)
+    def _read_shard(self, path: Path, split: str) -> tuple[pa.Table, list[np.ndarray]]:
+        with integrity.reading(self.path, path):
+            table = self._open(path, memory_map=True).read(columns=[*READ_META, "split", FEATURES], use_threads=False)
+        integrity.check_split_column(self.path, path, table, split)
+        table = table.drop_columns(["split"])
         chunks = [features_to_numpy(c, self.manifest["dtype"], self.width) for c in table.column(FEATURES).chunks]
         return table.drop_columns([FEATURES]), chunks
 
     def load_split(self, split: str) -> SplitFeatures:
-        """The whole split in memory (see :meth:`fits_in_memory`).
+        """The whole split in memory (see :meth:`fits_in_memory`), decoded from its Parquet shards.
 
         Shards are read one after the other: decoding is a memory-bound copy, and
         parallel threads measured slower here (they contend for the page tables).
+        The decoded maps are private to the process; :meth:`map_split` shares them.
         """
-        parts = [self._read_shard(path) for path in self._shard_paths(split)]
-        if parts:
-            meta = pa.concat_tables([t for t, _ in parts]).to_pandas()
+        parts = [self._read_shard(path, split) for path in self._shard_paths(split)]
+        return self._split_features(split, [t for t, _ in parts], [c for _, cs in parts for c in cs])
+
+    def _split_features(self, split: str, metas: list[pa.Table], chunks: list[np.ndarray]) -> SplitFeatures:
+        if metas:
+            meta = pa.concat_tables(metas).to_pandas()
         else:
             meta = pd.DataFrame({c: pd.Series([], dtype="int32" if c == "csv_row" else "str") for c in READ_META})
-        chunks = [c for _, cs in parts for c in cs if len(c)]
-        return SplitFeatures(split, meta, self.shape, self.dtype, chunks)
+        return SplitFeatures(split, meta, self.shape, self.dtype, [c for c in chunks if len(c)])
+
+    def mapped_path(self, split: str) -> Path:
+        """Where :meth:`map_split` keeps the split's uncompressed copy: named by its shards' checksums, so a
+        rewritten shard gives another file."""
+        checksums = "".join(str(mf.recorded_checksum(s)) for s in self._split(split)["shards"])
+        return self.path / MAPPED_DIR / f"{split}-{xxhash.xxh3_64_hexdigest(checksums.encode())}.arrow"
+
+    def map_split(self, split: str) -> SplitFeatures:
+        """The whole split as :meth:`load_split` gives it, its maps memory-mapped from an Arrow IPC file.
+
+        Each shard is checked against its checksum as it is read to write that
+        file (one read: the bytes are hashed in memory, then decoded).
+
+        Parquet pages always decode into the reading process's own memory, so P
+        processes that load a split hold P copies. An Arrow IPC file is the
+        in-memory layout itself: mapped, its buffers are the page cache's, and
+        every process on the machine that maps it shares one copy. The file is
+        written once (atomically, from the shards) and reused while the shards
+        do not change; under several processes let one process write it first.
+        """
+        if not self.split_rows(split):
+            return self.load_split(split)
+        path = self.mapped_path(split)
+        if not path.is_file():
+            self._write_mapped(split, path)
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        chunks = [features_to_numpy(c, self.manifest["dtype"], self.width) for c in table.column(FEATURES).chunks]
+        return self._split_features(split, [table.drop_columns([FEATURES])], chunks)
+
+    def _write_mapped(self, split: str, path: Path) -> None:
+        for stale in path.parent.glob(f"{split}-*.arrow"):
+            stale.unlink(missing_ok=True)
+        rows = int(self.manifest.get("row_group_rows", 256))  # a batch of rows at a time, not the whole shard
+        entries = integrity.listed_shards(self.manifest)
+        with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink:
+            writer = None
+            for shard in self._shard_paths(split):
+                with integrity.reading(self.path, shard):
+                    parquet = pq.ParquetFile(pa.BufferReader(integrity.checked_bytes(self.path, shard, entries)))
+                    batches = list(parquet.iter_batches(batch_size=rows, columns=[*READ_META, "split", FEATURES],
+                                                        use_threads=False))
+                for batch in batches:
+                    integrity.check_split_column(self.path, shard, batch, split)
+                    batch = batch.drop_columns(["split"])
+                    writer = writer or pa.ipc.new_file(sink, batch.schema)
+                    writer.write_batch(batch)
+            writer.close()
 
     # ---- streaming -----------------------------------------------------------------------------------------
 
     def split_metadata(self, split: str) -> SplitMetadata:
         """The split's metadata columns and study bounds, without its maps (see :class:`SplitMetadata`)."""
-        paths = self._shard_paths(split)
-        meta = pa.concat_tables([self._open(p, memory_map=False).read(columns=list(READ_META)) for p in paths]) \
-            if paths else None
+        tables = []
+        for path in self._shard_paths(split):
+            with integrity.reading(self.path, path):
+                tables.append(self._open(path, memory_map=False).read(columns=[*READ_META, "split"]))
+            integrity.check_split_column(self.path, path, tables[-1], split)
+        meta = pa.concat_tables(tables) if tables else None
         if meta is None or not meta.num_rows:
             empty = np.zeros(0, np.int64)
             return SplitMetadata(split, empty, empty, pa.array([], pa.string()), np.zeros(0, object), empty, empty)
@@ -330,6 +391,17 @@ class FeatureStore:
                              dicom_ids=meta.column("dicom_id").combine_chunks(),
                              study_ids=study_ids.take(pa.array(starts)).to_numpy(zero_copy_only=False).astype(object),
                              study_starts=starts, study_stops=stops)
+
+    def row_groups(self, split: str) -> list[tuple[Path, int, int, int]]:
+        """(shard path, row group index, first row, rows) of every row group of the split, in store order."""
+        return self._row_groups(split)
+
+    def read_row_group(self, path: Path, index: int) -> np.ndarray:
+        """The maps ``[rows, C*h*w]`` of one row group (read-only views of the decoded buffer)."""
+        with integrity.reading(self.path, path):
+            column = self._open(path, memory_map=False).read_row_group(index, columns=[FEATURES]).column(FEATURES)
+        chunks = [features_to_numpy(c, self.manifest["dtype"], self.width) for c in column.chunks]
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     def _row_groups(self, split: str) -> list[tuple[Path, int, int, int]]:
         """(shard path, row group index, first row, rows) of every row group of the split, in store order."""
@@ -361,18 +433,28 @@ class FeatureStore:
                 yield from stream.studies_of_group(g, copy=False)
             return
         rng = np.random.default_rng([seed, epoch])
-        buffer: list[StudyFeatures] = []
-        for g in rng.permutation(stream.num_groups):
-            for study in stream.studies_of_group(int(g), copy=True):  # a buffered study must not pin its row group
-                if len(buffer) < shuffle_buffer:
-                    buffer.append(study)
-                    self.last_stream_stats.max_buffered_studies = len(buffer)
-                    continue
-                j = int(rng.integers(len(buffer)))
-                buffer[j], study = study, buffer[j]
-                yield study
-        for j in rng.permutation(len(buffer)):
-            yield buffer[j]
+        # a buffered study is a copy: it must not pin its row group
+        studies = (study for g in rng.permutation(stream.num_groups) for study in stream.studies_of_group(int(g), True))
+        yield from buffer_shuffle(studies, shuffle_buffer, rng, self.last_stream_stats)
+
+
+def buffer_shuffle(items: Iterator, size: int, rng: np.random.Generator,
+                   stats: StreamStats | None = None) -> Iterator:
+    """``items`` in a random order through a buffer of ``size``: once the buffer is full, each arriving item takes
+    the place of a random buffered one, which is yielded; the rest come out permuted at the end. Memory holds
+    ``size`` items whatever the stream's length; the same ``rng`` state gives the same order."""
+    buffer: list = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            if stats is not None:
+                stats.max_buffered_studies = len(buffer)
+            continue
+        j = int(rng.integers(len(buffer)))
+        buffer[j], item = item, buffer[j]
+        yield item
+    for j in rng.permutation(len(buffer)):
+        yield buffer[j]
 
 
 class _SplitStream:
@@ -396,7 +478,8 @@ class _SplitStream:
             if len(self.files) >= 2:
                 self.files.popitem(last=False)
             self.files[path] = self.store._open(path, memory_map=False)
-        column = self.files[path].read_row_group(index, columns=[FEATURES]).column(FEATURES)
+        with integrity.reading(self.store.path, path):
+            column = self.files[path].read_row_group(index, columns=[FEATURES]).column(FEATURES)
         chunks = [features_to_numpy(c, self.store.manifest["dtype"], self.store.width) for c in column.chunks]
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 

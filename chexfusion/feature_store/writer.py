@@ -2,13 +2,15 @@
 
 Determinism: a split's images are put in *store order* -- studies in order of
 first appearance in the CSV, each study's images in canonical order (frontal,
-lateral, unknown; ties by dicom_id), the order ``predict`` uses too -- and shard
-``k`` holds positions ``[k*shard_rows, (k+1)*shard_rows)`` of that order (minus
-unreadable images when ``skip_bad_images``). What a shard holds therefore
-depends on the data alone, never on timing or on the number of processes.
+lateral, unknown; ties by dicom_id), the order ``predict`` uses too -- and that
+order is cut into shards of at most ``shard_rows`` rows, and each shard into row
+groups of at most ``row_group_rows``, never inside a study (minus unreadable
+images when ``skip_bad_images``). What a shard holds therefore depends on the
+data alone, never on timing or on the number of processes.
 
-Resume and atomicity: a shard is written under a temporary name and renamed;
-then a sidecar ``_progress/<shard>.json`` records its checksum. A re-run keeps
+Resume and atomicity: a shard is written under a temporary name, hashed (from
+the page cache) and renamed; then a sidecar
+``_progress/<shard>.json`` records the checksum. A re-run keeps
 every shard whose file matches its sidecar and writes only the others; the
 manifest is written last, from the sidecars, and ``_progress`` removed, so an
 interrupted-then-resumed store equals an uninterrupted one byte for byte.
@@ -35,9 +37,11 @@ import numpy as np
 from ..errors import UserError
 from ..io import atomic_path, atomic_write_json
 from ..progress import tqdm
+from . import integrity
 from . import manifest as mf
 from .config import FeatureConfig
-from .schema import META_COLUMNS, NUMPY_DTYPES, shard_table, write_parquet
+from .reader import MAPPED_DIR
+from .schema import META_COLUMNS, NUMPY_DTYPES, shard_table, study_runs, write_parquet
 
 PROGRESS_DIR = "_progress"
 # Test hook, for the resume test only: the process SIGKILLs itself after writing the temporary file of its
@@ -74,10 +78,12 @@ def plan_split(name: str, csv: str, image_root: str) -> SplitPlan:
 
 
 def shard_jobs(plans: dict[str, SplitPlan], shard_rows: int) -> list[ShardJob]:
+    """Each split's store order cut into shards of at most ``shard_rows`` rows of whole studies."""
     jobs = []
     for name, plan in plans.items():
-        for k, start in enumerate(range(0, len(plan.order), shard_rows)):
-            jobs.append(ShardJob(name, k, plan.order[start:start + shard_rows]))
+        study_ids = plan.table.frame["study_id"].to_numpy(dtype=object)[plan.order]
+        for k, (start, stop) in enumerate(study_runs(study_ids, shard_rows)):
+            jobs.append(ShardJob(name, k, plan.order[start:stop]))
     return jobs
 
 
@@ -103,6 +109,7 @@ def _remove_store_files(store: Path) -> None:
     for path in _own_files(store):
         path.unlink(missing_ok=True)
     shutil.rmtree(store / PROGRESS_DIR, ignore_errors=True)
+    shutil.rmtree(store / MAPPED_DIR, ignore_errors=True)
 
 
 def prepare_store(store: Path, header: dict, log) -> bool:
@@ -122,7 +129,13 @@ def prepare_store(store: Path, header: dict, log) -> bool:
         why = mf.first_difference(current, header, mf.STORAGE_KEYS + mf.CONTENT_KEYS)
         if why is None and current.get("complete"):
             shutil.rmtree(store / PROGRESS_DIR, ignore_errors=True)  # a kill may fall just after the manifest
-            return True
+            problems = integrity.listing_problems(store, current) + integrity.checksum_problems(store, current)
+            if not problems:
+                return True
+            for name, what in problems:
+                log(f"feature store {store}: shard {name} {what}: rewriting it")
+            reopen_damaged(store, current, {name for name, _ in problems})
+            return False
         if why is None:
             return False  # resume: keep the shards and their sidecars
         log(f"feature store {store} was made differently ({why}): rebuilding it")
@@ -132,6 +145,19 @@ def prepare_store(store: Path, header: dict, log) -> bool:
         _remove_store_files(store)
     mf.write_manifest(store, header)
     return False
+
+
+def reopen_damaged(store: Path, manifest: dict, damaged: set[str]) -> None:
+    """Turn a complete store with damaged shards into an interrupted one that lacks them: the good shards get
+    their sidecars back from the manifest, the damaged (and unlisted) files go, and the resume writes them."""
+    for name, shard in integrity.listed_shards(manifest).items():
+        if name not in damaged:
+            atomic_write_json(_sidecar(store, name), {"file": name, "rows": shard["rows"],
+                                                      "checksum": mf.recorded_checksum(shard),
+                                                      "skipped": shard["skipped"], "skipped_errors": []})
+    for name in damaged:
+        (store / name).unlink(missing_ok=True)
+    mf.write_manifest(store, {**manifest, "complete": False})
 
 
 def shard_is_done(store: Path, job: ShardJob) -> bool:
@@ -155,7 +181,12 @@ def _test_kill_hook() -> None:
 
 
 def write_shard_file(table, path: Path, row_group_rows: int) -> str:
-    """Write one shard atomically; return its checksum."""
+    """Write one shard atomically; return its checksum.
+
+    The checksum hashes the file just written, which is still in the page cache, so the "second read" runs at
+    memory speed: benchmarks/feature_store.py measured it cheaper than hashing during the write (a Python file
+    object that hashes each call of the Parquet writer) or than encoding the shard in memory first.
+    """
     with atomic_path(path) as tmp:
         write_parquet(table, tmp, row_group_rows)
         digest = mf.shard_checksum(tmp)

@@ -1,61 +1,78 @@
 """The stage-2 training loop, top to bottom.
 
 open the feature store (refused if stale) -> studies and their labels, each
-split in memory or streamed (``streaming.py``) ->
+split in memory or streamed behind one Dataset (``studies.py``) ->
 build the fusion model -> ``fit`` (train, validate, keep the best, resume) ->
 evaluate the best weights at study level and at image level (the CXR-LT
 convention: every image gets its study's prediction), next to the stage-1
-max-over-images baseline on the same cached features -> a self-contained run
-folder that ``chexfusion predict`` runs from raw images.
+max-over-images baseline on the same cached features (``baseline.py``) -> a
+self-contained run folder that ``chexfusion predict`` runs from raw images.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .. import training
 from ..data.cxr_lt import read_cxr_lt
 from ..data.labels import LabelPolicy
+from ..errors import UserError
+from ..feature_store import integrity
+from ..feature_store.routing import study_ordered_rows
 from ..losses import build_loss
 from ..metrics import compute_metrics
+from ..progress import tqdm
 from ..training import StageJob, finish_run, fit, prepare_training, start_run, summary_line
+from .baseline import stage1_baseline
 from .config import Stage2Config
-from .data import StudyDataset, collate_studies, image_study, study_labels
 from .model import build_for_classes, write_run_info
 from .store import open_store_for, stage1_classes
-from .streaming import StreamedStudies, choose_reader
+from .studies import ShardedSource, StudyItems, choose_reader, collate_studies, image_study, open_source, study_labels
 
 
 class Split:
-    """One split as stage 2 sees it: cached maps (in memory, or streamed), studies, image and study labels.
+    """One split as stage 2 sees it: its source of studies, their items, and image and study labels.
 
-    ``stream``: None loads the split in memory; else the keyword arguments of
-    :class:`StreamedStudies` (shuffle buffer, seed, block) and only the split's
-    metadata is loaded (``features`` is None). ``layout`` is what both readers
-    know up front: per-image views and where each study starts and stops.
+    ``source`` (``studies.py``) holds the split in memory or streams it; its
+    layout, which both know up front, labels every image and study.
     """
 
-    def __init__(self, store, name: str, csv: str, classes: list[str], policy: LabelPolicy, max_images: int,
-                 stream: dict | None = None):
-        self.name = name
-        if stream is None:
-            self.features = self.layout = store.load_split(name)
-            rows = self.features.meta["csv_row"].to_numpy()
-        else:
-            self.features, self.layout = None, store.split_metadata(name)
-            rows = self.layout.csv_rows
+    def __init__(self, store, name: str, source, csv: str, classes: list[str], policy: LabelPolicy,
+                 max_images: int):
+        self.name, self.source, self.layout = name, source, source.layout
         table = read_cxr_lt(csv, classes=classes, require_labels=True)
+        check_coverage(store, name, table, self.layout)
         targets, mask = table.targets(policy)
-        self.image_targets, self.image_mask = targets[rows], mask[rows]
+        self.image_targets, self.image_mask = targets[self.layout.csv_rows], mask[self.layout.csv_rows]
         self.image_study = image_study(self.layout)
         self.targets, self.mask = study_labels(self.layout, self.image_targets, self.image_mask)
-        if stream is None:
-            self.dataset = StudyDataset(self.features, self.targets, self.mask, max_images)
-        else:
-            self.dataset = StreamedStudies(store, name, len(self.layout), self.targets, self.mask, max_images, **stream)
+        self.dataset = StudyItems(source, self.targets, self.mask, max_images)
         self.skipped = store.manifest["splits"][name].get("skipped", [])
+
+
+def check_coverage(store, name: str, table, layout) -> None:
+    """Refuse a split that does not hold exactly its CSV's rows in store order, less the skipped images: labels
+    are taken by CSV row, so a swapped, dropped or shifted shard would train on wrong labels silently."""
+    skipped = store.manifest["splits"][name].get("skipped", [])
+    order = study_ordered_rows(table.frame)
+    if skipped:
+        order = order[~np.isin(table.frame["dicom_id"].astype(str).to_numpy()[order], skipped)]
+    integrity.check_coverage(store.path, name, store.manifest["splits"][name], order, layout.csv_rows)
+
+
+def split_source(cfg: Stage2Config, store, name: str, reader: str, accelerator):
+    """Where a split's studies come from: the training split in an order from (seed, epoch), streamed in
+    per-process shares; evaluation splits in store order (``studies.py``)."""
+    block = cfg.train.batch_size * accelerator.num_processes
+    if name != "train" or reader == "memory":
+        return open_source(store, name, reader, shuffle=name == "train", seed=cfg.seed,
+                           shuffle_buffer=cfg.features.shuffle_buffer, block=block)
+    if cfg.features.stream_lanes % max(cfg.train.num_workers, 1):
+        raise UserError(f"train.num_workers {cfg.train.num_workers} must divide features.stream_lanes "
+                        f"{cfg.features.stream_lanes} when the training split is streamed")
+    return ShardedSource(store, name, seed=cfg.seed, batch=cfg.train.batch_size, rank=accelerator.process_index,
+                         world=accelerator.num_processes, lanes=cfg.features.stream_lanes,
+                         shuffle_buffer=cfg.features.shuffle_buffer)
 
 
 @torch.no_grad()
@@ -74,7 +91,7 @@ def study_probs(model, loader, accelerator, desc: str) -> tuple[np.ndarray, np.n
 def split_metrics(split: Split, probs: np.ndarray, study_index: np.ndarray, classes, prevalence) -> dict:
     """Study-level metrics, and image-level ones with each image carrying its study's prediction.
 
-    A study may come twice (accelerate completes the last batch of a streamed split under several processes with
+    A study may come twice (accelerate completes the last batch of a split under several processes with
     studies from its first batch); every study must come at least once.
     """
     by_study, scored = np.empty((len(split.targets), probs.shape[1]), probs.dtype), np.zeros(len(split.targets), bool)
@@ -102,26 +119,19 @@ def train_stage2(cfg: Stage2Config) -> dict:
     if cfg.data.test_csv and "test" in store.manifest["splits"]:
         csvs["test"] = cfg.data.test_csv
     splits = {}
-    for name, csv in csvs.items():
-        reader, why = choose_reader(cfg.features, store, name)
-        log(f"stage 2 reads split '{name}' {'in memory' if reader == 'memory' else 'streamed'}: {why}")
-        stream = None
-        if reader == "stream":  # training: an order from (seed, epoch); evaluation: store order
-            stream = dict(shuffle_buffer=cfg.features.shuffle_buffer if name == "train" else 0, seed=cfg.seed,
-                          block=cfg.train.batch_size * accelerator.num_processes)
-        splits[name] = Split(store, name, csv, classes, policy, cfg.model.max_images, stream)
-    if splits["train"].features is not None:
-        sampler = training.EpochPermutationSampler(len(splits["train"].dataset), cfg.seed)
-        epoch_setters = [sampler]
-    else:
-        sampler, epoch_setters = None, [splits["train"].dataset]
+    with accelerator.local_main_process_first():  # it writes a split's mapped copy the others then share
+        for name, csv in csvs.items():
+            reader, why = choose_reader(cfg.features, store, name)
+            log(f"stage 2 reads split '{name}' {'in memory' if reader == 'memory' else 'streamed'}: {why}")
+            splits[name] = Split(store, name, split_source(cfg, store, name, reader, accelerator), csv, classes,
+                                 policy, cfg.model.max_images)
 
-    def loader(split, sampler=None, drop_last=False):
-        return torch.utils.data.DataLoader(split.dataset, batch_size=cfg.train.batch_size, sampler=sampler,
+    def loader(split, drop_last=False):
+        return torch.utils.data.DataLoader(split.dataset, batch_size=cfg.train.batch_size,
                                            collate_fn=collate_studies, num_workers=cfg.train.num_workers,
                                            drop_last=drop_last)
 
-    train_loader, val_loader = loader(splits["train"], sampler, drop_last=True), loader(splits["val"])
+    train_loader, val_loader = loader(splits["train"], drop_last=True), loader(splits["val"])
     log(f"stage 2 '{cfg.name}': {len(splits['train'].dataset)} training / {len(splits['val'].dataset)} validation "
         f"studies, {len(classes)} classes, features {tuple(store.shape)} {store.manifest['dtype']} "
         f"({cfg.features.routing} backbone), device={accelerator.device}, processes={accelerator.num_processes}")
@@ -134,6 +144,7 @@ def train_stage2(cfg: Stage2Config) -> dict:
     val_loader = prepared.val_loader
 
     def batch_loss(m, batch):
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}  # a sharded stream is not prepared
         logits = m(batch["features"], batch["views"], batch["image_mask"])
         return loss_fn(logits.float(), batch["target"], batch["mask"])
 
@@ -142,7 +153,7 @@ def train_stage2(cfg: Stage2Config) -> dict:
         return split_metrics(splits[split_name], probs, index, classes, prevalence)
 
     job = StageJob("stage2", run_dir, cfg.seed, batch_loss, lambda m: evaluate(m, "val", val_loader, "validate"),
-                   epoch_setters)
+                   [splits["train"].dataset])
     state = fit(accelerator, cfg.train, prepared, job)
 
     # ---- final evaluation: best weights, and the stage-1 max-over-images baseline ------------------------------
@@ -151,7 +162,7 @@ def train_stage2(cfg: Stage2Config) -> dict:
                "validation": evaluate(best, "val", val_loader, "validate best")}
     if "test" in splits:
         results["test"] = evaluate(best, "test", accelerator.prepare(loader(splits["test"])), "test")
-    results["stage1_baseline"] = stage1_baseline(cfg, store, splits, classes, prevalence, accelerator)
+    results["stage1_baseline"] = stage1_baseline(cfg, store, splits, classes, prevalence, accelerator.device)
     finish_run(accelerator, run_dir, results,
                lambda: write_run_info(run_dir, cfg, classes, prevalence, store.manifest, text_queries))
     for split in ("validation", "test"):
@@ -162,21 +173,3 @@ def train_stage2(cfg: Stage2Config) -> dict:
                 log(f"stage 1 max-over-images baseline, {split}: {summary_line(base)}")
     return results
 
-
-@torch.no_grad()
-def stage1_baseline(cfg, store, splits, classes, prevalence, accelerator) -> dict:
-    """The stage-1 model's study score (max over a study's images) from the same cached maps, at image level."""
-    from .store import baseline_image_probs
-
-    out = {}
-    for split_name, key in (("val", "validation"), ("test", "test")):
-        if split_name not in splits:
-            continue
-        split = splits[split_name]
-        probs = baseline_image_probs(cfg, store, split, classes, accelerator.device)
-        if probs is None:
-            return {}
-        study_max = np.maximum.reduceat(probs, split.layout.study_starts, axis=0)
-        out[key] = compute_metrics(split.image_targets, study_max[split.image_study], classes,
-                                   train_prevalence=prevalence, mask=split.image_mask)
-    return out

@@ -122,8 +122,11 @@ def prepare_training(accelerator, stage_cfg, model, loaders: tuple, run_dir: Pat
         from ..config import to_dict
 
         accelerator.init_trackers(run_dir.name, config=_scalar_config(to_dict(stage_cfg)))
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler)
+    if getattr(train_loader.dataset, "shards_by_process", False):  # reads its own share: not sliced again
+        model, optimizer, val_loader, scheduler = accelerator.prepare(model, optimizer, val_loader, scheduler)
+    else:
+        model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+            model, optimizer, train_loader, val_loader, scheduler)
     if ema is not None:
         ema.to(accelerator.device)
     return Prepared(model, optimizer, scheduler, ema, train_loader, val_loader, steps_per_epoch)

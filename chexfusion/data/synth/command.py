@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from ...errors import UserError
 from ...io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..classes import LABEL_SETS
+from ..progress import tqdm
 from . import GENERATOR_VERSION, cxr_lt_2026
 from .cohort import MEANINGS, MIN_STUDIES, SPLITS, Cohort, build_cohort
 from .external import NIH_LABELS, build_external, nih_csv
