@@ -62,7 +62,7 @@ def bootstrap_maps(y_true, probs: list[np.ndarray], valid, groups, study_ids, n:
     out = {key: np.full((n, len(probs)), np.nan) for key in MAP_KEYS}
     replicates = range(n)
     if progress:
-        from tqdm import tqdm
+        from .progress import tqdm
 
         replicates = tqdm(replicates, desc="paired bootstrap", unit="replicate")
     for r in replicates:

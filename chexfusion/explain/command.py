@@ -78,11 +78,11 @@ def _png(rgb: np.ndarray) -> bytes:
 
 def run(args) -> int:
     import torch
-    from tqdm.auto import tqdm
 
     from ..data.synth.regions import class_slug
     from ..inference import load_predictor
     from ..io import atomic_write_bytes
+    from ..progress import tqdm
     from .cam import heat_maps
     from .maps_file import write_maps
     from .models import explained_model

@@ -50,9 +50,8 @@ def scored_classes(text: str, classes: list[str]) -> list[str]:
 
 
 def run(args) -> int:
-    from tqdm.auto import tqdm
-
     from ..inference import load_predictor
+    from ..progress import tqdm
     from .cam import heat_maps
     from .models import explained_model
     from .regions import image_size_of, model_frame_mask, read_regions

@@ -54,10 +54,10 @@ def class_embeddings(vlm, classes: list[str], cfg) -> tuple:
 def image_probabilities(vlm, table, image_root, positive, negative, args):
     """Rows read, their ``[N, K]`` probabilities and the rows skipped, in the CSV's study order."""
     import torch
-    from tqdm.auto import tqdm
 
     from ..data.image_dataset import ImageDataset, collate_images
     from ..feature_store.routing import study_ordered_rows
+    from ..progress import tqdm
     from .prompts import pair_probabilities
 
     dataset = ImageDataset(table, image_root, vlm.preprocess, None, skip_bad_images=args.skip_bad_images,

@@ -26,8 +26,8 @@ from PIL import Image
 
 from ...errors import UserError
 from ...io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ...progress import tqdm
 from ..classes import LABEL_SETS
-from ..progress import tqdm
 from . import GENERATOR_VERSION, cxr_lt_2026
 from .cohort import MEANINGS, MIN_STUDIES, SPLITS, Cohort, build_cohort
 from .external import NIH_LABELS, build_external, nih_csv
