@@ -353,7 +353,7 @@ def render(plan: dict) -> tuple[str, dict]:
             f"streamed epoch on 2 processes x 2 workers read {scaleout['read_amplification']} x the store "
             f"({scaleout['read_amplification_1x1']} x on 1 x 1) and trained on every study once; 2 processes "
             f"holding the split in memory take {scaleout['node_memory_ratio']} x the memory of one (summed Pss).")
-    out(f"- **Ordering rows by study** (`inference.study_ordered_rows`, used by extraction and predict) costs "
+    out(f"- **Ordering rows by study** (`feature_store.routing.study_ordered_rows`, used by extraction and predict) costs "
         f"{plan['ordering_s'] * 1e3:.2f} ms per study here, "
         f"{fmt_time(plan['ordering_s'] * n_images / a['images_per_study'])} "
         f"for all {n_images / a['images_per_study']:,.0f} studies, in every process.")

@@ -207,7 +207,7 @@ class StudyItems(torch.utils.data.IterableDataset):
     def __init__(self, source, targets: np.ndarray | None, mask: np.ndarray | None, max_images: int):
         self.source, self.targets, self.mask, self.max_images = source, targets, mask, max_images
         self.epoch = 0
-        # a source that reads only this process's share must not be sliced again by accelerate (fit.py)
+        # a source that reads only this process's share must not be sliced again by accelerate (training/optim.py)
         self.shards_by_process = getattr(source, "shards_by_process", False)
 
     def set_epoch(self, epoch: int) -> None:
