@@ -36,8 +36,11 @@ def _is_terminal(stream) -> bool:
 
 
 def tqdm(*args, **kwargs):
-    """``tqdm.auto.tqdm`` on a terminal; in a file, a line every ``LOG_INTERVAL`` seconds and one at the end."""
+    """``tqdm.auto.tqdm`` on a terminal; in a file, a line every ``LOG_INTERVAL`` seconds and one at the end
+    (nothing at all with ``disable=None``, tqdm's "only on a terminal")."""
     stream = kwargs.get("file") or sys.stderr
+    if "disable" in kwargs and kwargs["disable"] is None:  # tqdm's "on a terminal only": nothing in a file
+        return _tqdm(*args, **kwargs)
     if not _is_terminal(stream) and not kwargs.get("disable"):
         kwargs.update(file=_Lines(stream), mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL * 4,
                       dynamic_ncols=False, ncols=100, leave=True)

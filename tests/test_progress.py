@@ -28,3 +28,10 @@ def test_a_terminal_keeps_the_live_bar():
     for _ in progress.tqdm(range(3), file=out, mininterval=0):
         pass
     assert "\r" in out.getvalue()
+
+
+def test_disable_none_keeps_a_file_silent():
+    log = io.StringIO()
+    for _ in progress.tqdm(range(10), file=log, disable=None):
+        pass
+    assert log.getvalue() == ""
