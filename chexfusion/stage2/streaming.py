@@ -29,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..data.shared_epoch import SharedEpoch
+
 
 def choose_reader(features_cfg, store, split: str) -> tuple[str, str]:
     """``"memory"`` or ``"stream"`` for ``split``, and why (for the log)."""
@@ -52,10 +54,15 @@ class StreamedStudies(torch.utils.data.IterableDataset):
                  max_images: int, shuffle_buffer: int = 0, seed: int = 0, block: int = 1):
         self.store, self.split, self.num_studies = store, split, num_studies
         self.targets, self.mask, self.max_images = targets, mask, max_images
-        self.shuffle_buffer, self.seed, self.block, self.epoch = shuffle_buffer, seed, block, 0
+        self.shuffle_buffer, self.seed, self.block, self._epoch = shuffle_buffer, seed, block, SharedEpoch()
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Seen by every worker, persistent ones included (``SharedEpoch``)."""
+        self._epoch.set(epoch)
 
     def __len__(self) -> int:
         """Number of studies: every one is yielded once per pass (over all workers)."""

@@ -119,7 +119,7 @@ def train_stage2(cfg: Stage2Config) -> dict:
     def loader(split, sampler=None, drop_last=False):
         return torch.utils.data.DataLoader(split.dataset, batch_size=cfg.train.batch_size, sampler=sampler,
                                            collate_fn=collate_studies, num_workers=cfg.train.num_workers,
-                                           drop_last=drop_last)
+                                           drop_last=drop_last, **training.loader_options(cfg.train))
 
     train_loader, val_loader = loader(splits["train"], sampler, drop_last=True), loader(splits["val"])
     log(f"stage 2 '{cfg.name}': {len(splits['train'].dataset)} training / {len(splits['val'].dataset)} validation "
