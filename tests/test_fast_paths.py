@@ -30,6 +30,14 @@ def test_pin_memory_only_where_cuda_is(monkeypatch):
     assert loader_options(OptimConfig(pin_memory=False))["pin_memory"] is False
 
 
+def test_asynchronous_copies_only_from_pinned_memory():
+    from chexfusion.training import make_accelerator
+
+    # no CUDA here: nothing pinned, so accelerate copies batches synchronously as before
+    accelerator = make_accelerator(OptimConfig(pin_memory=True))
+    assert accelerator.dataloader_config.non_blocking is torch.cuda.is_available()
+
+
 def test_persistent_workers_need_workers():
     assert loader_options(OptimConfig(persistent_workers=True, num_workers=0))["persistent_workers"] is False
     assert loader_options(OptimConfig(persistent_workers=True, num_workers=2))["persistent_workers"] is True
