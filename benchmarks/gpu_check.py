@@ -82,29 +82,34 @@ def autocast_dtype(mixed_precision: str, device: str):
 # ---- bare loops ---------------------------------------------------------------------------------------------------
 
 
-def _bare_model(cfg, num_classes: int, device: str):
+def _bare_model(cfg, num_classes: int, device: str, fast_paths: bool):
+    """The stage-1 model on ``device``; with ``fast_paths``, in channels_last and compiled as ``train.*`` asks
+    (training does; extraction runs the backbone as it is)."""
     from chexfusion.stage1.model import build_image_model
 
     model = build_image_model(cfg, num_classes, pretrained=False).to(device)
-    if cfg.train.channels_last:
+    if fast_paths and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if fast_paths and cfg.train.compile:
+        model.compile()
     return model
 
 
-def _bare_images(cfg, batch: int, device: str) -> torch.Tensor:
+def _bare_images(cfg, batch: int, device: str, channels_last: bool) -> torch.Tensor:
     size = cfg.data.image_size
     images = torch.randn(batch, 3, size, size, device=device)
-    return images.contiguous(memory_format=torch.channels_last) if cfg.train.channels_last else images
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
 def bare_train_rate(cfg, num_classes: int, device: str, steps: int) -> float:
     """Images/s of a plain training loop of the stage-1 model: synthetic batches on the device, AdamW, BCE, the
-    config's batch, autocast precision (with a GradScaler for fp16, as accelerate does) and memory format."""
-    model = _bare_model(cfg, num_classes, device).train()
+    config's batch, autocast precision (with a GradScaler for fp16, as accelerate does), memory format and
+    compilation."""
+    model = _bare_model(cfg, num_classes, device, fast_paths=True).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     dtype = autocast_dtype(cfg.train.mixed_precision, device)
     scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
-    images = _bare_images(cfg, cfg.train.batch_size, device)
+    images = _bare_images(cfg, cfg.train.batch_size, device, cfg.train.channels_last)
     targets = torch.randint(0, 2, (cfg.train.batch_size, num_classes), device=device).float()
     synchronize(device)
     start = time.perf_counter()
@@ -123,8 +128,8 @@ def bare_train_rate(cfg, num_classes: int, device: str, steps: int) -> float:
 @torch.no_grad()
 def bare_forward_rate(cfg, num_classes: int, device: str, batch: int, batches: int) -> float:
     """Images/s of the stage-1 backbone's forward alone (fp32, as extraction runs it), maps copied to the host."""
-    backbone = _bare_model(cfg, num_classes, device).backbone.eval()
-    images = _bare_images(cfg, batch, device)
+    backbone = _bare_model(cfg, num_classes, device, fast_paths=False).backbone.eval()
+    images = _bare_images(cfg, batch, device, channels_last=False)
     synchronize(device)
     start = time.perf_counter()
     for _ in range(batches):
