@@ -18,7 +18,7 @@ STAGE2_CONFIG ?= stage2/config.yaml
 STAGE1_RUN    ?= stage1/runs/demo
 STAGE2_RUN    ?= stage2/runs/demo
 
-.PHONY: install data stage1 features stage2 evaluate ablate compare text-queries zero-shot cxr-lt-2026 localize test test-browser bench clean-runs help
+.PHONY: install data stage1 features stage2 evaluate ablate compare text-queries zero-shot cxr-lt-2026 localize test test-browser bench gpu-check clean-runs help
 
 help:
 	@sed -n '2,4p' Makefile
@@ -160,6 +160,13 @@ test-browser: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# GPU readiness (benchmarks/gpu_check.py): the full recipe on one CUDA device, reduced in steps, against bare loops;
+# last line one JSON object. Without CUDA it says so in one line and exits 0. GPU_CHECK_ARGS: e.g.
+# --stage1-override train.channels_last=true
+GPU_CHECK_ARGS ?=
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean-runs:
 	rm -rf stage1/runs stage2/runs features/*/ 

@@ -60,8 +60,8 @@ def image_batches_with_workers(workers: int):
 
 
 def study_ordered_rows_vectorised(frame):
-    """``feature_store.routing.study_ordered_rows`` (studies in order of first appearance, each in canonical order) from one
-    lexsort over the whole table, by ``chexfusion.data.studies.group_studies``."""
+    """``feature_store.routing.study_ordered_rows`` (studies in order of first appearance, each in canonical order)
+    from one lexsort over the whole table, by ``chexfusion.data.studies.group_studies``."""
     import numpy as np
 
     from chexfusion.data.studies import group_studies

@@ -37,6 +37,7 @@ import math
 from pathlib import Path
 
 import support
+from support.memory_plan import extraction_bytes, stage1_training_bytes
 from support.scale_inputs import (
     DTYPE_BYTES,
     fusion_costs,
@@ -284,18 +285,19 @@ def render(plan: dict) -> tuple[str, dict]:
     out("")
     b1, b_extract, b2 = s1.train.batch_size, s2.features.batch_size, s2.train.batch_size
     p1, pf = image["trainable_params"], plan["fusion_sizes"][None]["params"]
-    act1 = image[size]["train_saved_bytes"] * b1
     out("Optimizer state: fp32 weights, gradients and two AdamW moments, 16 bytes per trainable parameter (kept in "
         "fp32 under fp16 autocast). Activations: the tensors autograd keeps for backward, counted in fp32 (fp16 "
         "autocast stores most of them in half, roughly halving the figure).")
     out("")
     out("| step | per process | what |")
     out("|---|---|---|")
-    out(f"| stage 1 training, batch {b1} at {size} px | {fmt_bytes(16 * p1 + act1)} fp32, about "
-        f"{fmt_bytes(16 * p1 + act1 / 2)} with fp16 autocast | {fmt_bytes(16 * p1)} optimizer state + "
-        f"{fmt_bytes(image[size]['train_saved_bytes'])} activations per image |")
+    saved1 = image[size]["train_saved_bytes"]
+    out(f"| stage 1 training, batch {b1} at {size} px | {fmt_bytes(stage1_training_bytes(p1, saved1, b1, False))} "
+        f"fp32, about {fmt_bytes(stage1_training_bytes(p1, saved1, b1, True))} with fp16 autocast | "
+        f"{fmt_bytes(16 * p1)} optimizer state + {fmt_bytes(saved1)} activations per image |")
     peak = image[size]["backbone_peak_module_bytes"] * b_extract
-    out(f"| feature extraction, batch {b_extract} | at least {fmt_bytes(4 * image['params'] + peak)} | fp32 weights "
+    extract = extraction_bytes(image["params"], image[size]["backbone_peak_module_bytes"], b_extract)
+    out(f"| feature extraction, batch {b_extract} | at least {fmt_bytes(extract)} | fp32 weights "
         f"{fmt_bytes(4 * image['params'])} + the largest layer's input and output for the batch "
         f"({fmt_bytes(peak)}); no gradients |")
     for n in (2, 4, max(plan["mix"])):
@@ -353,7 +355,8 @@ def render(plan: dict) -> tuple[str, dict]:
             f"streamed epoch on 2 processes x 2 workers read {scaleout['read_amplification']} x the store "
             f"({scaleout['read_amplification_1x1']} x on 1 x 1) and trained on every study once; 2 processes "
             f"holding the split in memory take {scaleout['node_memory_ratio']} x the memory of one (summed Pss).")
-    out(f"- **Ordering rows by study** (`feature_store.routing.study_ordered_rows`, used by extraction and predict) costs "
+    out(f"- **Ordering rows by study** (`feature_store.routing.study_ordered_rows`, used by extraction and predict) "
+        f"costs "
         f"{plan['ordering_s'] * 1e3:.2f} ms per study here, "
         f"{fmt_time(plan['ordering_s'] * n_images / a['images_per_study'])} "
         f"for all {n_images / a['images_per_study']:,.0f} studies, in every process.")

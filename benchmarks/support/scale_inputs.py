@@ -132,7 +132,8 @@ def measure_fusion_cpu(s2, num_classes: int, feature_shape, n_images: int, repea
 
 
 def measure_study_ordering(studies: int) -> float:
-    """Seconds per study of ``feature_store.routing.study_ordered_rows`` (predict and feature extraction order rows by it)."""
+    """Seconds per study of ``feature_store.routing.study_ordered_rows`` (predict and feature extraction order rows
+    by it)."""
     import numpy as np
     import pandas as pd
 

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from .shared_epoch import SharedEpoch
+
 
 @dataclass
 class AugmentConfig:
@@ -73,10 +75,15 @@ class AugmentedDataset(torch.utils.data.Dataset):
     """Wraps an image dataset and augments each sample with its (seed, epoch, row) generator."""
 
     def __init__(self, base, augment: RadiographAugment, seed: int):
-        self.base, self.augment, self.seed, self.epoch = base, augment, seed, 0
+        self.base, self.augment, self.seed, self._epoch = base, augment, seed, SharedEpoch()
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Seen by every worker, persistent ones included (``SharedEpoch``)."""
+        self._epoch.set(epoch)
 
     def __len__(self) -> int:
         return len(self.base)

@@ -99,9 +99,10 @@ def epoch_sampler(cfg: Stage1Config, labelled_targets: np.ndarray, size: int):
     return RepeatFactorSampler(factors, cfg.seed)
 
 
-def make_loader(dataset, batch_size, sampler, num_workers, drop_last=False):
+def make_loader(dataset, batch_size, sampler, num_workers, drop_last=False, **options):
+    """``options``: more DataLoader arguments (``training.loader_options``: pinned memory, persistent workers)."""
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                                       collate_fn=collate_images, drop_last=drop_last)
+                                       collate_fn=collate_images, drop_last=drop_last, **options)
 
 
 def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None = None) -> dict:
@@ -137,8 +138,11 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
         labelled = torch.utils.data.ConcatDataset([labelled, RowOffset(extra_train, len(train_table))])
     train_set = AugmentedDataset(labelled, RadiographAugment(cfg.augment), cfg.seed)
     sampler = epoch_sampler(cfg, train_table.targets(policy)[0][train_rows], len(train_set))
-    train_loader = make_loader(train_set, cfg.train.batch_size, sampler, cfg.train.num_workers, drop_last=True)
-    val_loader = make_loader(images(val_table, val_rows), cfg.train.batch_size, None, cfg.train.num_workers)
+    options = training.loader_options(cfg.train)
+    train_loader = make_loader(train_set, cfg.train.batch_size, sampler, cfg.train.num_workers, drop_last=True,
+                               **options)
+    val_loader = make_loader(images(val_table, val_rows), cfg.train.batch_size, None, cfg.train.num_workers,
+                             **options)
     extra_text = "" if extra_train is None else f" (+{len(extra_train)} pseudo-labelled)"
     log(f"stage 1 '{cfg.name}': {len(train_rows)}{extra_text} training / {len(val_rows)} validation images, "
         f"{len(classes)} classes, views={cfg.data.views}, device={accelerator.device}, "

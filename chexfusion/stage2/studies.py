@@ -39,6 +39,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..data.shared_epoch import SharedEpoch
 from ..errors import UserError
 from ..feature_store.reader import buffer_shuffle
 
@@ -206,12 +207,16 @@ class StudyItems(torch.utils.data.IterableDataset):
 
     def __init__(self, source, targets: np.ndarray | None, mask: np.ndarray | None, max_images: int):
         self.source, self.targets, self.mask, self.max_images = source, targets, mask, max_images
-        self.epoch = 0
+        self._epoch = SharedEpoch()  # seen by persistent DataLoader workers too
         # a source that reads only this process's share must not be sliced again by accelerate (training/optim.py)
         self.shards_by_process = getattr(source, "shards_by_process", False)
 
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.set(epoch)
 
     def __len__(self) -> int:
         """Number of studies: every one is yielded once per pass (over all workers)."""

@@ -22,7 +22,7 @@ from ..feature_store.routing import study_ordered_rows
 from ..losses import build_loss
 from ..metrics import compute_metrics
 from ..progress import tqdm
-from ..training import StageJob, finish_run, fit, prepare_training, start_run, summary_line
+from ..training import StageJob, finish_run, fit, loader_options, prepare_training, start_run, summary_line
 from .baseline import stage1_baseline
 from .config import Stage2Config
 from .model import build_for_classes, write_run_info
@@ -129,7 +129,7 @@ def train_stage2(cfg: Stage2Config) -> dict:
     def loader(split, drop_last=False):
         return torch.utils.data.DataLoader(split.dataset, batch_size=cfg.train.batch_size,
                                            collate_fn=collate_studies, num_workers=cfg.train.num_workers,
-                                           drop_last=drop_last)
+                                           drop_last=drop_last, **loader_options(cfg.train))
 
     train_loader, val_loader = loader(splits["train"], drop_last=True), loader(splits["val"])
     log(f"stage 2 '{cfg.name}': {len(splits['train'].dataset)} training / {len(splits['val'].dataset)} validation "

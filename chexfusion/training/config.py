@@ -26,6 +26,11 @@ class OptimConfig:
     ema_decay: float = 0.0  # 0 = off; e.g. 0.999
     cpu: bool = False  # force CPU even when a GPU is present
     num_workers: int = 0
+    # GPU fast paths (training/fast_paths.py); the defaults leave a CPU run's weights unchanged
+    pin_memory: bool = True  # page-locked batches for an asynchronous copy to the GPU; only where CUDA is present
+    persistent_workers: bool = False  # keep the DataLoader workers alive between epochs (num_workers > 0)
+    channels_last: bool = False  # NHWC weights and inputs: faster convolutions on tensor-core GPUs
+    compile: bool = False  # torch.compile the model (slow first steps; then faster on GPU)
     checkpoint_every_steps: int = 0  # 0 = checkpoint at each epoch end only
     max_steps_per_epoch: int = 0  # 0 = whole epoch (a smoke-test knob)
     # experiment tracking through accelerate: none, tensorboard, wandb, mlflow, all, or a comma list

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import UserError
 from .config import OptimConfig
+from .fast_paths import apply_model_fast_paths
 
 
 def no_weight_decay_names(model: torch.nn.Module) -> set[str]:
@@ -105,6 +106,7 @@ def prepare_training(accelerator, stage_cfg, model, loaders: tuple, run_dir: Pat
 
     cfg = stage_cfg.train
     train_loader, val_loader = loaders
+    model = apply_model_fast_paths(model, cfg)  # before EMA copies it and accelerate wraps it
     groups = param_groups(model, cfg.weight_decay, cfg.lr, stage_cfg.model.text.map_lr_scale)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     steps_per_epoch = len(train_loader) // (cfg.grad_accum * accelerator.num_processes)

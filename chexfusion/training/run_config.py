@@ -7,7 +7,8 @@ from pathlib import Path
 from ..errors import UserError
 
 # Settings that change how a run is executed but not what it computes: a run may resume with other values.
-EXECUTION_ONLY_KEYS = {"train.num_workers", "train.checkpoint_every_steps", "train.cpu", "train.log_with"}
+EXECUTION_ONLY_KEYS = {"train.num_workers", "train.checkpoint_every_steps", "train.cpu", "train.log_with",
+                       "train.pin_memory", "train.persistent_workers"}
 
 # Keys whose default is not what chexfusion did before the key existed: a run whose config.yaml lacks one was
 # trained with this value (see docs/zero_shot.md for model.text.map_lr_scale).

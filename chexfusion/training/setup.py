@@ -10,6 +10,7 @@ import torch
 
 from ..errors import UserError
 from .config import TRACKERS, OptimConfig
+from .fast_paths import loader_options
 
 
 def make_accelerator(cfg: OptimConfig, run_dir: Path | None = None):
@@ -30,8 +31,10 @@ def make_accelerator(cfg: OptimConfig, run_dir: Path | None = None):
     # dispatch_batches off: every process iterates its own loader. It is already off for map-style datasets;
     # for a streamed split (an IterableDataset) accelerate would otherwise read on process 0 alone and concatenate
     # the processes' batches, which fails for batches padded to different numbers of images.
+    # non_blocking: batches in pinned memory (train.pin_memory, CUDA only) are copied to the GPU asynchronously
+    loader_config = DataLoaderConfiguration(dispatch_batches=False, non_blocking=loader_options(cfg)["pin_memory"])
     return Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
-                       dataloader_config=DataLoaderConfiguration(dispatch_batches=False),
+                       dataloader_config=loader_config,
                        log_with=trackers or None, project_config=project)
 
 
