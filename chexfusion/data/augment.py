@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from .shared_epoch import SharedEpoch
+from .shared_epoch import SharedEpoch, SharedEpochDataset
 
 
 @dataclass
@@ -71,19 +71,11 @@ def sample_rng(seed: int, epoch: int, row: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, row])
 
 
-class AugmentedDataset(torch.utils.data.Dataset):
+class AugmentedDataset(SharedEpochDataset, torch.utils.data.Dataset):
     """Wraps an image dataset and augments each sample with its (seed, epoch, row) generator."""
 
     def __init__(self, base, augment: RadiographAugment, seed: int):
         self.base, self.augment, self.seed, self._epoch = base, augment, seed, SharedEpoch()
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch.get()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Seen by every worker, persistent ones included (``SharedEpoch``)."""
-        self._epoch.set(epoch)
 
     def __len__(self) -> int:
         return len(self.base)

@@ -25,3 +25,17 @@ class SharedEpoch:
 
     def set(self, epoch: int) -> None:
         self._value.fill_(int(epoch))
+
+
+class SharedEpochDataset:
+    """A dataset the loop calls ``set_epoch`` on, its epoch in shared memory (set ``self._epoch = SharedEpoch()``)."""
+
+    _epoch: SharedEpoch
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Seen by every worker, persistent ones included."""
+        self._epoch.set(epoch)

@@ -28,12 +28,17 @@ COLORMAP = "jet"
 OVERLAY_ALPHA = 0.45
 
 
-def add_arguments(parser) -> None:
+def add_run_and_images(parser) -> None:
+    """The arguments explain and localize share: the run, and the images it maps."""
     parser.add_argument("--model", required=True, help="a stage-1 or stage-2 run folder")
     parser.add_argument("--csv", required=True,
                         help="the images: a CXR-LT CSV (or VinDr-CXR's, with --csv-format vindr)")
     parser.add_argument("--csv-format", default="cxr-lt", choices=CSV_FORMATS, help="layout of --csv (default cxr-lt)")
     parser.add_argument("--image-root", required=True, help="folder the CSV's fpath values are relative to")
+
+
+def add_arguments(parser) -> None:
+    add_run_and_images(parser)
     parser.add_argument("--out", required=True, type=Path, help="output folder (maps.parquet, overlays/)")
     parser.add_argument("--method", action="append", choices=METHODS,
                         help="map method (repeat for several; default groupcam)")

@@ -18,17 +18,14 @@ import sys
 from ..errors import UserError
 from .cam import METHODS
 from .scores import DEFAULT_TOLERANCE, Tally, format_table, widened
-from .studies import CSV_FORMATS
 
 COMMAND = "chexfusion localize"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="a stage-1 or stage-2 run folder")
-    parser.add_argument("--csv", required=True,
-                        help="the images: a CXR-LT CSV (or VinDr-CXR's, with --csv-format vindr)")
-    parser.add_argument("--csv-format", default="cxr-lt", choices=CSV_FORMATS, help="layout of --csv (default cxr-lt)")
-    parser.add_argument("--image-root", required=True, help="folder the CSV's fpath values are relative to")
+    from .command import add_run_and_images
+
+    add_run_and_images(parser)
     parser.add_argument("--regions", required=True,
                         help="region file: synth's <split>_regions.csv, a box CSV, or VinDr-CXR's")
     parser.add_argument("--method", action="append", choices=METHODS,

@@ -39,7 +39,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..data.shared_epoch import SharedEpoch
+from ..data.shared_epoch import SharedEpoch, SharedEpochDataset
 from ..errors import UserError
 from ..feature_store.reader import buffer_shuffle
 
@@ -202,7 +202,7 @@ def open_source(store, split: str, reader: str, shuffle: bool, seed: int, shuffl
     return StreamSource(store, split, shuffle_buffer=shuffle_buffer if shuffle else 0, seed=seed, block=block)
 
 
-class StudyItems(torch.utils.data.IterableDataset):
+class StudyItems(SharedEpochDataset, torch.utils.data.IterableDataset):
     """Training items from any source (see the module docstring); each DataLoader worker yields its share."""
 
     def __init__(self, source, targets: np.ndarray | None, mask: np.ndarray | None, max_images: int):
@@ -210,13 +210,6 @@ class StudyItems(torch.utils.data.IterableDataset):
         self._epoch = SharedEpoch()  # seen by persistent DataLoader workers too
         # a source that reads only this process's share must not be sliced again by accelerate (training/optim.py)
         self.shards_by_process = getattr(source, "shards_by_process", False)
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch.get()
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch.set(epoch)
 
     def __len__(self) -> int:
         """Number of studies: every one is yielded once per pass (over all workers)."""
