@@ -39,7 +39,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..data.shared_epoch import SharedEpoch, SharedEpochDataset
 from ..errors import UserError
 from ..feature_store.reader import buffer_shuffle
 
@@ -202,14 +201,18 @@ def open_source(store, split: str, reader: str, shuffle: bool, seed: int, shuffl
     return StreamSource(store, split, shuffle_buffer=shuffle_buffer if shuffle else 0, seed=seed, block=block)
 
 
-class StudyItems(SharedEpochDataset, torch.utils.data.IterableDataset):
+class StudyItems(torch.utils.data.IterableDataset):
     """Training items from any source (see the module docstring); each DataLoader worker yields its share."""
 
     def __init__(self, source, targets: np.ndarray | None, mask: np.ndarray | None, max_images: int):
         self.source, self.targets, self.mask, self.max_images = source, targets, mask, max_images
-        self._epoch = SharedEpoch()  # seen by persistent DataLoader workers too
+        # a plain attribute: workers are started per epoch (stage 2 does not keep them, see train.loader)
+        self.epoch = 0
         # a source that reads only this process's share must not be sliced again by accelerate (training/optim.py)
         self.shards_by_process = getattr(source, "shards_by_process", False)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         """Number of studies: every one is yielded once per pass (over all workers)."""

@@ -105,6 +105,13 @@ def split_metrics(split: Split, probs: np.ndarray, study_index: np.ndarray, clas
     return {**image, "level": "image", "study_level": study, "skipped_images": len(split.skipped)}
 
 
+def stage2_loader_options(train_cfg) -> dict:
+    """The DataLoader fast paths for stage 2, less persistent workers: each worker reads the epoch (the streamed
+    order) from its copy of the dataset when it starts, so workers are started afresh every epoch. (Stage 1 keeps
+    them, its epoch in shared memory; here a gloo run with a shared epoch aborted once under load, not reproduced.)"""
+    return {k: v for k, v in loader_options(train_cfg).items() if k != "persistent_workers"}
+
+
 def train_stage2(cfg: Stage2Config) -> dict:
     accelerator, run_dir, finished = start_run(cfg, "stage 2")
     if finished is not None:
@@ -129,7 +136,7 @@ def train_stage2(cfg: Stage2Config) -> dict:
     def loader(split, drop_last=False):
         return torch.utils.data.DataLoader(split.dataset, batch_size=cfg.train.batch_size,
                                            collate_fn=collate_studies, num_workers=cfg.train.num_workers,
-                                           drop_last=drop_last, **loader_options(cfg.train))
+                                           drop_last=drop_last, **stage2_loader_options(cfg.train))
 
     train_loader, val_loader = loader(splits["train"], drop_last=True), loader(splits["val"])
     log(f"stage 2 '{cfg.name}': {len(splits['train'].dataset)} training / {len(splits['val'].dataset)} validation "
