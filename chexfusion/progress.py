@@ -31,6 +31,13 @@ class _Lines:
         self.stream.flush()
 
 
+class _LogBar(_tqdm):
+    """In a file, a postfix update (the loss after each step) waits for the next timed line instead of forcing one."""
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+
 def _is_terminal(stream) -> bool:
     return bool(getattr(stream, "isatty", None) and stream.isatty())
 
@@ -44,4 +51,5 @@ def tqdm(*args, **kwargs):
     if not _is_terminal(stream) and not kwargs.get("disable"):
         kwargs.update(file=_Lines(stream), mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL * 4,
                       dynamic_ncols=False, ncols=100, leave=True)
+        return _LogBar(*args, **kwargs)
     return _tqdm(*args, **kwargs)

@@ -35,3 +35,14 @@ def test_disable_none_keeps_a_file_silent():
     for _ in progress.tqdm(range(10), file=log, disable=None):
         pass
     assert log.getvalue() == ""
+
+
+def test_a_loss_shown_after_every_step_does_not_add_a_line_per_step(monkeypatch):
+    log = io.StringIO()
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 3600.0)
+    bar = progress.tqdm(total=500, desc="stage1 epoch 1/6", file=log)
+    for step in range(500):
+        bar.update(1)
+        bar.set_postfix(loss=f"{1 / (step + 1):.4f}")
+    bar.close()
+    assert 1 <= len(log.getvalue().splitlines()) <= 3
