@@ -66,3 +66,17 @@ def test_a_run_reads_images_with_its_own_mode(tmp_path):
     as_trained = Preprocess(image_size=32, intensity="minmax").read(tmp_path / "a.png")
     default = Preprocess(image_size=32).read(tmp_path / "a.png")
     assert float(as_trained.max()) > float(default.max()) + 3.0  # normalized: [0, 1] vs [0, 1/64] before mean/std
+
+
+@pytest.mark.parametrize("mode", ["full_range", "minmax", "percentile"])
+def test_a_16_bit_image_in_memory_maps_as_the_same_file_does(tmp_path, mode):
+    """The Python API's in-memory images (PIL, uint16 arrays) go through the run's mapping, as files do."""
+    from chexfusion.inference.inputs import model_input
+
+    pixels = (np.random.default_rng(0).uniform(size=(40, 30)) * 4095).astype(np.uint16)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    pre = Preprocess(image_size=16, intensity=mode)
+    from_file = pre.read(tmp_path / "x.png")
+    with Image.open(tmp_path / "x.png") as image:
+        np.testing.assert_allclose(pre.from_pil(image).numpy(), from_file.numpy(), atol=1e-6)
+    np.testing.assert_allclose(model_input(pixels, pre).numpy(), from_file.numpy(), atol=1e-6)

@@ -119,12 +119,13 @@ def _pil_to_gray(image: Image.Image, source: str, intensity: str = DEFAULT_INTEN
     raise ImageError(source, f"unsupported image mode {mode}")
 
 
-def gray_from_pil(image: Image.Image, image_size: int, resize: str = "squash",
-                  source: str = "image") -> np.ndarray:
-    """An already opened PIL image (any mode ``_pil_to_gray`` reads, or ``F`` in [0, 1]) as the readers' float
-    ``[image_size, image_size]`` in [0, 1] (the Python API's in-memory images)."""
+def gray_from_pil(image: Image.Image, image_size: int, resize: str = "squash", source: str = "image",
+                  intensity: str = DEFAULT_INTENSITY) -> np.ndarray:
+    """A loaded PIL image (any mode ``_pil_to_gray`` reads, or ``F`` already in [0, 1]) as the readers' float
+    ``[image_size, image_size]`` in [0, 1]: the last step of every JPEG / PNG read and of the API's in-memory
+    images."""
     _check_resize(image_size, resize)
-    gray = image if image.mode == "F" else _pil_to_gray(image, source)
+    gray = image if image.mode == "F" else _pil_to_gray(image, source, intensity)
     return _as_float(_resize(gray, image_size, resize))
 
 
@@ -149,7 +150,7 @@ def _decode_pil(stream: BinaryIO, source: str, image_size: int, max_pixels: int,
             image.load()
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageError(source, f"corrupt or truncated file ({exc})") from None
-        return _as_float(_resize(_pil_to_gray(image, source, intensity), image_size, resize))
+        return gray_from_pil(image, image_size, resize, source, intensity)
 
 
 # ---------------------------------------------------------------------------- DICOM
@@ -318,6 +319,10 @@ class Preprocess:
     def read(self, path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
         """A file as a normalized ``[channels, H, W]`` tensor."""
         return to_tensor(read_image(path, self.image_size, max_pixels, self.resize, intensity=self.intensity), self)
+
+    def from_pil(self, image: Image.Image, source: str = "image") -> torch.Tensor:
+        """An image already in memory as a normalized ``[channels, H, W]`` tensor (16-bit mapped by ``intensity``)."""
+        return to_tensor(gray_from_pil(image, self.image_size, self.resize, source, self.intensity), self)
 
     def read_bytes(self, data: bytes, max_pixels: int = MAX_IMAGE_PIXELS,
                    source: str = "uploaded image") -> torch.Tensor:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.images import Preprocess, gray_from_pil, to_tensor
+from ..data.images import Preprocess
 from ..data.views import UNKNOWN, VIEWS, dicom_file_view
 from ..errors import UserError
 
@@ -56,7 +56,7 @@ def model_input(image, preprocess: Preprocess) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         image = _array_to_pil(image)
     if isinstance(image, Image.Image):
-        return to_tensor(gray_from_pil(image, preprocess.image_size, preprocess.resize), preprocess)
+        return preprocess.from_pil(image)
     raise UserError(f"cannot read an image from a {type(image).__name__}: give a path, a PIL image, a numpy "
                     "array or a tensor")
 
