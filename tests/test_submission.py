@@ -6,20 +6,13 @@ import json
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
+from test_padchest import write_csv
 
 from chexfusion.data.padchest import task_classes
 from chexfusion.errors import UserError
 from chexfusion.submission import read_submission, write_submission
 
 IDS = ["216840111366964012819207061112010307142602253_04-014-084.png", "1.5E+3.png", "0042.png", "7.png"]
-
-
-def write_rows(path, header, rows):
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def test_submission_has_imageid_then_the_task_classes_in_official_order(tmp_path):
@@ -47,10 +40,10 @@ def task2(tmp_path):
     labels = np.array([[1, 0, 0, 1, 0, 1], [0, 1, 0, 0, 1, 0], [1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1]])
     probs = np.array([[0.9, 0.2, 0.1, 0.7, 0.3, 0.6], [0.2, 0.8, 0.3, 0.1, 0.6, 0.4],
                       [0.4, 0.7, 0.9, 0.4, 0.2, 0.1], [0.6, 0.1, 0.8, 0.5, 0.7, 0.9]])
-    held = write_rows(tmp_path / "held.csv", ["ImageID", "StudyDate_DICOM", "PatientID", *classes],
+    held = write_csv(tmp_path / "held.csv", ["ImageID", "StudyDate_DICOM", "PatientID", *classes],
                       [[i, "20200101", "8.40E+35", *row] for i, row in zip(IDS, labels.tolist())])
     order = [2, 0, 3, 1]  # a submission need not follow the label file's order
-    sub = write_rows(tmp_path / "sub.csv", ["ImageID", *classes],
+    sub = write_csv(tmp_path / "sub.csv", ["ImageID", *classes],
                      [[IDS[k], *probs[k].tolist()] for k in order])
     return {"held": held, "sub": sub, "labels": labels, "probs": probs, "classes": classes, "tmp": tmp_path}
 
@@ -92,13 +85,13 @@ def test_a_bad_submission_is_one_line_exit_2(run_cli, task2, change, message):
         body = body + [body[0]]
     elif change == "value":
         body[0][3] = "1.5"
-    sub = write_rows(task2["tmp"] / "bad.csv", header, body)
+    sub = write_csv(task2["tmp"] / "bad.csv", header, body)
     code, _, err = run_cli("evaluate", "--task", "cxr-lt-2026-2", "--pred", sub, "--labels", task2["held"])
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_held_labels_without_a_task_class_are_refused(run_cli, task2):
-    held = write_rows(task2["tmp"] / "held1.csv", ["ImageID", "Normal"], [[i, "0"] for i in IDS])
+    held = write_csv(task2["tmp"] / "held1.csv", ["ImageID", "Normal"], [[i, "0"] for i in IDS])
     code, _, err = run_cli("evaluate", "--task", "cxr-lt-2026-1", "--pred", task2["sub"], "--labels", held)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "is not a class of CXR-LT 2026 Task 1" in err  # the submission is checked first
