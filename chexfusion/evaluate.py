@@ -232,13 +232,32 @@ def run(args) -> int:
     notes = []
     if evaluation.not_evaluated:
         notes.append(f"Not evaluated (no label column in {args.labels}): {', '.join(evaluation.not_evaluated)}.")
+    metrics = score(evaluation, args, policy, notes)
+    sources = {"predictions": str(args.pred), "labels": str(args.labels),
+               "train_labels": str(args.train_labels) if args.train_labels else None,
+               "label_policy_uncertain": args.label_policy_uncertain}
+    metrics["not_evaluated"] = evaluation.not_evaluated
+    metrics["sources"] = sources
+    pr_classes = _curve_classes(metrics, _split_names(args.pr_classes, "--pr-classes"), notes)
+    for note in notes:
+        _note(note)
+    written = _write_outputs(Path(args.out), metrics, evaluation, pr_classes, sources, notes) if args.out else None
+    from .report import summary_table
 
+    print(summary_table(metrics))
+    if written:
+        print(written)
+    return 0
+
+
+def score(evaluation: Evaluation, args, policy, notes: list[str]) -> dict:
+    """The metrics of ``evaluate``'s arguments: at the threshold, at validation-chosen thresholds when asked, with
+    bootstrap intervals when asked; appends what a reader must know to ``notes``."""
     train_prevalence = None
     if args.train_labels:
         train_prevalence, absent = training_prevalence(args.train_labels, evaluation.classes, policy)
         if absent:
             notes.append(f"Not in {args.train_labels}, so training prevalence 0 (tail): {', '.join(absent)}.")
-
     options = dict(train_prevalence=train_prevalence, threshold=args.threshold, ece_bins=args.ece_bins)
     metrics = compute_metrics(evaluation.y_true, evaluation.y_prob, evaluation.classes,
                               mask=evaluation.valid, **options)
@@ -251,39 +270,32 @@ def run(args) -> int:
     if args.bootstrap:
         metrics["bootstrap"] = bootstrap_intervals(evaluation.y_true, evaluation.y_prob, evaluation.classes,
                                                    n=args.bootstrap, seed=args.seed, mask=evaluation.valid,
-                                                   study_ids=evaluation.study_ids, progress=True, **options)
-    sources = {"predictions": str(args.pred), "labels": str(args.labels),
-               "train_labels": str(args.train_labels) if args.train_labels else None,
-               "label_policy_uncertain": args.label_policy_uncertain}
-    metrics["not_evaluated"] = evaluation.not_evaluated
-    metrics["sources"] = sources
+                                                   study_ids=evaluation.study_ids, **options)
+    return metrics
 
-    pr_classes = _split_names(args.pr_classes, "--pr-classes")
-    if pr_classes:
-        for name in pr_classes:
-            if name not in metrics["per_class"]:
-                raise UserError(f"--pr-classes: class '{name}' is not among the evaluated classes")
-        undefined = [c for c in pr_classes if metrics["per_class"][c]["AP"] is None]
-        if undefined:
-            notes.append(f"No precision-recall curve (no positive label): {', '.join(undefined)}.")
-        pr_classes = [c for c in pr_classes if c not in undefined]
 
-    for note in notes:
-        _note(note)
-    if args.out:
-        from .report import default_pr_classes, write_report
+def _curve_classes(metrics: dict, requested: list[str] | None, notes: list[str]) -> list[str] | None:
+    """The --pr-classes that get a precision-recall curve: each must be evaluated; one without a positive label
+    has no curve, which ``notes`` says."""
+    if not requested:
+        return requested
+    for name in requested:
+        if name not in metrics["per_class"]:
+            raise UserError(f"--pr-classes: class '{name}' is not among the evaluated classes")
+    undefined = [c for c in requested if metrics["per_class"][c]["AP"] is None]
+    if undefined:
+        notes.append(f"No precision-recall curve (no positive label): {', '.join(undefined)}.")
+    return [c for c in requested if c not in undefined]
 
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out}: exists and is not a folder")
-        chosen = pr_classes if pr_classes is not None else default_pr_classes(metrics)
-        atomic_write_json(out / "metrics.json", json_safe(metrics))
-        paths = write_report(out, metrics, evaluation.y_true, evaluation.y_prob, evaluation.valid,
-                             evaluation.classes, chosen,
-                             {k: v for k, v in sources.items() if v is not None}, notes)
-    from .report import summary_table
 
-    print(summary_table(metrics))
-    if args.out:
-        print(f"wrote {out / 'metrics.json'}, {paths['per_class_csv']}, plots and {paths['report']}")
-    return 0
+def _write_outputs(out: Path, metrics: dict, evaluation: Evaluation, pr_classes, sources: dict,
+                   notes: list[str]) -> str:
+    """metrics.json, per_class.csv, the plots and the report in ``out``; returns the line that says so."""
+    from .report import default_pr_classes, write_report
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    chosen = pr_classes if pr_classes is not None else default_pr_classes(metrics)
+    atomic_write_json(out / "metrics.json", json_safe(metrics))
+    paths = write_report(out, metrics, evaluation, chosen, {k: v for k, v in sources.items() if v is not None}, notes)
+    return f"wrote {out / 'metrics.json'}, {paths['per_class_csv']}, plots and {paths['report']}"

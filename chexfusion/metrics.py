@@ -49,6 +49,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from .data.classes import prevalence_group
 from .decision_metrics import DECISION_KEYS, decision_metrics
+from .progress import tqdm
 from .resampling import StudyResampler
 
 GROUPS = ("head", "medium", "tail")
@@ -145,55 +146,16 @@ def compute_metrics(
             raise ValueError(f"train_prevalence has shape {grouping.shape}, expected ({len(classes)},)")
 
     decisions = decision_metrics(y_true, y_prob, valid, classes, threshold)
-
-    per_class: dict[str, dict] = {}
-    undefined: list[str] = []
-    for k, name in enumerate(classes):
-        yk, pk = y_true[valid[:, k], k], y_prob[valid[:, k], k]
-        n_pos = int(yk.sum())
-        n_neg = int(yk.size - n_pos)
-        ap = auroc = None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # sklearn warns on the degenerate cases we already exclude
-            if n_pos > 0:
-                ap = float(average_precision_score(yk, pk))
-                if n_neg > 0:
-                    auroc = float(roc_auc_score(yk, pk))
-        if ap is None or auroc is None:
-            undefined.append(name)
-        prevalence = float(grouping[k])
-        per_class[name] = {
-            "AP": ap,
-            # the AP of a random ranking (the class's evaluation-set prevalence): what AP is read against,
-            # e.g. for a class scored zero-shot
-            "chance_AP": n_pos / yk.size if ap is not None else None,
-            "AUROC": auroc,
-            **decisions["per_class"][name],  # precision, recall, F1, FNR at the threshold
-            "ECE": expected_calibration_error(yk, pk, ece_bins),
-            "n_pos": n_pos,
-            "n_valid": int(yk.size),
-            "prevalence": None if math.isnan(prevalence) else prevalence,
-            "group": None if math.isnan(prevalence) else prevalence_group(prevalence),
-        }
-
-    result = {
-        "mAP": _mean(c["AP"] for c in per_class.values()),
-        # what a random ranking scores on average: each scored class's AP is then its evaluation-set prevalence
-        "chance_mAP": _mean(c["chance_AP"] for c in per_class.values()),
-        "mAUROC": _mean(c["AUROC"] for c in per_class.values()),
-        "mF1": decisions["mF1"],
-        "mECE": _mean(c["ECE"] for c in per_class.values()),
-    }
-    for group in GROUPS:
-        result[f"{group}_mAP"] = _mean(c["AP"] for c in per_class.values() if c["group"] == group)
-    group_maps = [result[f"{group}_mAP"] for group in GROUPS]
-    result["group_avg_mAP"] = None if None in group_maps else float(np.mean(group_maps))
-    result.update({key: decisions[key] for key in DECISION_KEYS if key != "mF1"})
+    per_class = {name: _class_entry(y_true[valid[:, k], k], y_prob[valid[:, k], k], decisions["per_class"][name],
+                                    float(grouping[k]), ece_bins)
+                 for k, name in enumerate(classes)}
+    result = {**_headline_means(per_class, decisions["mF1"]),
+              **{key: decisions[key] for key in DECISION_KEYS if key != "mF1"}}
     result.update({
         "n_images": int(y_true.shape[0]),
         "n_classes": len(classes),
         "n_classes_scored": sum(c["AP"] is not None for c in per_class.values()),
-        "undefined_classes": undefined,
+        "undefined_classes": [name for name, c in per_class.items() if c["AP"] is None or c["AUROC"] is None],
         "threshold": float(threshold),
         "ece_bins": int(ece_bins),
         "ece_binning": ECE_BINNING,
@@ -203,8 +165,52 @@ def compute_metrics(
     return result
 
 
-def bootstrap_intervals(y_true, y_prob, classes, n: int, seed: int = 0, level: float = 0.95,
-                        progress: bool = False, study_ids=None, **kw) -> dict:
+def _class_entry(yk: np.ndarray, pk: np.ndarray, decided: dict, prevalence: float, ece_bins: int) -> dict:
+    """One class's entry of ``per_class`` from its valid entries: AP needs a positive, AUROC also a negative;
+    ``decided`` holds its precision, recall, F1 and FNR at the threshold; ``prevalence`` (NaN for a class
+    without valid entries) picks its head / medium / tail group."""
+    n_pos = int(yk.sum())
+    ap = auroc = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns on the degenerate cases excluded here
+        if n_pos > 0:
+            ap = float(average_precision_score(yk, pk))
+            if n_pos < yk.size:
+                auroc = float(roc_auc_score(yk, pk))
+    known = not math.isnan(prevalence)
+    return {
+        "AP": ap,
+        # the AP of a random ranking (the evaluation-set prevalence): what AP is read against, e.g. for a class
+        # scored zero-shot
+        "chance_AP": n_pos / yk.size if ap is not None else None,
+        "AUROC": auroc,
+        **decided,
+        "ECE": expected_calibration_error(yk, pk, ece_bins),
+        "n_pos": n_pos,
+        "n_valid": int(yk.size),
+        "prevalence": prevalence if known else None,
+        "group": prevalence_group(prevalence) if known else None,
+    }
+
+def _headline_means(per_class: dict[str, dict], mean_f1: float | None) -> dict:
+    """The means over scored classes, overall and per prevalence group, in metrics.json's key order."""
+    result = {
+        "mAP": _mean(c["AP"] for c in per_class.values()),
+        # what a random ranking scores on average: each scored class's AP is then its evaluation-set prevalence
+        "chance_mAP": _mean(c["chance_AP"] for c in per_class.values()),
+        "mAUROC": _mean(c["AUROC"] for c in per_class.values()),
+        "mF1": mean_f1,
+        "mECE": _mean(c["ECE"] for c in per_class.values()),
+    }
+    for group in GROUPS:
+        result[f"{group}_mAP"] = _mean(c["AP"] for c in per_class.values() if c["group"] == group)
+    group_maps = [result[f"{group}_mAP"] for group in GROUPS]
+    result["group_avg_mAP"] = None if None in group_maps else float(np.mean(group_maps))
+    return result
+
+
+def bootstrap_intervals(y_true, y_prob, classes, n: int, seed: int = 0, level: float = 0.95, study_ids=None,
+                        **kw) -> dict:
     """Percentile bootstrap intervals of the headline means, resampling studies with replacement.
 
     ``study_ids`` (one per row) makes a replicate draw whole studies
@@ -214,7 +220,8 @@ def bootstrap_intervals(y_true, y_prob, classes, n: int, seed: int = 0, level: f
     head/medium/tail. In a replicate, a class that lost all its positives is left
     out of the means, exactly as in :func:`compute_metrics`. Returns ``{"n",
     "seed", "level", "unit", "n_units", "n_images", "intervals": {metric: [low,
-    high] or None}}``; the same seed gives the same intervals.
+    high] or None}}``; the same seed gives the same intervals. ``kw`` are
+    :func:`compute_metrics`'s options. Shows progress: a thousand replicates take a while.
     """
     if n < 1:
         raise ValueError("bootstrap needs n >= 1")
@@ -226,12 +233,7 @@ def bootstrap_intervals(y_true, y_prob, classes, n: int, seed: int = 0, level: f
     rng = np.random.default_rng(seed)
     resampler = StudyResampler(study_ids, n_rows=y_true.shape[0])
     samples: dict[str, list[float]] = {key: [] for key in HEADLINE_KEYS}
-    replicates = range(n)
-    if progress:
-        from .progress import tqdm
-
-        replicates = tqdm(replicates, desc="bootstrap", unit="replicate")
-    for _ in replicates:
+    for _ in tqdm(range(n), desc="bootstrap", unit="replicate"):
         pick = resampler.draw(rng)
         result = compute_metrics(y_true[pick], y_prob[pick], classes,
                                  mask=None if mask is None else np.asarray(mask)[pick], **kw)

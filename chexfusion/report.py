@@ -264,10 +264,15 @@ def _per_class_rows(metrics: dict) -> list[str]:
     return rows
 
 
-def write_report(out_dir, metrics: dict, y_true, y_prob, valid, classes: list[str], pr_classes: list[str],
-                 sources: dict[str, str], notes: list[str]) -> dict[str, Path]:
-    """All plots, per_class.csv and report.md under ``out_dir``; returns the paths written."""
+def write_report(out_dir, metrics: dict, evaluation, pr_classes: list[str], sources: dict[str, str],
+                 notes: list[str]) -> dict[str, Path]:
+    """All plots, per_class.csv and report.md under ``out_dir``; returns the paths written.
+
+    ``evaluation`` holds the evaluated arrays the curves are drawn from: ``classes``, ``y_true``, ``y_prob`` and
+    ``valid`` (:class:`chexfusion.evaluate.Evaluation`).
+    """
     out_dir = Path(out_dir)
+    y_true, y_prob, valid, classes = evaluation.y_true, evaluation.y_prob, evaluation.valid, evaluation.classes
     paths = {name: out_dir / file for name, file in PLOT_FILES.items()}
     paths["per_class_csv"] = out_dir / "per_class.csv"
     paths["report"] = out_dir / "report.md"
