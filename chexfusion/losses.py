@@ -33,6 +33,7 @@ Class weights always come from the *training* prevalence passed in
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -213,6 +214,16 @@ class AsymmetricLoss(_ClassWeighted):
         return -(w_pos * positive + w_neg * negative)
 
 
+@dataclass(frozen=True)
+class RobustTerms:
+    """RAL's own terms beside ASL's focusing: the Hill regulariser's ``lamb`` and the Taylor coefficients."""
+
+    lamb: float = 1.5
+    epsilon_pos: float = 1.0
+    epsilon_pos_pow: float = -2.5
+    epsilon_neg: float = 0.0
+
+
 class RobustAsymmetricLoss(_ClassWeighted):
     """Robust asymmetric loss (RAL; Park et al., "Robust Asymmetric Loss for Multi-Label
     Long-Tailed Learning", ICCV-W 2023; CXR-LT 2023 team T4). Per entry, with
@@ -230,14 +241,14 @@ class RobustAsymmetricLoss(_ClassWeighted):
     """
 
     def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, eps: float = 1e-8,
-                 lamb: float = 1.5, epsilon_pos: float = 1.0, epsilon_pos_pow: float = -2.5, epsilon_neg: float = 0.0,
-                 pos_weight=None, neg_weight=None, detach_focusing: bool = False):
+                 terms: RobustTerms = RobustTerms(), pos_weight=None, neg_weight=None, detach_focusing: bool = False):
         super().__init__(pos_weight, neg_weight)
         if not 0 <= clip < 1:
             raise UserError(f"robust asymmetric loss clip must be in [0, 1), got {clip}")
         self.gamma_neg, self.gamma_pos, self.clip, self.eps = float(gamma_neg), float(gamma_pos), float(clip), eps
-        self.lamb, self.epsilon_pos, self.epsilon_pos_pow = float(lamb), float(epsilon_pos), float(epsilon_pos_pow)
-        self.epsilon_neg, self.detach_focusing = float(epsilon_neg), detach_focusing
+        self.lamb, self.epsilon_pos = float(terms.lamb), float(terms.epsilon_pos)
+        self.epsilon_pos_pow, self.epsilon_neg = float(terms.epsilon_pos_pow), float(terms.epsilon_neg)
+        self.detach_focusing = detach_focusing
 
     def elementwise(self, logits: Tensor, targets: Tensor) -> Tensor:
         w_pos, w_neg = self._weights(logits)
@@ -354,6 +365,7 @@ def build_loss(name: str, params: dict | None = None, prevalence: np.ndarray | N
         return AsymmetricLoss(**params, pos_weight=pos, neg_weight=neg)
     if name == "ral":
         pos, neg = _class_weights(name, params, prevalence, None)
-        return RobustAsymmetricLoss(**params, pos_weight=pos, neg_weight=neg)
+        terms = RobustTerms(**{k: params.pop(k) for k in list(params) if k in RobustTerms.__dataclass_fields__})
+        return RobustAsymmetricLoss(**params, terms=terms, pos_weight=pos, neg_weight=neg)
     weight, _ = ratio_class_weights(_need_prevalence(name, prevalence))
     return ReweightedLoss(weight, **params)

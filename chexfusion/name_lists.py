@@ -29,3 +29,13 @@ def check_distinct(names: list[str], source: str) -> list[str]:
     if twice:
         raise UserError(f"{source}: '{twice[0]}' given twice")
     return names
+
+
+def check_distinct_columns(names: list[str], path) -> None:
+    """A CSV header that names a column twice is refused, naming it: pandas would silently rename the second copy
+    and read labels from the wrong one."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise UserError(f"{path}: column '{name}' appears twice in the header")
+        seen.add(name)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from .errors import UserError
 from .io import atomic_path
+from .name_lists import check_distinct_columns
 
 ID_COLUMNS = ("dicom_id", "study_id")
 HEADER_LINE = 1  # data row i (0-based) is on line i + 2 of the file
@@ -71,17 +72,13 @@ def read_predictions(path, classes: list[str] | None = None) -> tuple[pd.DataFra
     for column in ID_COLUMNS:
         if column not in header:
             raise UserError(f"{path}: missing column '{column}' (header: {', '.join(header[:6])}...)")
-    seen: set[str] = set()
-    for column in header:
-        if column in seen:
-            raise UserError(f"{path}: column '{column}' appears twice in the header")
-        seen.add(column)
+    check_distinct_columns(header, path)
     available = [h for h in header if h not in ID_COLUMNS]
     if classes is None:
         classes = available
     else:
         classes = list(classes)
-        missing = [c for c in classes if c not in seen]
+        missing = [c for c in classes if c not in header]
         if missing:
             raise UserError(f"{path}: no prediction column for class '{missing[0]}'"
                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))

@@ -19,7 +19,7 @@ LAYERS = {
     "data": 1,
     "metrics": 2, "long_tail_losses": 2, "sampling": 2, "decision_metrics": 2, "resampling": 2, "delong": 2,
     "paired_bootstrap": 2, "calibration": 2, "report": 2, "text": 2, "models": 2, "losses": 2,
-    "training": 3, "fit": 3,
+    "training": 3,
     "stage1": 4,
     "feature_store": 5,
     "stage2": 6,
@@ -89,3 +89,19 @@ def test_the_check_sees_a_back_edge(tmp_path, monkeypatch):
     (fake / "stage1" / "late.py").write_text("def f():\n    from ..inference import load_run\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     assert back_edges() == ["chexfusion/stage1/late.py:2 chexfusion.stage1.late imports chexfusion.inference"]
+
+
+def top_level_names() -> set[str]:
+    return {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"} | {
+        p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+
+
+def test_every_module_has_a_layer_and_a_place_in_the_readme_layout():
+    """The layer map names what exists, and README's Layout section shows every top-level module and package, so
+    neither drifts from the tree."""
+    names = top_level_names()
+    assert set(LAYERS) == names
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    shown = {name for name in names if f"{name}.py" in layout or f"{name}/" in layout}
+    assert names - shown == set()

@@ -147,11 +147,11 @@ def test_a_text_query_run_from_before_map_lr_scale_is_not_taken_for_the_new_defa
 
 
 def _decoder_model(query_dim):
-    from chexfusion.models.ml_decoder import MLDecoder
+    from chexfusion.models.ml_decoder import DecoderShape, MLDecoder
 
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(3, 8), MLDecoder(5, in_dim=8, dim=16, num_heads=2, ff_dim=16,
-                                                                  query_dim=query_dim))
+    return torch.nn.Sequential(torch.nn.Linear(3, 8),
+                               MLDecoder(5, 8, DecoderShape(dim=16, num_heads=2, ff_dim=16), query_dim=query_dim))
 
 
 def test_text_maps_learn_at_their_own_rate_through_the_schedule(tmp_path):
@@ -186,10 +186,10 @@ def test_learned_queries_have_no_text_maps_and_one_rate():
 def test_weight_decay_exemptions_come_from_the_modules_no_weight_decay():
     """timm's convention: a module names its embeddings / queries in ``no_weight_decay()``; 1-D tensors are exempt
     too; every other weight is decayed."""
-    from chexfusion.models.fusion import StudyFusion
+    from chexfusion.models.fusion import FusionEncoder, StudyFusion
 
-    model = StudyFusion(num_classes=5, in_channels=8, feature_hw=(2, 2), dim=16, num_heads=4, ff_dim=32,
-                        position_embedding=True)
+    model = StudyFusion(num_classes=5, in_channels=8, feature_hw=(2, 2),
+                        encoder=FusionEncoder(dim=16, num_heads=4, ff_dim=32, position_embedding=True))
     assert training.no_weight_decay_names(model) == {"view_embedding.weight", "index_embedding.weight"}
     groups = training.param_groups(model, weight_decay=0.05, lr=1e-3)
     decayed = {id(p) for g in groups if g["weight_decay"] for p in g["params"]}

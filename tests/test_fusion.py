@@ -10,7 +10,7 @@ from torch import nn
 
 from chexfusion.data.views import VIEW_INDEX
 from chexfusion.errors import UserError
-from chexfusion.models.fusion import StudyFusion
+from chexfusion.models.fusion import FusionEncoder, StudyFusion
 
 C, H, W = 16, 4, 4
 TINY = dict(dim=32, num_heads=4, ff_dim=64, num_layers=2, max_images=16,
@@ -20,8 +20,11 @@ F, L, U = VIEW_INDEX["frontal"], VIEW_INDEX["lateral"], VIEW_INDEX["unknown"]
 
 
 def make_model(num_classes=26, seed=0, **overrides):
+    """A tiny fusion model; ``overrides`` are FusionEncoder fields, ``decoder_kwargs`` or ``query_dim``."""
     torch.manual_seed(seed)
-    return StudyFusion(num_classes, C, (H, W), **{**TINY, **overrides}).eval()
+    options = {**TINY, **overrides}
+    decoder_kwargs, query_dim = options.pop("decoder_kwargs"), options.pop("query_dim", None)
+    return StudyFusion(num_classes, C, (H, W), FusionEncoder(**options), decoder_kwargs, query_dim).eval()
 
 
 def study(views, seed):

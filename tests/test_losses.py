@@ -15,6 +15,7 @@ from chexfusion.losses import (
     FocalLoss,
     ReweightedLoss,
     RobustAsymmetricLoss,
+    RobustTerms,
     WeightedBCELoss,
     build_loss,
     chexfusion_class_weights,
@@ -129,8 +130,8 @@ def test_ral_nonzero_epsilon_neg_and_gamma_pos():
         negative = p_m**3 * (math.log(q) + 0.2 * q) * (2.0 - p) * p**2 * (2.0 - q)
         return -(y * positive + (1 - y) * negative)
 
-    loss = RobustAsymmetricLoss(gamma_neg=3, gamma_pos=2, clip=0.1, lamb=2.0, epsilon_pos=0.5,
-                                epsilon_pos_pow=-1.0, epsilon_neg=0.2)
+    loss = RobustAsymmetricLoss(gamma_neg=3, gamma_pos=2, clip=0.1,
+                                terms=RobustTerms(lamb=2.0, epsilon_pos=0.5, epsilon_pos_pow=-1.0, epsilon_neg=0.2))
     assert value(loss) == pytest.approx(mean_of(ral), rel=1e-6)
 
 

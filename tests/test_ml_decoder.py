@@ -8,7 +8,7 @@ import torch
 from chexfusion.errors import UserError
 from chexfusion.models.backbone import Backbone
 from chexfusion.models.image_classifier import ImageClassifier
-from chexfusion.models.ml_decoder import MLDecoder, build_decoder
+from chexfusion.models.ml_decoder import DecoderShape, MLDecoder, build_decoder
 
 SMALL = dict(dim=32, num_heads=4, ff_dim=64)
 
@@ -21,7 +21,7 @@ def tokens(batch=3, length=10, channels=24, seed=0):
                                                                       (150, None, 100), (40, 7, 7), (26, 1, 1)])
 def test_logit_shapes_and_group_counts(num_classes, num_groups, expected_groups):
     torch.manual_seed(0)
-    decoder = MLDecoder(num_classes, in_dim=24, num_groups=num_groups, **SMALL).eval()
+    decoder = MLDecoder(num_classes, 24, DecoderShape(num_groups=num_groups, **SMALL)).eval()
     logits, attention = decoder(tokens(), return_attention=True)
     assert logits.shape == (3, num_classes)
     assert decoder.num_groups == expected_groups
@@ -31,7 +31,7 @@ def test_logit_shapes_and_group_counts(num_classes, num_groups, expected_groups)
 
 def test_group_decoding_maps_each_group_to_its_own_classes():
     torch.manual_seed(0)
-    decoder = MLDecoder(10, in_dim=24, num_groups=4, **SMALL).eval()  # 3 classes per group, 12 cut to 10
+    decoder = MLDecoder(10, 24, DecoderShape(num_groups=4, **SMALL)).eval()  # 3 classes per group, 12 cut to 10
     assert decoder.classes_per_group == 3
     before = decoder(tokens())
     with torch.no_grad():
@@ -43,7 +43,7 @@ def test_group_decoding_maps_each_group_to_its_own_classes():
 
 def test_masked_tokens_have_exactly_zero_influence():
     torch.manual_seed(0)
-    decoder = MLDecoder(26, in_dim=24, num_groups=5, **SMALL).eval()
+    decoder = MLDecoder(26, 24, DecoderShape(num_groups=5, **SMALL)).eval()
     x = tokens(length=12)
     mask = torch.zeros(3, 12, dtype=torch.bool)
     mask[0, 8:] = True
@@ -62,7 +62,7 @@ def test_masked_tokens_have_exactly_zero_influence():
 def test_without_the_mask_padding_would_matter():
     """Guards the test above: the same garbage does change an unmasked decoder (the public code's bug)."""
     torch.manual_seed(0)
-    decoder = MLDecoder(26, in_dim=24, **SMALL).eval()
+    decoder = MLDecoder(26, 24, DecoderShape(**SMALL)).eval()
     x = tokens(length=12)
     garbage = x.clone()
     garbage[0, 8:] = 100.0
@@ -72,7 +72,7 @@ def test_without_the_mask_padding_would_matter():
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_attention_is_a_distribution_over_unmasked_tokens(num_layers):
     torch.manual_seed(0)
-    decoder = MLDecoder(40, in_dim=24, num_groups=8, num_layers=num_layers, **SMALL).eval()
+    decoder = MLDecoder(40, 24, DecoderShape(num_groups=8, num_layers=num_layers, **SMALL)).eval()
     mask = torch.zeros(3, 10, dtype=torch.bool)
     mask[1, 6:] = True
     _, attention = decoder(tokens(), key_padding_mask=mask, return_attention=True)
@@ -83,7 +83,7 @@ def test_attention_is_a_distribution_over_unmasked_tokens(num_layers):
 
 def test_text_queries_score_any_number_of_classes_with_the_same_weights():
     torch.manual_seed(0)
-    decoder = MLDecoder(26, in_dim=24, query_dim=16, **SMALL).eval()
+    decoder = MLDecoder(26, 24, DecoderShape(**SMALL), query_dim=16).eval()
     class_names = torch.randn(9, 16)  # e.g. text embeddings of 9 class names
     nine = decoder(tokens(), queries=class_names)
     five = decoder(tokens(), queries=class_names[:5])
@@ -97,11 +97,11 @@ def test_text_queries_score_any_number_of_classes_with_the_same_weights():
 def test_set_label_queries_are_saved_with_the_weights_and_scored_by_default():
     """A run stores its class embeddings in its state dict: a rebuilt decoder scores them without the text model."""
     torch.manual_seed(0)
-    decoder = MLDecoder(4, in_dim=24, query_dim=16, **SMALL).eval()
+    decoder = MLDecoder(4, 24, DecoderShape(**SMALL), query_dim=16).eval()
     names = torch.randn(4, 16)
     decoder.set_label_queries(names)
     decoder.center_queries()  # the training classes' mean: kept for any names scored later
-    rebuilt = MLDecoder(4, in_dim=24, query_dim=16, **SMALL).eval()
+    rebuilt = MLDecoder(4, 24, DecoderShape(**SMALL), query_dim=16).eval()
     rebuilt.load_state_dict(decoder.state_dict())
     x = tokens()
     assert torch.equal(rebuilt(x), decoder(x, queries=names))
@@ -114,7 +114,7 @@ def test_class_residuals_correct_trained_classes_only_and_start_at_zero():
     """Residuals start at zero (training starts from the pure text head), move only the trained classes, follow a
     trained name into another class list, and are saved with the weights."""
     torch.manual_seed(0)
-    decoder = MLDecoder(3, in_dim=24, query_dim=16, **SMALL).eval()
+    decoder = MLDecoder(3, 24, DecoderShape(**SMALL), query_dim=16).eval()
     names, x = torch.randn(3, 16), tokens()
     decoder.set_label_queries(names)
     decoder.center_queries()
@@ -127,7 +127,7 @@ def test_class_residuals_correct_trained_classes_only_and_start_at_zero():
     corrected = decoder(x)
     assert not torch.allclose(corrected, plain, atol=1e-3)
     assert torch.equal(decoder(x, queries=names), plain)  # an explicit matrix is not the trained classes
-    rebuilt = MLDecoder(3, in_dim=24, query_dim=16, **SMALL).eval()
+    rebuilt = MLDecoder(3, 24, DecoderShape(**SMALL), query_dim=16).eval()
     rebuilt.add_class_residual()
     rebuilt.load_state_dict(decoder.state_dict())
     new_name = torch.randn(1, 16)
@@ -145,10 +145,10 @@ def test_class_residuals_correct_trained_classes_only_and_start_at_zero():
 
 
 def test_query_arguments_are_checked():
-    learned = MLDecoder(5, in_dim=24, **SMALL)
+    learned = MLDecoder(5, 24, DecoderShape(**SMALL))
     with pytest.raises(ValueError, match="learned queries"):
         learned(tokens(), queries=torch.randn(5, 16))
-    text = MLDecoder(5, in_dim=24, query_dim=16, **SMALL)
+    text = MLDecoder(5, 24, DecoderShape(**SMALL), query_dim=16)
     with pytest.raises(ValueError, match=r"queries must be \[K, 16\]"):
         text(tokens(), queries=torch.randn(5, 8))
     with pytest.raises(ValueError, match=r"queries must be \[K, 16\]"):
@@ -164,15 +164,16 @@ def test_query_arguments_are_checked():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(num_classes=10, in_dim=24, num_groups=11), "num_groups=11 must be between 1 and the number of classes"),
-        (dict(num_classes=10, in_dim=24, num_groups=0), "num_groups=0"),
-        (dict(num_classes=10, in_dim=24, dim=30, num_heads=4), "dim=30 is not divisible by num_heads=4"),
-        (dict(num_classes=0, in_dim=24), "at least one class"),
+        ((10, DecoderShape(num_groups=11)), "num_groups=11 must be between 1 and the number of classes"),
+        ((10, DecoderShape(num_groups=0)), "num_groups=0"),
+        ((10, DecoderShape(dim=30, num_heads=4)), "dim=30 is not divisible by num_heads=4"),
+        ((0, DecoderShape()), "at least one class"),
     ],
 )
 def test_bad_settings_are_user_errors(kwargs, message):
+    num_classes, shape = kwargs
     with pytest.raises(UserError, match=message):
-        MLDecoder(**kwargs)
+        MLDecoder(num_classes, 24, shape)
 
 
 def test_unknown_decoder_option_is_named():
@@ -182,7 +183,7 @@ def test_unknown_decoder_option_is_named():
 
 def test_every_parameter_gets_a_gradient():
     torch.manual_seed(0)
-    decoder = MLDecoder(12, in_dim=24, num_groups=4, **SMALL).train()
+    decoder = MLDecoder(12, 24, DecoderShape(num_groups=4, **SMALL)).train()
     mask = torch.zeros(3, 10, dtype=torch.bool)
     mask[2, 5:] = True
     decoder(tokens(), key_padding_mask=mask).pow(2).mean().backward()

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
+from ..name_lists import check_distinct_columns
 from .labels import LabelPolicy, apply_label_policy
 from .views import view_of_row
 
@@ -128,11 +129,7 @@ def _scan_records(path: Path) -> tuple[list[str], np.ndarray]:
     for position, name in enumerate(names, start=1):
         if not name:
             raise UserError(f"{path}: column {position} has an empty name in the header (saved with an index?)")
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise UserError(f"{path}: column '{name}' appears twice in the header")
-        seen.add(name)
+    check_distinct_columns(names, path)
     return names, np.asarray(starts, dtype=np.int64)
 
 

@@ -30,6 +30,8 @@ changes numerics and what padded positions hold.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -58,51 +60,62 @@ def _projected_hw(kind: str, feature_hw: tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
+@dataclass(frozen=True)
+class FusionEncoder:
+    """The shape of the Transformer over a study's tokens (stage 2's ``model`` section).
+
+    ``projection`` maps each image's feature map to ``dim`` channels; ``num_layers=0`` drops the encoder (the
+    decoder reads the projected tokens straight: an ablation); ``position_embedding`` adds a learned embedding of
+    an image's slot; ``num_views`` is the size of the view embedding table.
+    """
+
+    dim: int = 768
+    projection: str = "conv3x3s2"
+    num_layers: int = 2
+    num_heads: int = 8
+    ff_dim: int = 2048
+    dropout: float = 0.1
+    norm_first: bool = False
+    max_images: int = 16
+    position_embedding: bool = False
+    num_views: int = len(VIEWS)
+
+    def check(self) -> None:
+        if self.dim % self.num_heads:
+            raise UserError(f"stage-2 width dim={self.dim} is not divisible by num_heads={self.num_heads}")
+        if self.dim % 4:
+            raise UserError(f"stage-2 width dim={self.dim} must be divisible by 4 (2-D sin-cos position code)")
+        if self.num_layers < 0 or self.max_images < 1 or self.num_views < 1:
+            raise UserError(f"stage-2 needs num_layers >= 0, max_images >= 1 and num_views >= 1 "
+                            f"(got {self.num_layers}, {self.max_images}, {self.num_views})")
+
+
 class StudyFusion(nn.Module):
     """Multi-view Transformer fusion over cached per-image feature maps, with an ML-Decoder head."""
 
-    def __init__(
-        self,
-        num_classes: int,
-        in_channels: int,
-        feature_hw: tuple[int, int],
-        dim: int = 768,
-        projection: str = "conv3x3s2",
-        num_layers: int = 2,
-        num_heads: int = 8,
-        ff_dim: int = 2048,
-        dropout: float = 0.1,
-        num_views: int = len(VIEWS),
-        max_images: int = 16,
-        position_embedding: bool = False,
-        decoder_kwargs: dict | None = None,
-        query_dim: int | None = None,
-        norm_first: bool = False,
-    ):
-        """``decoder_kwargs`` go to :class:`MLDecoder`; its width defaults to ``dim``.
-        ``num_layers=0`` drops the encoder (decoder straight on the projected tokens: an ablation)."""
+    def __init__(self, num_classes: int, in_channels: int, feature_hw: tuple[int, int],
+                 encoder: FusionEncoder = FusionEncoder(), decoder_kwargs: dict | None = None,
+                 query_dim: int | None = None):
+        """``decoder_kwargs`` go to :class:`MLDecoder`; its width defaults to ``encoder.dim``."""
         super().__init__()
-        if dim % num_heads:
-            raise UserError(f"stage-2 width dim={dim} is not divisible by num_heads={num_heads}")
-        if dim % 4:
-            raise UserError(f"stage-2 width dim={dim} must be divisible by 4 (2-D sin-cos position code)")
-        if num_layers < 0 or max_images < 1 or num_views < 1:
-            raise UserError(f"stage-2 needs num_layers >= 0, max_images >= 1 and num_views >= 1 "
-                            f"(got {num_layers}, {max_images}, {num_views})")
+        encoder.check()
+        dim = encoder.dim
         self.in_channels = in_channels
         self.feature_hw = (int(feature_hw[0]), int(feature_hw[1]))
-        self.projection_kind = projection
-        self.projection = _projection(projection, in_channels, dim)
-        self.token_grid = _projected_hw(projection, self.feature_hw)
+        self.projection_kind = encoder.projection
+        self.projection = _projection(encoder.projection, in_channels, dim)
+        self.token_grid = _projected_hw(encoder.projection, self.feature_hw)
         self.register_buffer("position_code", sincos_2d(*self.token_grid, dim), persistent=False)
-        self.num_views = num_views
-        self.max_images = max_images
-        self.view_embedding = nn.Embedding(num_views, dim)
-        self.index_embedding = nn.Embedding(max_images, dim) if position_embedding else None
-        if num_layers:
-            layer = nn.TransformerEncoderLayer(dim, num_heads, ff_dim, dropout, batch_first=True, norm_first=norm_first)
-            final_norm = nn.LayerNorm(dim) if norm_first else None
-            self.encoder = nn.TransformerEncoder(layer, num_layers, norm=final_norm, enable_nested_tensor=False)
+        self.num_views = encoder.num_views
+        self.max_images = encoder.max_images
+        self.view_embedding = nn.Embedding(encoder.num_views, dim)
+        self.index_embedding = nn.Embedding(encoder.max_images, dim) if encoder.position_embedding else None
+        if encoder.num_layers:
+            layer = nn.TransformerEncoderLayer(dim, encoder.num_heads, encoder.ff_dim, encoder.dropout,
+                                               batch_first=True, norm_first=encoder.norm_first)
+            final_norm = nn.LayerNorm(dim) if encoder.norm_first else None
+            self.encoder = nn.TransformerEncoder(layer, encoder.num_layers, norm=final_norm,
+                                                 enable_nested_tensor=False)
         else:
             self.encoder = None
         decoder_options = {"dim": dim, **(decoder_kwargs or {})}

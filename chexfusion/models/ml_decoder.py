@@ -32,9 +32,9 @@ use, so whatever a padding slot holds (even NaN) cannot change the output.
 
 from __future__ import annotations
 
-import inspect
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -72,22 +72,30 @@ class CrossAttentionLayer(nn.Module):
         return x, weights
 
 
+@dataclass(frozen=True)
+class DecoderShape:
+    """An ML-Decoder's width, depth and heads (the config's decoder keys, ``models/head_config.py``).
+
+    ``num_groups``: learned group queries (group decoding, one query for several classes; default one per class up
+    to 100); ignored by a decoder whose queries are text embeddings.
+    """
+
+    dim: int = 768
+    num_layers: int = 1
+    num_heads: int = 8
+    ff_dim: int = 2048
+    dropout: float = 0.1
+    num_groups: int | None = None
+
+
 class MLDecoder(nn.Module):
     """ML-Decoder: class (or group) queries cross-attend to spatial tokens; no self-attention among queries."""
 
-    def __init__(
-        self,
-        num_classes: int,
-        in_dim: int,
-        dim: int = 768,
-        num_layers: int = 1,
-        num_heads: int = 8,
-        ff_dim: int = 2048,
-        dropout: float = 0.1,
-        num_groups: int | None = None,
-        query_dim: int | None = None,
-    ):
+    def __init__(self, num_classes: int, in_dim: int, shape: DecoderShape = DecoderShape(),
+                 query_dim: int | None = None):
         super().__init__()
+        dim, num_layers, num_heads, ff_dim, dropout, num_groups = (shape.dim, shape.num_layers, shape.num_heads,
+                                                                   shape.ff_dim, shape.dropout, shape.num_groups)
         if num_classes < 1:
             raise UserError(f"ML-Decoder needs at least one class, got num_classes={num_classes}")
         if num_layers < 1:
@@ -283,8 +291,8 @@ class MLDecoder(nn.Module):
 def build_decoder(num_classes: int, in_dim: int, decoder_kwargs: dict | None, query_dim: int | None) -> MLDecoder:
     """An :class:`MLDecoder`; an option it does not have is a UserError naming it."""
     options = dict(decoder_kwargs or {})
-    known = set(inspect.signature(MLDecoder.__init__).parameters) - {"self", "num_classes", "in_dim", "query_dim"}
+    known = set(DecoderShape.__dataclass_fields__)
     unknown = sorted(set(options) - known)
     if unknown:
         raise UserError(f"unknown ML-Decoder option '{unknown[0]}' (known: {', '.join(sorted(known))})")
-    return MLDecoder(num_classes, in_dim, query_dim=query_dim, **options)
+    return MLDecoder(num_classes, in_dim, DecoderShape(**options), query_dim)

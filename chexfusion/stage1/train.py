@@ -10,6 +10,7 @@ laptop CPU, one GPU, or ``accelerate launch`` over many processes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,56 @@ def make_loader(dataset, batch_size, sampler, num_workers, drop_last=False, **op
                                        collate_fn=collate_images, drop_last=drop_last, **options)
 
 
+def label_policy(cfg: Stage1Config) -> LabelPolicy:
+    return LabelPolicy(uncertain=cfg.data.uncertain_label, blank=cfg.data.blank_label)
+
+
+def image_set(cfg: Stage1Config, table, pre: Preprocess) -> ImageDataset:
+    """The run's images of ``table`` (its view only, for a per-view backbone), preprocessed, not augmented."""
+    return ImageDataset(table, cfg.data.image_root, pre, label_policy(cfg), skip_bad_images=cfg.data.skip_bad_images,
+                        rows=select_rows(table, cfg.data.views))
+
+
+def eval_loader(cfg: Stage1Config, table, pre: Preprocess) -> torch.utils.data.DataLoader:
+    """Evaluation batches of ``table``'s images, in table order."""
+    return make_loader(image_set(cfg, table, pre), cfg.train.batch_size, None, cfg.train.num_workers,
+                       **training.loader_options(cfg.train))
+
+
+@dataclass
+class Stage1Data:
+    """What a stage-1 run reads: its class list and training prevalence, the preprocessing, and the loaders
+    (the training loader's ``dataset`` and ``sampler`` take the epoch)."""
+
+    classes: list[str]
+    prevalence: np.ndarray
+    pre: Preprocess
+    val_table: object
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+
+
+def load_data(cfg: Stage1Config, extra_train=None) -> Stage1Data:
+    """Tables, preprocessing and loaders of a run; ``extra_train`` images are appended to the training set."""
+    policy = label_policy(cfg)
+    train_table, val_table, classes = load_tables(cfg)
+    pre = Preprocess(image_size=cfg.data.image_size, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
+                     intensity=cfg.data.intensity)
+    check_stage1_normalisation(cfg.model.backbone, pre.mean, pre.std)
+    train_rows, val_rows = select_rows(train_table, cfg.data.views), select_rows(val_table, cfg.data.views)
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise UserError(f"no {cfg.data.views} images in {cfg.data.train_csv} or {cfg.data.val_csv}")
+    labelled = image_set(cfg, train_table, pre)
+    if extra_train is not None:
+        labelled = torch.utils.data.ConcatDataset([labelled, RowOffset(extra_train, len(train_table))])
+    train_set = AugmentedDataset(labelled, RadiographAugment(cfg.augment), cfg.seed)
+    sampler = epoch_sampler(cfg, train_table.targets(policy)[0][train_rows], len(train_set))
+    train_loader = make_loader(train_set, cfg.train.batch_size, sampler, cfg.train.num_workers, drop_last=True,
+                               **training.loader_options(cfg.train))
+    return Stage1Data(classes, train_table.prevalence(policy), pre, val_table, train_loader,
+                      eval_loader(cfg, val_table, pre))
+
+
 def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None = None) -> dict:
     """Train one stage-1 run in ``output_dir/name`` (resuming it, or returning its results when finished).
 
@@ -119,42 +170,19 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
     log = accelerator.print
 
     # ---- data ------------------------------------------------------------------------------------------------
-    policy = LabelPolicy(uncertain=cfg.data.uncertain_label, blank=cfg.data.blank_label)
-    train_table, val_table, classes = load_tables(cfg)
-    pre = Preprocess(image_size=cfg.data.image_size, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
-                     intensity=cfg.data.intensity)
-    check_stage1_normalisation(cfg.model.backbone, pre.mean, pre.std)
-    train_rows, val_rows = select_rows(train_table, cfg.data.views), select_rows(val_table, cfg.data.views)
-    if len(train_rows) == 0 or len(val_rows) == 0:
-        raise UserError(f"no {cfg.data.views} images in {cfg.data.train_csv} or {cfg.data.val_csv}")
-    prevalence = train_table.prevalence(policy)
-
-    def images(table, rows):
-        return ImageDataset(table, cfg.data.image_root, pre, policy, skip_bad_images=cfg.data.skip_bad_images,
-                            rows=rows)
-
-    labelled = images(train_table, train_rows)
-    if extra_train is not None:
-        labelled = torch.utils.data.ConcatDataset([labelled, RowOffset(extra_train, len(train_table))])
-    train_set = AugmentedDataset(labelled, RadiographAugment(cfg.augment), cfg.seed)
-    sampler = epoch_sampler(cfg, train_table.targets(policy)[0][train_rows], len(train_set))
-    options = training.loader_options(cfg.train)
-    train_loader = make_loader(train_set, cfg.train.batch_size, sampler, cfg.train.num_workers, drop_last=True,
-                               **options)
-    val_loader = make_loader(images(val_table, val_rows), cfg.train.batch_size, None, cfg.train.num_workers,
-                             **options)
-    extra_text = "" if extra_train is None else f" (+{len(extra_train)} pseudo-labelled)"
-    log(f"stage 1 '{cfg.name}': {len(train_rows)}{extra_text} training / {len(val_rows)} validation images, "
-        f"{len(classes)} classes, views={cfg.data.views}, device={accelerator.device}, "
-        f"processes={accelerator.num_processes}")
+    data = load_data(cfg, extra_train)
+    train_set, n_extra = data.train_loader.dataset, 0 if extra_train is None else len(extra_train)
+    log(f"stage 1 '{cfg.name}': {len(train_set) - n_extra}{f' (+{n_extra} pseudo-labelled)' if n_extra else ''} "
+        f"training / {len(data.val_loader.dataset)} validation images, {len(data.classes)} classes, "
+        f"views={cfg.data.views}, device={accelerator.device}, processes={accelerator.num_processes}")
 
     # ---- model, loss, optimisation ---------------------------------------------------------------------------
-    model, text_queries = build_for_classes(cfg, classes)
+    model, text_queries = build_for_classes(cfg, data.classes)
     if init_weights is not None:
         load_weights(model, init_weights)
-    loss_fn = build_loss(cfg.loss.name, cfg.loss.params, prevalence)
-    prepared = prepare_training(accelerator, cfg, model, (train_loader, val_loader), run_dir, len(train_set), "images")
-    val_loader = prepared.val_loader
+    loss_fn = build_loss(cfg.loss.name, cfg.loss.params, data.prevalence)
+    prepared = prepare_training(accelerator, cfg, model, (data.train_loader, data.val_loader), run_dir,
+                                len(train_set), "images")
 
     def batch_loss(m, batch):
         if "image" not in batch:  # every image of this batch was unreadable (skip_bad_images): no step
@@ -163,32 +191,37 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
 
     def evaluate(m, loader, table, desc):
         probs, rows, skipped = predict_probs(m, loader, accelerator, cfg.tta_hflip, desc)
-        targets, mask = table.targets(policy)
-        metrics = compute_metrics(targets[rows], probs, classes, train_prevalence=prevalence, mask=mask[rows])
+        targets, mask = table.targets(label_policy(cfg))
+        metrics = compute_metrics(targets[rows], probs, data.classes, train_prevalence=data.prevalence,
+                                  mask=mask[rows])
         return {**metrics, "skipped_images": len(skipped)}
 
-    job = StageJob("stage1", run_dir, cfg.seed, batch_loss, lambda m: evaluate(m, val_loader, val_table, "validate"),
-                   epoch_setters=[sampler, train_set])
+    job = StageJob("stage1", run_dir, cfg.seed, batch_loss,
+                   lambda m: evaluate(m, prepared.val_loader, data.val_table, "validate"),
+                   epoch_setters=[data.train_loader.sampler, train_set])
     state = fit(accelerator, cfg.train, prepared, job)
 
     # ---- final evaluation of the best weights ----------------------------------------------------------------
     best = accelerator.unwrap_model(prepared.eval_model)
-    results = {"best_epoch": state.progress.best_epoch, "classes": classes,
+    results = {"best_epoch": state.progress.best_epoch, "classes": data.classes,
                "skipped_train_images": state.skipped_images,
                **({} if extra_train is None else {"extra_train_images": len(extra_train)}),
-               "validation": evaluate(best, val_loader, val_table, "validate best")}
+               "validation": evaluate(best, prepared.val_loader, data.val_table, "validate best")}
     if cfg.data.test_csv:
-        test_table = read_cxr_lt(cfg.data.test_csv, classes=classes, require_labels=True)
-        test_loader = accelerator.prepare(make_loader(images(test_table, select_rows(test_table, cfg.data.views)),
-                                                      cfg.train.batch_size, None, cfg.train.num_workers))
+        test_table = read_cxr_lt(cfg.data.test_csv, classes=data.classes, require_labels=True)
+        test_loader = accelerator.prepare(eval_loader(cfg, test_table, data.pre))
         results["test"] = evaluate(best, test_loader, test_table, "test")
     finish_run(accelerator, run_dir, results,
-               lambda: write_run_info(run_dir, cfg, classes, prevalence, pre, best, text_queries))
-    log(f"stage 1 validation ({cfg.name}, best epoch {state.progress.best_epoch}): "
-        f"{summary_line(results['validation'])}")
+               lambda: write_run_info(run_dir, cfg, data.classes, data.prevalence, data.pre, best, text_queries))
+    log_results(log, cfg.name, results, state)
+    return results
+
+
+def log_results(log, name: str, results: dict, state) -> None:
+    """The run's closing lines: the best weights' figures, and how many images could not be read."""
+    log(f"stage 1 validation ({name}, best epoch {state.progress.best_epoch}): {summary_line(results['validation'])}")
     if "test" in results:
-        log(f"stage 1 test       ({cfg.name}): {summary_line(results['test'])}")
+        log(f"stage 1 test       ({name}): {summary_line(results['test'])}")
     if state.skipped_images or results["validation"]["skipped_images"]:
         log(f"skipped unreadable images: {state.skipped_images} in training, "
             f"{results['validation']['skipped_images']} in validation")
-    return results

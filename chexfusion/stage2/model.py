@@ -13,7 +13,7 @@ from pathlib import Path
 from ..config import from_dict, read_yaml
 from ..feature_store.sources import FrozenEncoderRun, copy_into_run, load_from_run
 from ..io import file_sha256
-from ..models.fusion import StudyFusion
+from ..models.fusion import FusionEncoder, StudyFusion
 from ..run_folder import checked_weights, load_weights, read_run_info
 from ..run_folder import write_run_info as write_info
 from ..stage1.model import Stage1Run, TrainedRun
@@ -24,11 +24,10 @@ from .config import Stage2Config
 def build_fusion_model(cfg: Stage2Config, num_classes: int, feature_shape, query_dim: int | None = None) -> StudyFusion:
     m = cfg.model
     channels, h, w = feature_shape
-    return StudyFusion(num_classes=num_classes, in_channels=channels, feature_hw=(h, w), dim=m.dim,
-                       projection=m.projection, num_layers=m.layers, num_heads=m.heads, ff_dim=m.ff_dim,
-                       dropout=m.dropout, max_images=m.max_images, position_embedding=m.position_embedding,
-                       decoder_kwargs=m.decoder_kwargs(m.dropout),
-                       query_dim=query_dim)
+    encoder = FusionEncoder(dim=m.dim, projection=m.projection, num_layers=m.layers, num_heads=m.heads,
+                            ff_dim=m.ff_dim, dropout=m.dropout, max_images=m.max_images,
+                            position_embedding=m.position_embedding)
+    return StudyFusion(num_classes, channels, (h, w), encoder, m.decoder_kwargs(m.dropout), query_dim)
 
 
 def build_for_classes(cfg: Stage2Config, classes: list[str], feature_shape) -> tuple[StudyFusion, dict | None]:

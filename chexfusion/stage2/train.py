@@ -112,15 +112,9 @@ def stage2_loader_options(train_cfg) -> dict:
     return {k: v for k, v in loader_options(train_cfg).items() if k != "persistent_workers"}
 
 
-def train_stage2(cfg: Stage2Config) -> dict:
-    accelerator, run_dir, finished = start_run(cfg, "stage 2")
-    if finished is not None:
-        return finished
-    log = accelerator.print
-
-    # ---- data: the feature store, refused when it does not match the backbones and CSVs ------------------------
-    store = open_store_for(cfg)
-    classes, prevalence = stage1_classes(cfg)
+def open_splits(cfg: Stage2Config, store, classes: list[str], accelerator) -> dict[str, Split]:
+    """The train, val and (when the store has it) test splits, each read in memory or streamed, as the config and
+    the split's size decide; says which on the log."""
     policy = LabelPolicy(uncertain=cfg.data.uncertain_label, blank=cfg.data.blank_label)
     csvs = {"train": cfg.data.train_csv, "val": cfg.data.val_csv}
     if cfg.data.test_csv and "test" in store.manifest["splits"]:
@@ -129,17 +123,32 @@ def train_stage2(cfg: Stage2Config) -> dict:
     with accelerator.local_main_process_first():  # it writes a split's mapped copy the others then share
         for name, csv in csvs.items():
             reader, why = choose_reader(cfg.features, store, name)
-            log(f"stage 2 reads split '{name}' {'in memory' if reader == 'memory' else 'streamed'}: {why}")
+            accelerator.print(f"stage 2 reads split '{name}' {'in memory' if reader == 'memory' else 'streamed'}: "
+                              f"{why}")
             splits[name] = Split(store, name, split_source(cfg, store, name, reader, accelerator), csv, classes,
                                  policy, cfg.model.max_images)
+    return splits
 
-    def loader(split, drop_last=False):
-        return torch.utils.data.DataLoader(split.dataset, batch_size=cfg.train.batch_size,
-                                           collate_fn=collate_studies, num_workers=cfg.train.num_workers,
-                                           drop_last=drop_last, **stage2_loader_options(cfg.train))
 
-    train_loader, val_loader = loader(splits["train"], drop_last=True), loader(splits["val"])
-    log(f"stage 2 '{cfg.name}': {len(splits['train'].dataset)} training / {len(splits['val'].dataset)} validation "
+def study_loader(cfg: Stage2Config, split: Split, drop_last: bool = False) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(split.dataset, batch_size=cfg.train.batch_size, collate_fn=collate_studies,
+                                       num_workers=cfg.train.num_workers, drop_last=drop_last,
+                                       **stage2_loader_options(cfg.train))
+
+
+def train_stage2(cfg: Stage2Config) -> dict:
+    """Train one stage-2 run in ``output_dir/name`` (resuming it, or returning its results when finished)."""
+    accelerator, run_dir, finished = start_run(cfg, "stage 2")
+    if finished is not None:
+        return finished
+
+    # ---- data: the feature store, refused when it does not match the backbones and CSVs ------------------------
+    store = open_store_for(cfg)
+    classes, prevalence = stage1_classes(cfg)
+    splits = open_splits(cfg, store, classes, accelerator)
+    train_loader, val_loader = study_loader(cfg, splits["train"], drop_last=True), study_loader(cfg, splits["val"])
+    accelerator.print(
+        f"stage 2 '{cfg.name}': {len(splits['train'].dataset)} training / {len(splits['val'].dataset)} validation "
         f"studies, {len(classes)} classes, features {tuple(store.shape)} {store.manifest['dtype']} "
         f"({cfg.features.routing} backbone), device={accelerator.device}, processes={accelerator.num_processes}")
 
@@ -168,15 +177,19 @@ def train_stage2(cfg: Stage2Config) -> dict:
     results = {"best_epoch": state.progress.best_epoch, "classes": classes,
                "validation": evaluate(best, "val", val_loader, "validate best")}
     if "test" in splits:
-        results["test"] = evaluate(best, "test", accelerator.prepare(loader(splits["test"])), "test")
+        results["test"] = evaluate(best, "test", accelerator.prepare(study_loader(cfg, splits["test"])), "test")
     results["stage1_baseline"] = stage1_baseline(cfg, store, splits, classes, prevalence, accelerator.device)
     finish_run(accelerator, run_dir, results,
                lambda: write_run_info(run_dir, cfg, classes, prevalence, store.manifest, text_queries))
+    log_results(accelerator.print, cfg.name, results)
+    return results
+
+
+def log_results(log, name: str, results: dict) -> None:
+    """The run's closing lines: image-level figures of the best weights beside the stage-1 baseline's."""
     for split in ("validation", "test"):
         if split in results:
-            log(f"stage 2 {split:<10} ({cfg.name}, image level): {summary_line(results[split])}")
+            log(f"stage 2 {split:<10} ({name}, image level): {summary_line(results[split])}")
             base = results["stage1_baseline"].get(split)
             if base:
                 log(f"stage 1 max-over-images baseline, {split}: {summary_line(base)}")
-    return results
-

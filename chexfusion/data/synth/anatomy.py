@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .drawing import F32, Canvas, add_ellipse, polygons, soft_inside, strokes
+from .drawing import F32, Canvas, Ellipse, add_ellipse, polygons, soft_inside, strokes
 
 
 @dataclass(frozen=True)
@@ -183,53 +183,12 @@ def lung_outline(a: Anatomy, side: int) -> list[tuple[float, float]]:
 
 
 def render_frontal(a: Anatomy, canvas: Canvas) -> Scene:
-    xs, ys = canvas.xs[None, :], canvas.ys[:, None]
-    n = canvas.size
-    W = a.thorax_w
-
-    # Soft tissue: a cylinder-like thickness profile under a neck/shoulder/abdomen outline.
-    knots_y = [-1.2, -0.95, -0.84, -0.66, 0.0, 1.2]
-    knots_w = [0.22, 0.25, a.body_w + 0.14, a.body_w + 0.05, a.body_w, a.body_w + 0.05]
-    half = np.interp(canvas.ys, knots_y, knots_w).astype(F32)[:, None]
-    tissue = (np.clip(1 - (xs / half) ** 2, 0, 1) ** 0.35).astype(F32)
-    for side in (-1, 1):  # shoulders and the top of the arms
-        add_ellipse(tissue, canvas, side * (a.body_w + 0.10), -0.62, 0.13, 0.32, 0.35, profile="dome")
-        if a.breast:
-            add_ellipse(tissue, canvas, side * 0.55 * W, frontal_dome_peak(a, side) + 0.02,
-                        0.26, 0.17, a.breast, profile="gauss")
-
-    # Lungs (polygons blurred to soft edges), with a depth profile: thin at the apex and
-    # medially, thick laterally and at the base.
-    outlines = {side: lung_outline(a, side) for side in (-1, 1)}
-    lung = polygons(canvas, [(outlines[s], 1.0) for s in (-1, 1)], blur_px=max(0.8, n / 256))
-    q = np.abs(xs)
-    depth = 0.60 + 0.40 * np.sqrt(np.clip(1 - ((q - 0.5 * W) / (0.55 * W)) ** 2, 0, 1))
-    apex_fade = np.sqrt(np.clip((ys - a.apex_y) / 0.35, 0.25, 1.0))
-    air = (lung * depth * apex_fade * 0.72 * a.air).astype(F32)
-
-    # Heart, aortic knob, descending aorta, hila: soft tissue that displaces lung air.
-    heart_mag = 1.08 if a.portable else 1.0
-    heart = np.zeros_like(air)
-    base = frontal_dome_peak(a, 1)
-    hw, hh = a.heart_hw * heart_mag, a.heart_hh * heart_mag
-    # Left ventricle (tilted towards the apex) and right atrium (the right heart border).
-    add_ellipse(heart, canvas, a.heart_x + 0.12 * hw, base - 0.55 * hh, 0.86 * hw, hh, 1.0, angle=0.45)
-    add_ellipse(heart, canvas, a.heart_x - 0.52 * hw, base - 0.45 * hh, 0.46 * hw, 0.80 * hh, 1.0)
-    knob_x, knob_y = a.medi_hw + 0.005, -0.30
-    add_ellipse(heart, canvas, knob_x, knob_y, a.knob_r, a.knob_r * 1.1, 1.0)
-    ys_ao = np.linspace(knob_y, frontal_dome_peak(a, 1), 12)
-    # A tortuous aorta bulges out to the left in one or two waves below the knob.
-    aorta_edge = [(a.spine_x + 0.105 + a.aorta_wave * (0.7 + 0.6 * np.sin(2.0 * np.pi * (y - knob_y) / 0.45))
-                   * np.clip((y - knob_y) / 0.15, 0, 1), y) for y in ys_ao]
-    aorta_poly = [(a.spine_x + 0.0, knob_y)] + aorta_edge + [(a.spine_x + 0.0, ys_ao[-1])]
-    heart += polygons(canvas, [(aorta_poly, 1.0)], blur_px=0)  # blurred with the heart below
-    np.clip(heart, 0, 1, out=heart)
-    heart = ndimage.gaussian_filter(heart, max(0.8, n / 200), truncate=2.5)
-    air *= 1 - 0.85 * heart
-    tissue += 0.06 * heart
-    for side in (-1, 1):
-        add_ellipse(tissue, canvas, side * (a.medi_hw + 0.08), -0.05, 0.055 * a.hilum, 0.085 * a.hilum,
-                    0.16, profile="gauss")
+    """The frontal (PA/AP) projection: soft tissue, lungs, mediastinum, airways, vessels and bones, in that order
+    (the order the random draws are taken in)."""
+    n, W = canvas.size, a.thorax_w
+    tissue = _frontal_soft_tissue(a, canvas)
+    lung, outlines, air = _frontal_lungs(a, canvas)
+    _frontal_mediastinum(a, canvas, air, tissue)
 
     # Airways and stomach gas.
     carina = (a.spine_x - 0.005, -0.17)
@@ -237,7 +196,7 @@ def render_frontal(a: Anatomy, canvas: Canvas) -> Scene:
     for side in (-1, 1):
         airway.append(([carina, (side * (a.medi_hw + 0.06), -0.04)], 0.035, 0.30))
     air += strokes(canvas, airway, blur_px=max(0.7, n / 300))
-    add_ellipse(air, canvas, 0.5 * W, frontal_dome_peak(a, 1) + 0.12, 0.09, 0.055, 0.45, profile="dome")
+    add_ellipse(air, canvas, Ellipse(0.5 * W, frontal_dome_peak(a, 1) + 0.12, 0.09, 0.055), 0.45, profile="dome")
 
     vessels = _vessel_tree(a, canvas, side_points={s: (s * (a.medi_hw + 0.08), -0.05) for s in (-1, 1)},
                            lateral_reach=0.8 * W, view="frontal")
@@ -251,6 +210,63 @@ def render_frontal(a: Anatomy, canvas: Canvas) -> Scene:
     bone *= a.bone_density
 
     return Scene("frontal", canvas, a, tissue, air, vessels, bone, canvas.zeros(), lung, outlines)
+
+
+def _frontal_soft_tissue(a: Anatomy, canvas: Canvas) -> np.ndarray:
+    """A cylinder-like thickness profile under a neck / shoulder / abdomen outline, with shoulders, the top of the
+    arms and breasts."""
+    xs = canvas.xs[None, :]
+    knots_y = [-1.2, -0.95, -0.84, -0.66, 0.0, 1.2]
+    knots_w = [0.22, 0.25, a.body_w + 0.14, a.body_w + 0.05, a.body_w, a.body_w + 0.05]
+    half = np.interp(canvas.ys, knots_y, knots_w).astype(F32)[:, None]
+    tissue = (np.clip(1 - (xs / half) ** 2, 0, 1) ** 0.35).astype(F32)
+    for side in (-1, 1):
+        add_ellipse(tissue, canvas, Ellipse(side * (a.body_w + 0.10), -0.62, 0.13, 0.32), 0.35, profile="dome")
+        if a.breast:
+            add_ellipse(tissue, canvas,
+                        Ellipse(side * 0.55 * a.thorax_w, frontal_dome_peak(a, side) + 0.02, 0.26, 0.17),
+                        a.breast, profile="gauss")
+    return tissue
+
+
+def _frontal_lungs(a: Anatomy, canvas: Canvas):
+    """Lung masks (polygons blurred to soft edges), their outlines, and the air they hold, with a depth profile:
+    thin at the apex and medially, thick laterally and at the base."""
+    xs, ys = canvas.xs[None, :], canvas.ys[:, None]
+    W = a.thorax_w
+    outlines = {side: lung_outline(a, side) for side in (-1, 1)}
+    lung = polygons(canvas, [(outlines[s], 1.0) for s in (-1, 1)], blur_px=max(0.8, canvas.size / 256))
+    q = np.abs(xs)
+    depth = 0.60 + 0.40 * np.sqrt(np.clip(1 - ((q - 0.5 * W) / (0.55 * W)) ** 2, 0, 1))
+    apex_fade = np.sqrt(np.clip((ys - a.apex_y) / 0.35, 0.25, 1.0))
+    return lung, outlines, (lung * depth * apex_fade * 0.72 * a.air).astype(F32)
+
+
+def _frontal_mediastinum(a: Anatomy, canvas: Canvas, air: np.ndarray, tissue: np.ndarray) -> None:
+    """Heart, aortic knob, descending aorta and hila: soft tissue that displaces lung air (``air`` and ``tissue``
+    are updated in place)."""
+    heart_mag = 1.08 if a.portable else 1.0
+    heart = np.zeros_like(air)
+    base = frontal_dome_peak(a, 1)
+    hw, hh = a.heart_hw * heart_mag, a.heart_hh * heart_mag
+    # Left ventricle (tilted towards the apex) and right atrium (the right heart border).
+    add_ellipse(heart, canvas, Ellipse(a.heart_x + 0.12 * hw, base - 0.55 * hh, 0.86 * hw, hh, angle=0.45), 1.0)
+    add_ellipse(heart, canvas, Ellipse(a.heart_x - 0.52 * hw, base - 0.45 * hh, 0.46 * hw, 0.80 * hh), 1.0)
+    knob_x, knob_y = a.medi_hw + 0.005, -0.30
+    add_ellipse(heart, canvas, Ellipse(knob_x, knob_y, a.knob_r, a.knob_r * 1.1), 1.0)
+    ys_ao = np.linspace(knob_y, frontal_dome_peak(a, 1), 12)
+    # A tortuous aorta bulges out to the left in one or two waves below the knob.
+    aorta_edge = [(a.spine_x + 0.105 + a.aorta_wave * (0.7 + 0.6 * np.sin(2.0 * np.pi * (y - knob_y) / 0.45))
+                   * np.clip((y - knob_y) / 0.15, 0, 1), y) for y in ys_ao]
+    aorta_poly = [(a.spine_x + 0.0, knob_y)] + aorta_edge + [(a.spine_x + 0.0, ys_ao[-1])]
+    heart += polygons(canvas, [(aorta_poly, 1.0)], blur_px=0)  # blurred with the heart below
+    np.clip(heart, 0, 1, out=heart)
+    heart = ndimage.gaussian_filter(heart, max(0.8, canvas.size / 200), truncate=2.5)
+    air *= 1 - 0.85 * heart
+    tissue += 0.06 * heart
+    for side in (-1, 1):
+        add_ellipse(tissue, canvas, Ellipse(side * (a.medi_hw + 0.08), -0.05, 0.055 * a.hilum, 0.085 * a.hilum),
+                    0.16, profile="gauss")
 
 
 def _vessel_tree(a: Anatomy, canvas: Canvas, side_points, lateral_reach: float, view: str) -> np.ndarray:
@@ -395,7 +411,7 @@ def _scapula_and_humerus(a: Anatomy, canvas: Canvas, bone: np.ndarray, side: int
            (side * (W + 0.05), -0.78)]
     bone += polygons(canvas, [(tri, 0.06)], blur_px=max(1.0, canvas.size / 200))
     hx = side * (a.body_w + 0.06)
-    add_ellipse(bone, canvas, hx, -0.74, 0.085, 0.095, 0.14)
+    add_ellipse(bone, canvas, Ellipse(hx, -0.74, 0.085, 0.095), 0.14)
     shaft = canvas.window(hx - 0.06, -0.74, hx + 0.06, 0.3)
     if shaft is not None:
         rows, cols, X, Y = shaft
@@ -449,20 +465,12 @@ def lateral_outline(a: Anatomy, which: str) -> list[tuple[float, float]]:
 
 
 def render_lateral(a: Anatomy, canvas: Canvas) -> Scene:
+    """The lateral projection: soft tissue, the merged lung field, mediastinum, trachea and stomach gas, vessels
+    and bones, in that order (the order the random draws are taken in)."""
     xs, ys = canvas.xs[None, :], canvas.ys[:, None]
-    n = canvas.size
-    D = a.ap_half
+    n, D = canvas.size, a.ap_half
     blur = max(0.8, n / 256)
-
-    knots_y = [-1.2, -0.9, -0.6, -0.3, 0.2, 1.2]
-    centre = np.interp(canvas.ys, knots_y, [0.28, 0.22, 0.10, 0.03, 0.01, 0.03]).astype(F32)[:, None]
-    half = np.interp(canvas.ys, knots_y, [0.45, 0.55, D - 0.02, D + 0.06, D + 0.08, D + 0.12]).astype(F32)[:, None]
-    tissue = (1.05 * np.clip(1 - ((xs - centre) / half) ** 2, 0, 1) ** 0.4).astype(F32)
-    if a.breast:
-        add_ellipse(tissue, canvas, -D - 0.05, a.dome_r - 0.02, 0.12, 0.20, a.breast * 1.6, profile="gauss")
-    # Raised arms overlap the upper chest.
-    arms = strokes(canvas, [([(0.08, -0.30), (-0.10, -0.75), (-0.22, -1.15)], 0.30, 0.30)], blur_px=n / 40)
-    tissue += arms
+    tissue = _lateral_soft_tissue(a, canvas)
 
     # One merged lung field; the left hemidiaphragm is a little lower, so between the two
     # domes only one lung holds air.
@@ -471,43 +479,69 @@ def render_lateral(a: Anatomy, canvas: Canvas) -> Scene:
     depth = 0.65 + 0.35 * np.sqrt(np.clip(1 - (xs / (0.8 * D)) ** 2, 0, 1))
     apex_fade = np.sqrt(np.clip((ys - a.apex_y) / 0.35, 0.3, 1.0))
     air = (lung * depth * apex_fade * 0.74 * a.air).astype(F32)
-
-    heart = np.zeros_like(air)
-    heart_scale = a.heart_hw / (0.43 * a.thorax_w) * (1.06 if a.portable else 1.0)
-    hx, hy = -0.34 * D, float(lateral_dome(a, -0.34 * D)) - 0.08
-    add_ellipse(heart, canvas, hx + 0.10 * (heart_scale - 1), hy, 0.32 * heart_scale, 0.25 * heart_scale ** 0.5,
-                1.0, angle=-0.6)
-    add_ellipse(heart, canvas, hx + 0.12 * heart_scale, hy + 0.06, 0.20 * heart_scale, 0.17, 0.8, angle=0.3)
-    aorta = [(-0.20 * D, hy - 0.20), (-0.10 * D, -0.40), (0.08 * D, -0.48), (0.30 * D, -0.38),
-             (0.38 * D, -0.10), (0.40 * D, 0.25), (0.40 * D, 0.6)]
-    heart += strokes(canvas, [(aorta, 0.10, 0.7)], blur_px=blur)
-    add_ellipse(heart, canvas, 0.02 * D, -0.10, 0.09 * a.hilum, 0.11 * a.hilum, 0.45, profile="gauss")
-    if a.retrosternal_fill:
-        add_ellipse(heart, canvas, -0.50 * D, -0.25, 0.16, 0.26, a.retrosternal_fill, profile="dome")
-    np.clip(heart, 0, 1, out=heart)
-    heart = ndimage.gaussian_filter(heart, max(0.8, n / 200), truncate=2.5)
-    air *= 1 - 0.50 * heart
-    tissue += 0.06 * heart
+    _lateral_mediastinum(a, canvas, air, tissue)
 
     trachea = [(-0.02, -1.1), (0.06 * D, -0.55), (0.10 * D, -0.18)]
     air += strokes(canvas, [(trachea, 0.055, 0.33)], blur_px=blur)
-    add_ellipse(air, canvas, 0.10 * D, float(lateral_dome(a, 0.1 * D, "left")) + 0.12, 0.10, 0.05, 0.35,
-                profile="dome")
+    add_ellipse(air, canvas, Ellipse(0.10 * D, float(lateral_dome(a, 0.1 * D, "left")) + 0.12, 0.10, 0.05),
+                0.35, profile="dome")
 
     vessels = _vessel_tree(a, canvas, side_points={-1: (0.02 * D, -0.08), 1: (0.02 * D, -0.08)},
                            lateral_reach=0.55 * D, view="lateral")
+    return Scene("lateral", canvas, a, tissue, air, vessels, _lateral_bones(a, canvas), canvas.zeros(), lung,
+                 outlines)
 
+
+def _lateral_soft_tissue(a: Anatomy, canvas: Canvas) -> np.ndarray:
+    """The body's thickness seen from the side, breasts, and the raised arms overlapping the upper chest."""
+    xs, D = canvas.xs[None, :], a.ap_half
+    knots_y = [-1.2, -0.9, -0.6, -0.3, 0.2, 1.2]
+    centre = np.interp(canvas.ys, knots_y, [0.28, 0.22, 0.10, 0.03, 0.01, 0.03]).astype(F32)[:, None]
+    half = np.interp(canvas.ys, knots_y, [0.45, 0.55, D - 0.02, D + 0.06, D + 0.08, D + 0.12]).astype(F32)[:, None]
+    tissue = (1.05 * np.clip(1 - ((xs - centre) / half) ** 2, 0, 1) ** 0.4).astype(F32)
+    if a.breast:
+        add_ellipse(tissue, canvas, Ellipse(-D - 0.05, a.dome_r - 0.02, 0.12, 0.20), a.breast * 1.6, profile="gauss")
+    arms = strokes(canvas, [([(0.08, -0.30), (-0.10, -0.75), (-0.22, -1.15)], 0.30, 0.30)], blur_px=canvas.size / 40)
+    tissue += arms
+    return tissue
+
+
+def _lateral_mediastinum(a: Anatomy, canvas: Canvas, air: np.ndarray, tissue: np.ndarray) -> None:
+    """Heart, aorta, hila and retrosternal filling seen from the side (``air`` and ``tissue`` updated in place)."""
+    D, blur = a.ap_half, max(0.8, canvas.size / 256)
+    heart = np.zeros_like(air)
+    heart_scale = a.heart_hw / (0.43 * a.thorax_w) * (1.06 if a.portable else 1.0)
+    hx, hy = -0.34 * D, float(lateral_dome(a, -0.34 * D)) - 0.08
+    add_ellipse(heart, canvas,
+                Ellipse(hx + 0.10 * (heart_scale - 1), hy, 0.32 * heart_scale, 0.25 * heart_scale ** 0.5, angle=-0.6),
+                1.0)
+    add_ellipse(heart, canvas, Ellipse(hx + 0.12 * heart_scale, hy + 0.06, 0.20 * heart_scale, 0.17, angle=0.3), 0.8)
+    aorta = [(-0.20 * D, hy - 0.20), (-0.10 * D, -0.40), (0.08 * D, -0.48), (0.30 * D, -0.38),
+             (0.38 * D, -0.10), (0.40 * D, 0.25), (0.40 * D, 0.6)]
+    heart += strokes(canvas, [(aorta, 0.10, 0.7)], blur_px=blur)
+    add_ellipse(heart, canvas, Ellipse(0.02 * D, -0.10, 0.09 * a.hilum, 0.11 * a.hilum), 0.45, profile="gauss")
+    if a.retrosternal_fill:
+        add_ellipse(heart, canvas, Ellipse(-0.50 * D, -0.25, 0.16, 0.26), a.retrosternal_fill, profile="dome")
+    np.clip(heart, 0, 1, out=heart)
+    heart = ndimage.gaussian_filter(heart, max(0.8, canvas.size / 200), truncate=2.5)
+    air *= 1 - 0.50 * heart
+    tissue += 0.06 * heart
+
+
+def _lateral_bones(a: Anatomy, canvas: Canvas) -> np.ndarray:
+    """Spine, sternum and manubrium, ribs and humeri, scaled by the patient's bone density."""
+    D, blur = a.ap_half, max(0.8, canvas.size / 256)
     bone = canvas.zeros()
     _lateral_spine(a, canvas, bone)
     sternum = [(-D + 0.06, -0.56), (-D + 0.04, -0.25), (-D + 0.02, 0.08)]
     bone += strokes(canvas, [(sternum, 0.032, 0.16)], blur_px=blur)
-    add_ellipse(bone, canvas, -D + 0.07, -0.58, 0.035, 0.06, 0.13)
+    add_ellipse(bone, canvas, Ellipse(-D + 0.07, -0.58, 0.035, 0.06), 0.13)
     _lateral_ribs(a, canvas, bone)
     humeri = [([(0.10, -0.40), (-0.05, -0.80), (-0.14, -1.1)], 0.06, 0.12),
               ([(0.16, -0.42), (0.02, -0.84), (-0.06, -1.1)], 0.06, 0.12)]
     bone += strokes(canvas, humeri, blur_px=blur)
     bone *= a.bone_density
-    return Scene("lateral", canvas, a, tissue, air, vessels, bone, canvas.zeros(), lung, outlines)
+    return bone
 
 
 def lateral_spine_x(a: Anatomy, y):

@@ -13,6 +13,8 @@ distance field per segment.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
@@ -65,12 +67,23 @@ def ellipse_radius(X, Y, cx, cy, a, b, angle=0.0):
     return np.sqrt((dx / a) ** 2 + (dy / b) ** 2)
 
 
-def add_ellipse(layer, canvas: Canvas, cx, cy, a, b, value, angle=0.0, edge=None, profile="flat"):
+class Ellipse(NamedTuple):
+    """Where an ellipse lies: centre, half-axes and rotation, in the canvas's coordinates."""
+
+    cx: float
+    cy: float
+    a: float
+    b: float
+    angle: float = 0.0
+
+
+def add_ellipse(layer, canvas: Canvas, shape: Ellipse, value, edge=None, profile="flat"):
     """Add an ellipse to ``layer``.
 
     ``profile`` "flat" is a uniform disc (bone, metal), "dome" a sqrt profile
     (the thickness of a ball of tissue seen through), "gauss" a soft blob.
     """
+    cx, cy, a, b, angle = shape
     r_max = max(a, b) * (2.2 if profile == "gauss" else 1.0) + 2 * canvas.px
     w = canvas.window(cx - r_max, cy - r_max, cx + r_max, cy + r_max)
     if w is None:
@@ -78,15 +91,16 @@ def add_ellipse(layer, canvas: Canvas, cx, cy, a, b, value, angle=0.0, edge=None
     rows, cols, X, Y = w
     r = ellipse_radius(X, Y, cx, cy, a, b, angle)
     if profile == "gauss":
-        shape = np.exp(-2.0 * r * r)
+        blob = np.exp(-2.0 * r * r)
     else:
         inside = soft_inside((r - 1.0) * min(a, b), edge or canvas.edge)
-        shape = inside if profile == "flat" else inside * np.sqrt(np.clip(1 - r * r, 0, 1) * 0.85 + 0.15)
-    layer[rows, cols] += (value * shape).astype(F32)
+        blob = inside if profile == "flat" else inside * np.sqrt(np.clip(1 - r * r, 0, 1) * 0.85 + 0.15)
+    layer[rows, cols] += (value * blob).astype(F32)
 
 
-def add_ring(layer, canvas: Canvas, cx, cy, a, b, thickness, value, angle=0.0, arc=None):
+def add_ring(layer, canvas: Canvas, shape: Ellipse, thickness, value, arc=None):
     """Add an elliptic ring (a thin wall or a calcified rim); ``arc`` = (start, end) polar angles."""
+    cx, cy, a, b, angle = shape
     pad = thickness + 2 * canvas.px
     w = canvas.window(cx - a - pad, cy - b - pad, cx + a + pad, cy + b + pad)
     if w is None:
@@ -94,13 +108,13 @@ def add_ring(layer, canvas: Canvas, cx, cy, a, b, thickness, value, angle=0.0, a
     rows, cols, X, Y = w
     r = ellipse_radius(X, Y, cx, cy, a, b, angle)
     dist = np.abs(r - 1.0) * min(a, b)
-    shape = soft_inside(dist - thickness / 2, canvas.edge)
+    wall = soft_inside(dist - thickness / 2, canvas.edge)
     if arc is not None:
         theta = np.arctan2(Y - cy, X - cx)
         start, end = arc
         rel = np.mod(theta - start, 2 * np.pi)
-        shape = shape * (rel <= np.mod(end - start, 2 * np.pi))
-    layer[rows, cols] += (value * shape).astype(F32)
+        wall = wall * (rel <= np.mod(end - start, 2 * np.pi))
+    layer[rows, cols] += (value * wall).astype(F32)
 
 
 def _render_crop(canvas: Canvas, points_px, pad_px: float, blur_px: float, paint) -> np.ndarray:

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from .anatomy import lateral_spine_x, rib_point
-from .drawing import F32, add_ellipse, strokes
+from .drawing import F32, Ellipse, add_ellipse, strokes
 from .signs import severity, side_of
 
 
@@ -33,11 +33,11 @@ def d_rib_fracture(scene, p, rng):
     for k, t, _step, _gap in p["breaks"]:
         if scene.view == "frontal":
             x, y = rib_point(a, p["side"], k, t)
-            add_ellipse(scene.bone, scene.canvas, x, y, 0.05, 0.034, 0.18 + 0.08 * p["sev"], profile="dome")
+            add_ellipse(scene.bone, scene.canvas, Ellipse(x, y, 0.05, 0.034), 0.18 + 0.08 * p["sev"], profile="dome")
         else:
             sx = float(lateral_spine_x(a, 0.0))
             x, y = sx - 0.15 - 0.25 * t, a.apex_y + 0.1 + 0.088 * k
-            add_ellipse(scene.bone, scene.canvas, x, y, 0.045, 0.032, 0.18 + 0.08 * p["sev"], profile="dome")
+            add_ellipse(scene.bone, scene.canvas, Ellipse(x, y, 0.045, 0.032), 0.18 + 0.08 * p["sev"], profile="dome")
 
 
 def p_clavicle_fracture(rng):

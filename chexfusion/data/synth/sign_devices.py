@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .anatomy import frontal_dome_peak, lateral_dome, lateral_front, lateral_spine_x
-from .drawing import add_ellipse, add_ring, strokes
+from .drawing import Ellipse, add_ellipse, add_ring, strokes
 from .signs import side_of
 
 
@@ -45,19 +45,19 @@ def d_devices_frontal(scene, p, rng):
     if "pacer" in p["kinds"]:
         s = p["pacer_side"]
         gx, gy = s * 0.55 * W, -0.58
-        add_ellipse(metal, c, gx, gy, 0.075, 0.055, 1.3, profile="flat")
+        add_ellipse(metal, c, Ellipse(gx, gy, 0.075, 0.055), 1.3, profile="flat")
         tip = (a.heart_x + 0.3 * a.heart_hw, frontal_dome_peak(a, 1) - 0.08)
         lines.append(([(gx, gy), (s * 0.1, -0.5), (-(a.medi_hw - 0.02), -0.25), (-0.02, -0.02), tip], 0.022, 1.15))
         lines.append(([(gx, gy), (s * 0.12, -0.48), (-(a.medi_hw - 0.01), -0.2), (-0.08, -0.05)], 0.022, 1.15))
     if "ecg" in p["kinds"]:
         for ex, ey in p["ecg"]:
-            add_ring(metal, c, ex, ey, 0.045, 0.045, 0.016, 1.0)
-            add_ellipse(metal, c, ex, ey, 0.016, 0.016, 1.2)
+            add_ring(metal, c, Ellipse(ex, ey, 0.045, 0.045), 0.016, 1.0)
+            add_ellipse(metal, c, Ellipse(ex, ey, 0.016, 0.016), 1.2)
             lines.append(([(ex, ey), (ex * 1.3 + 0.1, ey + 0.25), (np.sign(ex + 1e-3) * 1.1, ey + 0.5)], 0.014, 0.85))
     if "wires" in p["kinds"]:
         for k in range(p["n_wires"]):
             y = -0.50 + k * 0.55 / max(1, p["n_wires"] - 1)
-            add_ring(metal, c, a.spine_x, y, 0.03, 0.02, 0.016, 1.3)
+            add_ring(metal, c, Ellipse(a.spine_x, y, 0.03, 0.02), 0.016, 1.3)
     if "chest_tube" in p["kinds"]:
         s = p["tube_side"]
         lines.append(([(s * (a.body_w + 0.1), 0.25), (s * (W - 0.02), 0.05), (s * 0.7 * W, -0.35),
@@ -83,16 +83,16 @@ def d_devices_lateral(scene, p, rng):
         lines.append(([(front + 0.08, -0.70), (-0.2 * D, -0.45), (-0.12 * D, -0.25), (-0.12 * D, -0.12)], 0.02, 1.05))
     if "pacer" in p["kinds"]:
         gx, gy = front - 0.02, -0.52
-        add_ellipse(metal, c, gx, gy, 0.03, 0.07, 1.3, profile="flat")
+        add_ellipse(metal, c, Ellipse(gx, gy, 0.03, 0.07), 1.3, profile="flat")
         tip_y = float(lateral_dome(a, -0.4 * D)) - 0.05
         lines.append(([(gx, gy), (-0.25 * D, -0.35), (-0.15 * D, -0.15), (-0.45 * D, tip_y)], 0.022, 1.15))
     if "ecg" in p["kinds"]:
         for _ex, ey in p["ecg"]:
-            add_ring(metal, c, front - 0.08, ey, 0.02, 0.045, 0.016, 1.0)
+            add_ring(metal, c, Ellipse(front - 0.08, ey, 0.02, 0.045), 0.016, 1.0)
     if "wires" in p["kinds"]:
         for k in range(p["n_wires"]):
             y = -0.50 + k * 0.55 / max(1, p["n_wires"] - 1)
-            add_ring(metal, c, -D + 0.05 - 0.03 * (y + 0.5), y, 0.018, 0.028, 0.016, 1.3)
+            add_ring(metal, c, Ellipse(-D + 0.05 - 0.03 * (y + 0.5), y, 0.018, 0.028), 0.016, 1.3)
     if "chest_tube" in p["kinds"]:
         lines.append(([(0.5 * D, 0.3), (0.4 * D, -0.1), (0.1 * D, -0.45), (-0.1 * D, a.apex_y + 0.15)], 0.035, 0.95))
     scene.metal += strokes(c, lines) + metal

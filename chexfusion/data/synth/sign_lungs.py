@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from .anatomy import frontal_dome, frontal_dome_peak, lateral_back, lateral_dome, lateral_front
-from .drawing import add_ellipse, add_ring, polygons, smooth_noise, soft_inside, strokes
+from .drawing import Ellipse, add_ellipse, add_ring, polygons, smooth_noise, soft_inside, strokes
 from .signs import at, blob, densify, lucency, one_lung, opacify, patch_texture, raise_dome, severity, side_of, spot
 
 RETROCARDIAC = 0.25  # share of lower-lobe opacities hidden behind the heart on the frontal view
@@ -80,7 +80,7 @@ def d_pneumonia(scene, p, rng):
     for side in sides:
         x, y = at(scene, p, side=side)
         for dx, dy, r in p["blobs"]:
-            add_ellipse(field, scene.canvas, x + dx, y + dy, r, r * 0.9, 1.0, profile="gauss")
+            add_ellipse(field, scene.canvas, Ellipse(x + dx, y + dy, r, r * 0.9), 1.0, profile="gauss")
     opacify(scene, np.clip(1.3 * field, 0, 1), (0.75 + 0.25 * p["sev"]) * one_lung(scene))
 
 
@@ -110,7 +110,7 @@ def d_edema(scene, p, rng):
     if scene.view == "frontal":
         field = scene.canvas.zeros()
         for side in (-1, 1):
-            add_ellipse(field, scene.canvas, side * (a.medi_hw + 0.10), 0.0, 0.28, 0.32, 1.0, profile="gauss")
+            add_ellipse(field, scene.canvas, Ellipse(side * (a.medi_hw + 0.10), 0.0, 0.28, 0.32), 1.0, profile="gauss")
         opacify(scene, field * texture, 0.5 * p["sev"] + 0.3)
         lines = []
         for i, (v, length) in enumerate(p["kerley"]):
@@ -238,9 +238,9 @@ def d_mass(scene, p, rng):
     """Large, dense, lobulated blob."""
     x, y = at(scene, p)
     field = scene.canvas.zeros()
-    add_ellipse(field, scene.canvas, x, y, p["r"], p["r"] * 0.9, 1.0, profile="dome")
+    add_ellipse(field, scene.canvas, Ellipse(x, y, p["r"], p["r"] * 0.9), 1.0, profile="dome")
     for dx, dy, s in p["lobes"]:
-        add_ellipse(field, scene.canvas, x + dx, y + dy, p["r"] * s, p["r"] * s, 1.0, profile="dome")
+        add_ellipse(field, scene.canvas, Ellipse(x + dx, y + dy, p["r"] * s, p["r"] * s), 1.0, profile="dome")
     field = np.clip(field, 0, 1)
     opacify(scene, np.clip(field * 2, 0, 1), 0.95 * one_lung(scene))
     densify(scene, field, 0.15 + 0.10 * p["sev"])
@@ -255,7 +255,7 @@ def d_lung_lesion(scene, p, rng):
     """Cavitating lesion: a thick-walled ring with a lucent centre (sometimes an air-fluid level)."""
     x, y = at(scene, p)
     ring = scene.canvas.zeros()
-    add_ring(ring, scene.canvas, x, y, p["r"], p["r"], p["wall"] * 2, 1.0)
+    add_ring(ring, scene.canvas, Ellipse(x, y, p["r"], p["r"]), p["wall"] * 2, 1.0)
     ring = np.clip(ring, 0, 1)
     opacify(scene, ring, 0.95 * one_lung(scene))
     densify(scene, ring, 0.06 + 0.08 * p["sev"])
@@ -276,7 +276,8 @@ def d_granuloma(scene, p, rng):
     """Tiny, very dense (calcified) dots."""
     for item in p["items"]:
         x, y = at(scene, item)
-        add_ellipse(scene.bone, scene.canvas, x, y, item["r"], item["r"], 0.40 + 0.2 * p["sev"], profile="dome")
+        add_ellipse(scene.bone, scene.canvas, Ellipse(x, y, item["r"], item["r"]),
+                    0.40 + 0.2 * p["sev"], profile="dome")
 
 
 def p_tuberculosis(rng):
@@ -297,11 +298,11 @@ def d_tuberculosis(scene, p, rng):
     densify(scene, strokes(scene.canvas, strands) * scene.lung, 0.2)
     if p["cavity"]:
         ring = scene.canvas.zeros()
-        add_ring(ring, scene.canvas, x, y, p["r"], p["r"], 0.012, 1.0)
+        add_ring(ring, scene.canvas, Ellipse(x, y, p["r"], p["r"]), 0.012, 1.0)
         densify(scene, ring, 0.2)
         lucency(scene, blob(scene, x, y, p["r"] * 0.8, p["r"] * 0.8, profile="flat"), 0.3)
     for dx, dy in p["calcified"]:
-        add_ellipse(scene.bone, scene.canvas, x + dx, y + dy, 0.012, 0.012, 0.35)
+        add_ellipse(scene.bone, scene.canvas, Ellipse(x + dx, y + dy, 0.012, 0.012), 0.35)
 
 
 def p_infarction(rng):
@@ -404,7 +405,7 @@ def d_fissure(scene, p, rng):
     mid = ((x0 + x1) / 2 - 0.03, (y0 + y1) / 2 + 0.02)
     field = strokes(scene.canvas, [([(x0, y0), mid, (x1, y1)], p["thick"], 1.0)])
     if p["lens"]:
-        add_ellipse(field, scene.canvas, mid[0], mid[1], 0.09, 0.035, 1.0, angle=np.arctan2(y1 - y0, x1 - x0))
+        add_ellipse(field, scene.canvas, Ellipse(mid[0], mid[1], 0.09, 0.035, angle=np.arctan2(y1 - y0, x1 - x0)), 1.0)
     field = np.clip(field, 0, 1)
     opacify(scene, field, 0.9)
     densify(scene, field, 0.18 + 0.12 * p["sev"])

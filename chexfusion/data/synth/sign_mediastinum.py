@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from .anatomy import lateral_dome, lateral_front
-from .drawing import F32, add_ellipse, add_ring, soft_inside, strokes
+from .drawing import F32, Ellipse, add_ellipse, add_ring, soft_inside, strokes
 from .signs import blob, densify, lucency, opacify, severity
 
 
@@ -26,13 +26,16 @@ def d_adenopathy(scene, p, rng):
     if scene.view == "frontal":
         for side in p["sides"]:
             for dx, dy in p["nodes"]:
-                add_ellipse(field, scene.canvas, side * (a.medi_hw + 0.07 + dx), -0.06 + dy, p["r"], p["r"] * 1.1,
+                add_ellipse(field, scene.canvas,
+                            Ellipse(side * (a.medi_hw + 0.07 + dx), -0.06 + dy, p["r"], p["r"] * 1.1),
                             1.0, profile="dome")
         if p["paratracheal"]:
-            add_ellipse(field, scene.canvas, a.spine_x - a.medi_hw + 0.01, -0.42, 0.04, 0.07, 1.0, profile="dome")
+            add_ellipse(field, scene.canvas, Ellipse(a.spine_x - a.medi_hw + 0.01, -0.42, 0.04, 0.07),
+                        1.0, profile="dome")
     else:
         for dx, dy in p["nodes"]:
-            add_ellipse(field, scene.canvas, 0.02 * a.ap_half - 0.04 + 2 * dx, -0.10 + dy, p["r"] * 1.2, p["r"] * 1.2,
+            add_ellipse(field, scene.canvas,
+                        Ellipse(0.02 * a.ap_half - 0.04 + 2 * dx, -0.10 + dy, p["r"] * 1.2, p["r"] * 1.2),
                         1.0, profile="dome")
     field = np.clip(field, 0, 1)
     opacify(scene, field, 0.95)
@@ -56,10 +59,10 @@ def d_aortic_calcification(scene, p, rng):
     """A thin bright arc along the rim of the aortic knob, and specks along the descending aorta."""
     a = scene.anatomy
     cx, cy = a.medi_hw + 0.005, -0.30
-    add_ring(scene.bone, scene.canvas, cx, cy, a.knob_r * 0.95, a.knob_r * 1.05, 0.028 + 0.01 * p["sev"],
-             0.45 + 0.25 * p["sev"], arc=(-2.9, 0.8))
+    add_ring(scene.bone, scene.canvas, Ellipse(cx, cy, a.knob_r * 0.95, a.knob_r * 1.05),
+             0.028 + 0.01 * p["sev"], 0.45 + 0.25 * p["sev"], arc=(-2.9, 0.8))
     for k, dy in enumerate(p["specks"]):
-        add_ellipse(scene.bone, scene.canvas, a.spine_x + 0.10 + 0.01 * k, cy + 0.12 + dy, 0.014, 0.02, 0.4)
+        add_ellipse(scene.bone, scene.canvas, Ellipse(a.spine_x + 0.10 + 0.01 * k, cy + 0.12 + dy, 0.014, 0.02), 0.4)
 
 
 def p_aortic_calcification(rng):
@@ -105,7 +108,7 @@ def d_hernia(scene, p, rng):
     gas = body * (scene.canvas.ys[:, None] < level)
     lucency(scene, gas, 0.45 + 0.2 * p["sev"])
     ring = scene.canvas.zeros()
-    add_ring(ring, scene.canvas, x, y, p["r"] * 1.15, p["r"], 0.01, 1.0)
+    add_ring(ring, scene.canvas, Ellipse(x, y, p["r"] * 1.15, p["r"]), 0.01, 1.0)
     densify(scene, ring, 0.1)
 
 
@@ -118,7 +121,7 @@ def d_pneumomediastinum(scene, p, rng):
     a = scene.anatomy
     D = a.ap_half
     ring = scene.canvas.zeros()
-    add_ring(ring, scene.canvas, 0.02 * D, -0.10, p["r"], p["r"] * 1.15, 0.03, 1.0)
+    add_ring(ring, scene.canvas, Ellipse(0.02 * D, -0.10, p["r"], p["r"] * 1.15), 0.03, 1.0)
     front = lateral_front(a)
     streak = strokes(scene.canvas, [([(front + 0.06, -0.60), (front + 0.09, -0.30), (front + 0.12, -0.05)], 0.028, 1.0),
                                     ([(-0.15 * D, -0.55), (-0.05 * D, -0.40)], 0.02, 1.0)])

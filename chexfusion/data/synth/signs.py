@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .drawing import F32, add_ellipse, smooth_noise
+from .drawing import F32, Ellipse, add_ellipse, smooth_noise
 
 BOTH = ("frontal", "lateral")
 FRONTAL_ONLY = ("frontal",)
@@ -56,7 +56,7 @@ def lucency(scene, field, value):
 
 def blob(scene, x, y, a, b, value=1.0, angle=0.0, profile="gauss"):
     field = scene.canvas.zeros()
-    add_ellipse(field, scene.canvas, x, y, a, b, value, angle=angle, profile=profile)
+    add_ellipse(field, scene.canvas, Ellipse(x, y, a, b, angle=angle), value, profile=profile)
     return field
 
 
