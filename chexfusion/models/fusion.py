@@ -95,8 +95,9 @@ class StudyFusion(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int, feature_hw: tuple[int, int],
                  encoder: FusionEncoder = FusionEncoder(), decoder_kwargs: dict | None = None,
-                 query_dim: int | None = None):
-        """``decoder_kwargs`` go to :class:`MLDecoder`; its width defaults to ``encoder.dim``."""
+                 query_dim: int | None = None, head: nn.Module | None = None):
+        """``decoder_kwargs`` go to :class:`MLDecoder`; its width defaults to ``encoder.dim``. ``head``: another
+        head with the decoder's calling convention on the study's tokens (:class:`~.linear_head.LinearHead`)."""
         super().__init__()
         encoder.check()
         dim = encoder.dim
@@ -119,7 +120,7 @@ class StudyFusion(nn.Module):
         else:
             self.encoder = None
         decoder_options = {"dim": dim, **(decoder_kwargs or {})}
-        self.decoder = build_decoder(num_classes, dim, decoder_options, query_dim)
+        self.decoder = head if head is not None else build_decoder(num_classes, dim, decoder_options, query_dim)
 
     def no_weight_decay(self) -> set[str]:
         """Embedding tables are exempt from weight decay (timm's convention; ``training.optim.param_groups``)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import UserError
 from ..text.queries import TextQueryConfig, check_query_kind, check_text_config
 
 
@@ -12,6 +13,8 @@ class HeadKeys:
     """``model.decoder_*``, ``model.queries`` and ``model.text`` (stage 1's ``ModelConfig`` and stage 2's
     ``FusionConfig`` inherit them, so a key means the same in both)."""
 
+    # ml_decoder | linear (pool, dropout, FC: linear_head.py) | csra (stage 1: class-specific residual attention)
+    head: str = "ml_decoder"
     decoder_layers: int = 1
     decoder_heads: int = 8
     decoder_ff_dim: int = 1024
@@ -28,3 +31,12 @@ class HeadKeys:
     def validate_head(self) -> None:
         check_query_kind(self.queries)
         check_text_config(self.text)
+
+    def check_head_kind(self, kinds: tuple[str, ...]) -> None:
+        """``model.head`` is one of the stage's ``kinds``; only the ML-Decoder reads text queries."""
+        head = self.head
+        if head not in kinds:
+            raise UserError(f"config key 'model.head' must be one of {', '.join(kinds)}, got '{head}'")
+        if head != "ml_decoder" and self.queries != "learned":
+            raise UserError(f"config key 'model.head: {head}' has learned class vectors only: "
+                            f"set model.queries: learned")

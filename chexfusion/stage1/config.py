@@ -40,7 +40,6 @@ class ModelConfig(HeadKeys):
     drop_path_rate: float = 0.0
     decoder_dim: int = 256
     decoder_dropout: float = 0.1
-    head: str = "ml_decoder"  # ml_decoder | csra (class-specific residual attention, models/csra.py)
     csra_lambda: float = 0.1  # CSRA: weight of the attention-pooled score (the CXR-LT 2026 winner's 0.1)
     csra_temperature: float = 1.0  # CSRA: softmax temperature over the map's locations
 
@@ -140,10 +139,7 @@ class Stage1Config:
             raise UserError(f"config key 'data.intensity' must be one of {', '.join(INTENSITY_MODES)}, "
                             f"got '{self.data.intensity}'")
         self.model.validate_head()
-        if self.model.head not in ("ml_decoder", "csra"):
-            raise UserError(f"config key 'model.head' must be ml_decoder or csra, got '{self.model.head}'")
-        if self.model.head == "csra" and self.model.queries != "learned":
-            raise UserError("config key 'model.head: csra' has learned class vectors only: set model.queries: learned")
+        self.model.check_head_kind(("ml_decoder", "csra", "linear"))
         self.sampling.validate()
         self.train.validate()
         self.noisy_student.validate()

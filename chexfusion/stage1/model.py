@@ -17,6 +17,7 @@ from ..data.images import Preprocess
 from ..io import file_sha256
 from ..models.backbone import create_backbone
 from ..models.image_classifier import ImageClassifier
+from ..models.linear_head import LinearHead
 from ..run_folder import checked_weights, load_weights, read_run_info
 from ..run_folder import write_run_info as write_info
 from ..text.queries import build_with_queries, recorded_query_dim, restore_text_head
@@ -34,6 +35,8 @@ def build_image_model(cfg: Stage1Config, num_classes: int, query_dim: int | None
         from ..models.csra import CSRAHead
 
         head = CSRAHead(num_classes, backbone.num_features, m.csra_lambda, m.csra_temperature)
+    elif m.head == "linear":
+        head = LinearHead(num_classes, backbone.num_features, m.decoder_dropout)
     return ImageClassifier(backbone, num_classes, m.decoder_kwargs(m.decoder_dropout, m.decoder_dim),
                            query_dim=query_dim, head=head)
 

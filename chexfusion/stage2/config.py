@@ -54,3 +54,4 @@ class Stage2Config:
         if self.model.max_images < 1:
             raise UserError("config key 'model.max_images' must be at least 1")
         self.model.validate_head()
+        self.model.check_head_kind(("ml_decoder", "linear"))

@@ -14,6 +14,7 @@ from ..config import from_dict, read_yaml
 from ..feature_store.sources import FrozenEncoderRun, copy_into_run, load_from_run
 from ..io import file_sha256
 from ..models.fusion import FusionEncoder, StudyFusion
+from ..models.linear_head import LinearHead
 from ..run_folder import checked_weights, load_weights, read_run_info
 from ..run_folder import write_run_info as write_info
 from ..stage1.model import Stage1Run, TrainedRun
@@ -27,7 +28,8 @@ def build_fusion_model(cfg: Stage2Config, num_classes: int, feature_shape, query
     encoder = FusionEncoder(dim=m.dim, projection=m.projection, num_layers=m.layers, num_heads=m.heads,
                             ff_dim=m.ff_dim, dropout=m.dropout, max_images=m.max_images,
                             position_embedding=m.position_embedding)
-    return StudyFusion(num_classes, channels, (h, w), encoder, m.decoder_kwargs(m.dropout), query_dim)
+    head = LinearHead(num_classes, m.dim, m.dropout) if m.head == "linear" else None
+    return StudyFusion(num_classes, channels, (h, w), encoder, m.decoder_kwargs(m.dropout), query_dim, head)
 
 
 def build_for_classes(cfg: Stage2Config, classes: list[str], feature_shape) -> tuple[StudyFusion, dict | None]:
