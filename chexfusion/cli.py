@@ -25,6 +25,7 @@ COMMANDS = {
                  "write the Parquet feature store from frozen stage-1 backbone(s) or pretrained encoders"),
     "stage2": ("chexfusion.stage2.command", "train the study-level Transformer fusion from the feature store"),
     "predict": ("chexfusion.predict", "study-level batch inference from raw images"),
+    "ensemble": ("chexfusion.ensemble", "one run folder predicting the mean of several runs (per class: the best)"),
     "calibrate": ("chexfusion.calibrate", "fit a run's per-class temperatures on the validation split"),
     "export": ("chexfusion.export", "copy a run folder as a Hugging Face model repository (model card included)"),
     "evaluate": ("chexfusion.evaluate", "CXR-LT metrics, per-class table, plots and report"),

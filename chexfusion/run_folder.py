@@ -22,7 +22,7 @@ from .io import atomic_path, atomic_write_json, file_sha256
 
 RUN_INFO = "run.json"
 WEIGHTS = "model.safetensors"
-KINDS = ("stage1", "stage2")
+KINDS = ("stage1", "stage2", "ensemble")
 
 # run.json keys every loader relies on, by kind, with the JSON type each must have
 REQUIRED_KEYS = {
@@ -31,6 +31,7 @@ REQUIRED_KEYS = {
     "stage2": {"classes": list, "train_prevalence": list, "preprocess": dict, "feature_shape": list,
                "weights": str, "weights_sha256": str, "routing": str, "unknown_view": str, "backbones": dict,
                "feature_dtype": str, "max_images": int},
+    "ensemble": {"classes": list, "train_prevalence": list, "members": list, "combine": str},
 }
 
 

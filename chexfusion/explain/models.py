@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..data.views import VIEW_INDEX
+from ..errors import UserError
 from ..feature_store.routing import cached_features, route_view
 from ..serve.heatmap import query_of_class
 
@@ -100,5 +101,8 @@ class Stage2Explained:
 
 
 def explained_model(predictor):
-    """The adapter for a predictor of either kind (``chexfusion.inference.load_predictor``)."""
+    """The adapter for a predictor of either kind (``chexfusion.inference.load_predictor``); an ensemble has no
+    single model to take gradients of."""
+    if predictor.kind == "ensemble":
+        raise UserError("heat maps are made of one run: give one of the ensemble's members (its members/<i> folder)")
     return Stage2Explained(predictor) if predictor.kind == "stage2" else Stage1Explained(predictor)

@@ -13,16 +13,21 @@ from pathlib import Path
 from ..hub import resolve_run
 from ..run_folder import run_kind
 from .classes import NamedClasses, encode_class_names
+from .ensemble import EnsemblePredictor
 from .predictor import PredictionResult, Predictor, StudyPrediction, TableOptions, scoring_order
 from .stage1 import Stage1Predictor, aggregate_by_study
 from .stage2 import Stage2Predictor
 
-PREDICTORS = {"stage1": Stage1Predictor, "stage2": Stage2Predictor}
+PREDICTORS = {"stage1": Stage1Predictor, "stage2": Stage2Predictor, "ensemble": EnsemblePredictor}
 
 
 def load_run(run_dir: str | Path, map_location: str = "cpu"):
-    """A stage-1 or stage-2 run rebuilt from its folder alone (checked before any model is built)."""
+    """A stage-1, stage-2 or ensemble run rebuilt from its folder alone (checked before any model is built)."""
     kind = run_kind(run_dir)
+    if kind == "ensemble":
+        from .ensemble import load_ensemble_run
+
+        return load_ensemble_run(run_dir, map_location)
     if kind == "stage1":
         from ..stage1.model import load_stage1_run
 
@@ -40,12 +45,12 @@ def default_device() -> str:
 
 def load_predictor(run_dir: str | Path, device: str | None = None, calibrated: bool = True,
                    allow_network: bool | None = None) -> Predictor:
-    """A predictor for a stage-1 or stage-2 run folder, or a Hub id (``hub.resolve_run``); ``calibrated``: with
-    its temperature scaling, if fitted."""
+    """A predictor for a stage-1, stage-2 or ensemble run folder, or a Hub id (``hub.resolve_run``);
+    ``calibrated``: with its temperature scaling, if fitted."""
     run = load_run(resolve_run(run_dir, allow_network))
     return PREDICTORS[run.info["kind"]](run, device or default_device(), calibrated)
 
 
 __all__ = ["load_run", "load_predictor", "encode_class_names", "NamedClasses", "Predictor", "Stage1Predictor",
-           "Stage2Predictor", "PredictionResult", "StudyPrediction", "TableOptions", "aggregate_by_study",
-           "scoring_order", "default_device"]
+           "Stage2Predictor", "EnsemblePredictor", "PredictionResult", "StudyPrediction", "TableOptions",
+           "aggregate_by_study", "scoring_order", "default_device"]
