@@ -94,3 +94,25 @@ def test_a_damaged_ensemble_is_refused_before_any_member_loads(pair, tmp_path):
     (copy / "run.json").write_text(json.dumps(info))
     with pytest.raises(UserError, match="no valid member list"):
         chexfusion.load(copy, "cpu")
+
+
+def test_the_web_demo_and_calibrate_take_an_ensemble(pair, tiny_data, tmp_path, run_cli):
+    from chexfusion.inference import load_predictor
+    from chexfusion.serve.engine import StudyEngine
+    from chexfusion.serve.limits import Rejected, ServeLimits
+    from chexfusion.serve.multipart import UploadedFile
+
+    first, second, ensemble = pair
+    copy = tmp_path / "ens"
+    shutil.copytree(ensemble, copy)
+    engine = StudyEngine(load_predictor(copy, "cpu"), ServeLimits(), "ens")
+    files = sorted((tiny_data / "files").rglob("*.jpg"))[:2]
+    images = engine.prepare([UploadedFile(f.name, f.read_bytes()) for f in files], ["auto", "auto"])
+    result = engine.predict(images)
+    assert result.heatmaps.shape[:2] == (len(engine.classes), len(result.used))  # one averaged map per class
+    with pytest.raises(Rejected, match="one of the ensemble's members"):
+        engine.predict(images, method="gradcam")
+    code, out, err = run_cli("calibrate", "--model", copy, "--csv", tiny_data / "development.csv",
+                             "--image-root", tiny_data)
+    assert code == 0, err
+    assert (copy / "calibration.json").is_file() and chexfusion.load(copy, "cpu").calibrated

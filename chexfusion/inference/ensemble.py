@@ -38,6 +38,11 @@ class EnsembleRun:
         return list(self.info["classes"])
 
     @property
+    def config(self):
+        """The first member's config: where its data lies (``calibrate``'s defaults) and its label policy."""
+        return self.members[0].config
+
+    @property
     def train_prevalence(self) -> np.ndarray:
         return np.asarray(self.info["train_prevalence"], dtype=np.float64)
 
@@ -96,8 +101,8 @@ def member_weights(info: dict) -> np.ndarray:
 
 
 def mean_maps(maps: list) -> np.ndarray | None:
-    """The members' attention maps averaged, each resized to the first member's grid (None if any lacks them or
-    they cover different images or queries)."""
+    """The members' per-class attention maps ``[K, n, h, w]`` averaged, each resized to the first member's grid
+    (None if any lacks them or they cover different images)."""
     if any(m is None for m in maps) or len({m.shape[:2] for m in maps}) > 1:
         return None
     size = maps[0].shape[-2:]
@@ -137,7 +142,16 @@ class EnsemblePredictor(Predictor):
         probs = (self.weights * np.stack([a.probabilities for a in answers])).sum(axis=0)
         first = answers[0]
         return StudyPrediction(self.classes, self.calibrate(probs[None], self.classes)[0], first.views, first.used,
-                               self.aggregation, mean_maps([a.attention for a in answers]) if attention else None)
+                               self.aggregation, self._class_maps(answers) if attention else None)
+
+    def _class_maps(self, answers: list[StudyPrediction]) -> np.ndarray | None:
+        """Each member's attention as one map per class, averaged over members (a query per class, so
+        :meth:`query_index` is the identity)."""
+        return mean_maps([None if a.attention is None else a.attention[m.query_index()]
+                          for m, a in zip(self.members, answers)])
+
+    def query_index(self) -> np.ndarray:
+        return np.arange(len(self.classes))
 
     def predict_table(self, table, image_root, options: TableOptions | None = None,
                       classes=None) -> PredictionResult:

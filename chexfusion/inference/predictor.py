@@ -55,6 +55,15 @@ class PredictionResult:
     skipped: list  # rows whose image could not be read (skip_bad_images)
 
 
+def query_of_class(decoder, num_classes: int) -> np.ndarray:
+    """Index of the decoder query whose attention belongs to each class (with learned group decoding,
+    ``classes_per_group`` classes share one query and so one map)."""
+    classes = np.arange(num_classes)
+    if getattr(decoder, "num_groups", None) is None:  # one query per class (text queries, other heads)
+        return classes
+    return classes // decoder.classes_per_group
+
+
 def scoring_order(views: list[str]) -> list[int]:
     """Frontal, then lateral, then unknown; ties keep the given order (the stage-2 canonical order)."""
     return sorted(range(len(views)), key=lambda i: VIEW_INDEX[views[i]])
@@ -78,6 +87,10 @@ class Predictor:
     def calibrate(self, probs: np.ndarray, names: list[str]) -> np.ndarray:
         """``probs`` (columns: ``names``) through the run's temperatures; unchanged for an uncalibrated run."""
         return probs if self.calibration is None else scale(probs, self.calibration.for_classes(names))
+
+    def query_index(self) -> np.ndarray:
+        """Per class of the run, the query of ``predict_study``'s attention maps that belongs to it."""
+        return query_of_class(self.model.decoder, len(self.classes))
 
     def named_classes(self, classes) -> NamedClasses | None:
         """None for the run's own classes; else the names encoded for its decoder (text-query runs only)."""

@@ -20,7 +20,6 @@ import torch
 from ..data.classes import prevalence_group
 from ..errors import UserError
 from ..inference.classes import NamedClasses, encode_class_names
-from .heatmap import query_of_class
 from .limits import UNPROCESSABLE, Rejected
 
 UNSEEN = "unseen"  # the group of a name the run was not trained on
@@ -53,7 +52,7 @@ class ClassSets:
         self.accepts_names = run is not None and bool(run.info.get("text_queries"))
         prevalence = np.asarray(predictor.train_prevalence, dtype=np.float64)
         self.own = ClassSet(list(predictor.classes), prevalence, [prevalence_group(float(p)) for p in prevalence],
-                            query_of_class(predictor.model.decoder, len(predictor.classes)))
+                            predictor.query_index())
         self._cache: OrderedDict[tuple[str, ...], ClassSet] = OrderedDict()
         self._lock = threading.Lock()
 

@@ -80,7 +80,12 @@ class StudyEngine:
 
     def _explained(self):
         if self._explained_model is None:
+            from ..errors import UserError
             from ..explain.models import explained_model
+            from .limits import UNPROCESSABLE, Rejected
 
-            self._explained_model = explained_model(self.predictor)
+            try:
+                self._explained_model = explained_model(self.predictor)
+            except UserError as exc:  # an ensemble: no single model to take gradients of
+                raise Rejected(UNPROCESSABLE, str(exc)) from None
         return self._explained_model

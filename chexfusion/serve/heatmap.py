@@ -15,13 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-
-def query_of_class(decoder, num_classes: int) -> np.ndarray:
-    """Index of the decoder query whose attention belongs to each class."""
-    classes = np.arange(num_classes)
-    if getattr(decoder, "num_groups", None) is None:  # one query per class (text queries)
-        return classes
-    return classes // decoder.classes_per_group
+from ..inference.predictor import query_of_class  # noqa: F401  (where the demo and explain read it)
 
 
 def class_heatmaps(query_maps: torch.Tensor, query_index: np.ndarray) -> np.ndarray:
