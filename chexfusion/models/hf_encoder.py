@@ -215,3 +215,10 @@ class HFEncoder(nn.Module):
     def feature_shape(self, image_size: int | tuple[int, int]) -> tuple[int, int, int]:
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         return self.num_features, size[0] // self.patch_size, size[1] // self.patch_size
+
+
+resolve_folder, describe_folder = resolve_hf_folder, describe_hf_folder
+
+
+def build(folder: Path, name: str, pretrained: bool = True, drop_path_rate: float = 0.0) -> HFEncoder:
+    return HFEncoder(folder, name=name, pretrained=pretrained, drop_path_rate=drop_path_rate)
