@@ -297,6 +297,60 @@ def test_a_model_missing_offline_is_one_line_saying_how_to_get_it(tmp_path, monk
     assert "\n" not in message
 
 
+def fake_hub(monkeypatch, folder: Path | None) -> list[bool]:
+    """huggingface_hub.snapshot_download replaced (no network in tests): the cache is empty; online it returns
+    ``folder``, or fails as a gated model does when ``folder`` is None. Returns each call's local_files_only."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    calls = []
+
+    def snapshot_download(repo_id, local_files_only=False, **kwargs):
+        calls.append(local_files_only)
+        if local_files_only:
+            raise LocalEntryNotFoundError(f"{repo_id} is not in the cache")
+        if folder is None:
+            raise PermissionError(f"401 Client Error: access to model {repo_id} is restricted")
+        return str(folder)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download)
+    for name in ("HF_HUB_OFFLINE", "CHEXFUSION_ALLOW_NETWORK"):
+        monkeypatch.delenv(name, raising=False)
+    return calls
+
+
+def test_a_hub_id_downloads_only_with_allow_network_and_the_refusal_names_it(tiny_data, dino, tmp_path,
+                                                                             monkeypatch, run_cli):
+    calls = fake_hub(monkeypatch, dino)
+    args = ["features", "--config", "stage2/config.yaml",
+            *pipeline.stage2_overrides(tiny_data, tmp_path, tmp_path / "store", "hf:someone/tiny-rad-dino")]
+    code, _, err = run_cli(*args)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "not in the Hugging Face cache" in err and "--allow-network" in err
+    assert calls == [True] and not (tmp_path / "store").exists()
+    code, _, err = run_cli(*args, "--allow-network")
+    assert code == 0, err
+    assert calls[1:] and not any(calls[1:])  # every later look-up was allowed online
+    entry = json.loads((tmp_path / "store" / "manifest.json").read_text())["backbones"]["shared"]
+    assert entry["encoder"] == "hf:someone/tiny-rad-dino"
+    assert entry["weights_sha256"] == describe_encoder(f"hf:{dino}")["weights_sha256"]
+
+
+@pytest.mark.parametrize("command, key, spec", [("features", "features.allow_network", "hf:someone/gated"),
+                                                ("stage1", "model.allow_network", "open_clip:someone/gated")])
+def test_the_config_keys_allow_the_network_too_and_a_hub_failure_is_one_line(command, key, spec, tiny_data, tmp_path,
+                                                                             monkeypatch, run_cli, repo_root):
+    calls = fake_hub(monkeypatch, None)
+    if command == "features":
+        args = pipeline.stage2_overrides(tiny_data, tmp_path, tmp_path / "store", spec)
+        config = "stage2/config.yaml"
+    else:
+        args, config = pipeline.stage1_overrides(tiny_data, tmp_path, **{"model.backbone": spec}), "stage1/config.yaml"
+    code, _, err = run_cli(command, "--config", repo_root / config, *args, f"{key}=true")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"could not get {spec} from the Hugging Face Hub: PermissionError: 401" in err
+    assert calls == [False]
+
+
 def test_a_folder_holding_a_pickle_or_a_bad_spec_exits_2_with_one_line(tmp_path, dino, tiny_data, run_cli):
     """Nothing is unpickled: a pickle payload is refused before any store is written."""
     pickled = tmp_path / "pickled"

@@ -7,7 +7,7 @@ read with ``weights_only=True`` and put through open_clip's ``load_checkpoint`` 
 position-embedding resizing, strict load). A file holding pickled objects is refused in one line
 (:mod:`chexfusion.models.state_dict_file`). A Hugging Face id (e.g.
 ``microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``) is looked up in the local Hugging
-Face cache only.
+Face cache, or downloaded when the user allows the network (:mod:`chexfusion.hub`).
 
 The map is the tower's last block as open_clip's ``forward_intermediates`` lays it out
 (``[B, C, h, w]``, prefix tokens dropped, final norm applied), which works for its own ViTs and
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .hf_encoder import how_to_get
+from .hf_encoder import hub_snapshot
 from .state_dict_file import PATTERNS, state_dict_file, state_dict_sha256
 
 CONFIG_FILE = "open_clip_config.json"
@@ -47,16 +47,10 @@ def resolve_folder(target: str) -> Path:
     if path.is_dir():
         folder = path.resolve()
     elif path.exists() or path.is_absolute() or target.startswith((".", "~")) or target.count("/") != 1:
-        raise UserError(f"open_clip:{target}: not a model folder ({CONFIG_FILE} + *.safetensors) "
+        raise UserError(f"open_clip:{target}: not a model folder ({CONFIG_FILE} + its weights) "
                         f"nor a Hugging Face model id")
     else:
-        from huggingface_hub import constants, snapshot_download
-
-        try:
-            folder = Path(snapshot_download(target, local_files_only=True))
-        except Exception:  # not in the cache (or not an id): nothing goes online
-            raise UserError(f"open_clip:{target} is not a local folder and not in the Hugging Face cache "
-                            f"({constants.HF_HUB_CACHE}): {how_to_get(target)}") from None
+        folder = hub_snapshot(target, "open_clip")  # the local cache, or the Hub when the user allowed it
     if not (folder / CONFIG_FILE).is_file():
         raise UserError(f"open_clip:{target}: {folder} has no {CONFIG_FILE}")
     state_dict_file(folder, f"open_clip:{target}")
