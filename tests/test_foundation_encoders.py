@@ -27,12 +27,13 @@ def tiny_vit_kwargs() -> dict:
                 patch_size=PATCH, image_size=SIZE)
 
 
-def save_dinov2(folder: Path, seed: int = 0) -> Path:
+def save_dinov2(folder: Path, seed: int = 0, layers: int = 1) -> Path:
     """A RAD-DINO-shaped folder: Dinov2Model + a BitImageProcessor that resizes and centre-crops."""
     import transformers
 
     torch.manual_seed(seed)
-    transformers.Dinov2Model(transformers.Dinov2Config(**tiny_vit_kwargs())).save_pretrained(folder)
+    config = transformers.Dinov2Config(**{**tiny_vit_kwargs(), "num_hidden_layers": layers})
+    transformers.Dinov2Model(config).save_pretrained(folder)
     transformers.BitImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE},
                                    image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3]).save_pretrained(folder)
     return folder
@@ -64,23 +65,24 @@ def save_open_clip(folder: Path, seed: int = 2) -> Path:
     return folder
 
 
-def chexzero_model_cfg() -> dict:
+def chexzero_model_cfg(layers: int = 1) -> dict:
     """CheXzero's architecture (OpenAI CLIP ViT-B/32: QuickGELU, patch 32, 77-token text) at a tiny width."""
     return {"embed_dim": 8, "quick_gelu": True,
-            "vision_cfg": {"image_size": SIZE, "layers": 1, "width": WIDTH, "head_width": 8, "patch_size": PATCH},
+            "vision_cfg": {"image_size": SIZE, "layers": layers, "width": WIDTH, "head_width": 8, "patch_size": PATCH},
             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
 
 
-def save_chexzero(folder: Path, seed: int = 3) -> Path:
+def save_chexzero(folder: Path, seed: int = 3, layers: int = 1) -> Path:
     """A CheXzero checkpoint as published (``torch.save(model.state_dict())`` of an OpenAI-layout CLIP, a .pt
     file) next to the open_clip_config.json docs/foundation_models.md says to write; no conversion."""
     import open_clip
 
     folder.mkdir(parents=True)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": chexzero_model_cfg(), "preprocess_cfg": {
+    cfg = chexzero_model_cfg(layers)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {
         "mean": [101.48761 / 255] * 3, "std": [83.43944 / 255] * 3}}))
     torch.manual_seed(seed)
-    torch.save(open_clip.CLIP(**chexzero_model_cfg()).state_dict(), folder / "best_64_5e-05_original_22000_0.864.pt")
+    torch.save(open_clip.CLIP(**cfg).state_dict(), folder / "best_64_5e-05_original_22000_0.864.pt")
     return folder
 
 

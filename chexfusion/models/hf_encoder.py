@@ -229,6 +229,14 @@ class HFEncoder(nn.Module):
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         return self.num_features, size[0] // self.patch_size, size[1] // self.patch_size
 
+    def layer_ids(self) -> dict[str, int]:
+        """Depths for ``train.layer_decay``: embeddings, ``encoder.layer(s).i`` (DINOv2, CLIP, SigLIP), final norm
+        (and SigLIP's pooling head) last."""
+        from .layer_groups import layer_ids, vit_matcher
+
+        return layer_ids(self.tower, vit_matcher(r"^embeddings|^pre_layrnorm", r"^encoder\.layers?\.(\d+)",
+                                                 r"^layernorm|^post_layernorm"), "tower.")
+
 
 resolve_folder, describe_folder = resolve_hf_folder, describe_hf_folder
 

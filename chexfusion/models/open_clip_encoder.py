@@ -126,6 +126,17 @@ class OpenClipEncoder(nn.Module):
         out = self.visual.forward_intermediates(x, indices=1, intermediates_only=True, normalize_intermediates=True)
         return out["image_intermediates"][-1]
 
+    def layer_ids(self) -> dict[str, int]:
+        """Depths for ``train.layer_decay``: a timm trunk's own groups (BiomedCLIP), else open_clip's ViT (CheXzero):
+        patch embedding and class / position embeddings, ``transformer.resblocks.i``, ``ln_post`` / ``proj`` last."""
+        from .layer_groups import layer_ids, vit_matcher
+
+        trunk = getattr(self.visual, "trunk", None)
+        if trunk is not None and hasattr(trunk, "group_matcher"):
+            return layer_ids(trunk, trunk.group_matcher(coarse=False), "visual.trunk.")
+        return layer_ids(self.visual, vit_matcher(r"^conv1|^class_embedding|^positional_embedding|^ln_pre",
+                                                  r"^transformer\.resblocks\.(\d+)", r"^ln_post|^proj"), "visual.")
+
     def feature_shape(self, image_size: int | tuple[int, int]) -> tuple[int, int, int]:
         """``(C, h, w)`` from one forward pass of a blank image in eval mode (the tower's mode is kept)."""
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
