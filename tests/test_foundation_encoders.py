@@ -8,6 +8,7 @@ or a converted torchxrayvision DenseNet would be laid out.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -440,23 +441,52 @@ def test_a_store_made_by_one_encoder_is_refused_for_another(encoder_stage2, tiny
     assert f"encoder hf:{siglip}" in err
 
 
-def test_an_hf_encoder_fine_tuned_as_the_stage1_backbone_runs_from_its_run_folder(tiny_data, dino, tmp_path,
-                                                                                  repo_root, run_cli):
-    found = describe_encoder(f"hf:{dino}")["preprocess"]
+@pytest.mark.parametrize("family, save", [("hf", save_dinov2), ("open_clip", save_chexzero)])
+def test_an_encoder_fine_tuned_as_the_stage1_backbone_predicts_after_its_folder_is_deleted(family, save, tiny_data,
+                                                                                          tmp_path, repo_root,
+                                                                                          run_cli, capsys):
+    """The run is self-contained: the encoder's architecture files are copied into it, its fine-tuned weights are
+    in model.safetensors; trained with layer-wise lr decay on."""
+    folder = save(tmp_path / "encoder")
+    capsys.readouterr()  # transformers' progress bar while saving it
+    spec = f"{family}:{folder}"
+    found = describe_encoder(spec)["preprocess"]
     code, _, err = run_cli("stage1", "--config", repo_root / "stage1/config.yaml", *pipeline.stage1_overrides(
-        tiny_data, tmp_path, "imagenet-normalised", **{"model.backbone": f"hf:{dino}"}))
+        tiny_data, tmp_path, "imagenet-normalised", **{"model.backbone": spec}))
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"set data.mean={found['mean']} data.std={found['std']}" in err
     with pipeline_cwd(repo_root):
-        run = pipeline.train_stage1(tiny_data, tmp_path, **{"model.backbone": f"hf:{dino}", "model.pretrained": True,
+        run = pipeline.train_stage1(tiny_data, tmp_path, **{"model.backbone": spec, "model.pretrained": True,
+                                                            "train.layer_decay": 0.75,
                                                             "data.image_size": found["image_size"],
                                                             "data.mean": json.dumps(found["mean"]),
                                                             "data.std": json.dumps(found["std"])})
     info = json.loads((run / "run.json").read_text())
-    assert info["backbone"] == f"hf:{dino}" and info["feature_shape"] == [WIDTH, 4, 4]
-    code, _, err = run_cli("predict", "--model", run, "--csv", tiny_data / "test.csv", "--image-root", tiny_data,
-                           "--out", tmp_path / "pred.csv", "--device", "cpu")
-    assert code == 0, err
+    assert info["backbone"] == spec and info["feature_shape"] == [WIDTH, 4, 4]
+    copied = sorted(p.name for p in (run / info["encoder_config"]).iterdir())
+    assert copied == sorted(n for n in ("config.json", "preprocessor_config.json", "open_clip_config.json")
+                            if (folder / n).exists())  # the architecture only: no weights copied
+
+    def predict(out):
+        code, _, err = run_cli("predict", "--model", run, "--csv", tiny_data / "test.csv", "--image-root", tiny_data,
+                               "--out", out, "--device", "cpu")
+        assert code == 0, err
+        return pd.read_csv(out)
+
+    before = predict(tmp_path / "before.csv")
+    shutil.rmtree(folder)
+    after = predict(tmp_path / "after.csv")
+    pd.testing.assert_frame_equal(before, after)
+    assert len(after) == len(pd.read_csv(tiny_data / "test.csv"))
+    # the copies of the run carry the architecture too: an export (which checks its own predictions) and the
+    # backbone a stage-2 run keeps of it
+    code, _, err = run_cli("export", "--model", run, "--out", tmp_path / "exported")
+    assert code == 0 and (tmp_path / "exported" / "encoder").is_dir(), err
+    from chexfusion.feature_store.sources import copy_into_run, load_from_run
+
+    record = copy_into_run(str(run), tmp_path / "stage2-run" / "backbones" / "shared")
+    loaded = load_from_run(tmp_path / "stage2-run", {**record, "path": "backbones/shared"})
+    assert loaded.info["encoder_config"] == "encoder" and loaded.weights_sha256 == info["weights_sha256"]
 
 
 def test_an_open_clip_tower_under_the_stage1_head_rebuilds_from_its_architecture_and_saved_weights(biomedclip):

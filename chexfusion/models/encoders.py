@@ -65,8 +65,8 @@ def is_encoder_spec(text: str) -> bool:
     return bool(sep) and prefix in FAMILIES
 
 
-# Each family's module offers resolve_folder(target), describe_folder(folder), build(folder, name, pretrained, **kw)
-# and MODEL_FILES (the glob patterns of the files that make the model).
+# Each family's module offers resolve_folder(target), describe_folder(folder), build(folder, name, pretrained, **kw),
+# MODEL_FILES (the glob patterns of the files that make the model) and CONFIG_FILES (those of its architecture).
 _FAMILY_MODULES = {"hf": "hf_encoder", "open_clip": "open_clip_encoder", "xrv": "xrv_encoder"}
 
 
@@ -107,6 +107,30 @@ def describe_encoder(spec_text: str) -> dict:
                         f"chexfusion stage1 first)")
     module = family_module(spec.family)
     return {"encoder": str(spec), **module.describe_folder(module.resolve_folder(spec.target))}
+
+
+def copy_architecture(spec_text: str, dst: Path) -> bool:
+    """Copy the architecture files of an encoder spec (not its weights) into ``dst``; False for a timm model, whose
+    architecture is its name."""
+    import shutil
+
+    spec = parse_encoder_spec(spec_text)
+    if spec.family == "timm":
+        return False
+    module = family_module(spec.family)
+    folder = module.resolve_folder(spec.target)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in module.CONFIG_FILES:
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, dst / name)
+    return True
+
+
+def build_architecture(spec_text: str, folder: Path, drop_path_rate: float = 0.0):
+    """The encoder ``spec_text`` names, built from the architecture files in ``folder`` (a run's copy) without
+    weights: the run's model.safetensors holds them."""
+    spec = parse_encoder_spec(spec_text)
+    return family_module(spec.family).build(Path(folder), str(spec_text), False, drop_path_rate=drop_path_rate)
 
 
 def encoder_files(spec_text: str) -> tuple[Path, tuple[str, ...]]:

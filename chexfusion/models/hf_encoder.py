@@ -32,6 +32,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 PREPROCESSOR_FILE = "preprocessor_config.json"
 # Files that make the model what it is; a stage-2 run folder copies these next to its fusion weights.
 MODEL_FILES = ("config.json", PREPROCESSOR_FILE, "*.safetensors", "model.safetensors.index.json")
+CONFIG_FILES = ("config.json", PREPROCESSOR_FILE)  # the architecture and its preprocessing, without weights
 
 
 def how_to_get(model_id: str, family: str = "hf") -> str:

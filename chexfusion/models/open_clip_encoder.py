@@ -30,6 +30,7 @@ from .state_dict_file import PATTERNS, state_dict_file, state_dict_sha256
 
 CONFIG_FILE = "open_clip_config.json"
 MODEL_FILES = (CONFIG_FILE,) + PATTERNS
+CONFIG_FILES = (CONFIG_FILE,)
 
 
 def import_open_clip():

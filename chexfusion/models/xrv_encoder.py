@@ -36,6 +36,7 @@ from .state_dict_file import PATTERNS, state_dict_file, state_dict_sha256
 
 CONFIG_FILE = "xrv_config.json"
 MODEL_FILES = (CONFIG_FILE,) + PATTERNS
+CONFIG_FILES = (CONFIG_FILE,)
 ARCHITECTURES = ("densenet", "resnet50", "resnet101")
 DENSENET_DEFAULTS = {"growth_rate": 32, "block_config": [6, 12, 24, 16], "num_init_features": 64, "bn_size": 4}
 # torchxrayvision's datasets.normalize: (2 * x / maxval - 1) * 1024 == (x / maxval - 0.5) / (1 / 2048)
