@@ -270,6 +270,13 @@ def test_an_xrv_resnet_state_dict_loads_weights_only_from_a_pt_file(tmp_path):
     assert describe_encoder(f"xrv:{folder}")["feature_shape"] == [2048, 2, 2]
 
 
+def test_stage1_refuses_a_one_channel_xrv_backbone_in_one_line(xrv):
+    from chexfusion.models.encoders import check_stage1_normalisation
+
+    with pytest.raises(UserError, match="takes 1-channel images and stage 1 trains on 3-channel ones"):
+        check_stage1_normalisation(f"xrv:{xrv}", [0.5] * 3, [1 / 2048] * 3)
+
+
 def test_a_chexzero_checkpoint_loads_as_published_into_open_clips_architecture(chexzero):
     import open_clip
 
