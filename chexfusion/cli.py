@@ -39,6 +39,10 @@ COMMANDS = {
 }
 
 
+# Commands that load pretrained encoders or run folders by Hub id: they take --allow-network (chexfusion.hub).
+NETWORK_COMMANDS = ("stage1", "features", "stage2", "predict", "serve", "explain", "zero-shot")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own usage errors: same exit status 2, one line
         self.print_usage(sys.stderr)
@@ -56,6 +60,10 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | Non
         if name == chosen:
             module = importlib.import_module(mod_name)
             module.add_arguments(p)
+            if name in NETWORK_COMMANDS:
+                p.add_argument("--allow-network", action="store_true",
+                               help="download models named by a Hugging Face id that are not in the local cache "
+                                    "(default: offline)")
     return parser, module
 
 
@@ -67,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         if module is None:
             parser.print_help()
             return EXIT_USER_ERROR if argv else 0
-        code = module.run(args)
+        from .hub import network_scope
+
+        with network_scope(getattr(args, "allow_network", False)):
+            code = module.run(args)
         return int(code or 0)
     except UserError as exc:
         print(f"chexfusion: error: {exc}", file=sys.stderr)

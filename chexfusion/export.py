@@ -25,6 +25,7 @@ def export_run(model_path, out) -> Path:
     from .hub import resolve_run
     from .inference import load_run
     from .model_card import write_model_card
+    from .run_folder import copy_encoder_config
 
     source, out = resolve_run(model_path), Path(out)
     load_run(source)  # refuses a damaged or foreign folder before anything is written
@@ -38,6 +39,7 @@ def export_run(model_path, out) -> Path:
             shutil.copy2(source / name, tmp / name)
     if (source / "backbones").is_dir():
         shutil.copytree(source / "backbones", tmp / "backbones")
+    copy_encoder_config(source, tmp)
     write_model_card(tmp)
     _check_same_predictions(source, tmp)
     if out.exists():

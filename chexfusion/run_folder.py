@@ -85,6 +85,21 @@ def write_run_info(run_dir: str | Path, info: dict) -> None:
     atomic_write_json(Path(run_dir) / RUN_INFO, info)
 
 
+# A stage-1 run of an hf: / open_clip: backbone keeps the encoder's architecture files here (its weights are in
+# model.safetensors with the head's), so the run rebuilds without the encoder's folder.
+ENCODER_CONFIG = "encoder"
+
+
+def copy_encoder_config(src_run: str | Path, dst_run: str | Path) -> None:
+    """Copy a run's encoder architecture folder, if it has one, wherever the run folder itself is copied."""
+    import shutil
+
+    src, dst = Path(src_run) / ENCODER_CONFIG, Path(dst_run) / ENCODER_CONFIG
+    if src.is_dir():
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst)
+
+
 def checked_weights(run_dir: str | Path, info: dict) -> Path:
     """The run's weights file, refused unless its content hash is the one run.json records."""
     run_dir = Path(run_dir)

@@ -46,7 +46,8 @@ def test_a_hub_id_loads_from_the_local_cache_only(tiny_stage2, tmp_path, monkeyp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = chexfusion.load("chexfusion/demo", device="cpu")
     assert model.path == snapshot and model.kind == "stage2"
-    with pytest.raises(UserError, match="neither a local folder nor in the Hugging Face cache.*huggingface-cli"):
+    with pytest.raises(UserError, match="neither a local folder nor in the Hugging Face cache.*hf download.*"
+                                         "--allow-network"):
         chexfusion.load("chexfusion/absent", device="cpu")
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_foundation_encoders import save_dinov2, save_open_clip
+from test_foundation_encoders import save_chexzero, save_dinov2, save_open_clip
 
 from chexfusion.errors import UserError
 from chexfusion.vlm.prompts import PromptConfig, ensemble, pair_probabilities, prompt_sets
@@ -140,10 +140,13 @@ def test_zero_shot_refuses_a_vision_only_model_and_a_bad_template_in_one_line(cl
         assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_an_open_clip_model_scores_zero_shot_with_its_own_tokenizer(tiny_data, tmp_path, run_cli):
+@pytest.mark.parametrize("save, mean", [(save_open_clip, (0.48, 0.46, 0.41)),
+                                        (save_chexzero, (101.48761 / 255,) * 3)], ids=["biomedclip", "chexzero"])
+def test_an_open_clip_model_scores_zero_shot_with_its_own_tokenizer(save, mean, tiny_data, tmp_path, run_cli):
+    """BiomedCLIP-style (safetensors) and CheXzero as published (an OpenAI-CLIP state dict in a .pt file)."""
     from chexfusion.vlm.model import load_vlm
 
-    folder = save_open_clip(tmp_path / "tiny-biomedclip")
+    folder = save(tmp_path / "tiny-vlm")
     pred = tmp_path / "pred.csv"
     code, _, err = run_cli("zero-shot", "--vlm", f"open_clip:{folder}", "--csv", tiny_data / "test.csv",
                            "--image-root", tiny_data, "--classes", "Cardiomegaly,Edema", "--no-synonyms",
@@ -152,7 +155,7 @@ def test_an_open_clip_model_scores_zero_shot_with_its_own_tokenizer(tiny_data, t
     frame = pd.read_csv(pred, dtype={"dicom_id": str, "study_id": str})
     test = pd.read_csv(tiny_data / "test.csv", dtype={"dicom_id": str, "study_id": str})
     vlm = load_vlm(f"open_clip:{folder}")
-    assert vlm.preprocess.mean == (0.48, 0.46, 0.41) and vlm.preprocess.image_size == 32
+    assert vlm.preprocess.mean == mean and vlm.preprocess.image_size == 32
     # the first image's study: max over its images of the pair probability of its own embeddings
     study = test["study_id"].iloc[0]
     images = torch.stack([vlm.preprocess.read(tiny_data / p) for p in test.loc[test["study_id"] == study, "fpath"]])

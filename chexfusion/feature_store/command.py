@@ -34,12 +34,14 @@ def write_features(cfg, verify: bool = False):
 def run(args) -> int:
     from accelerate import PartialState
 
+    from ..hub import network_scope
     from ..stage1.command import resolve_config_path
     from ..stage2.config import Stage2Config
     from .reader import describe
 
     cfg = load_config(Stage2Config, resolve_config_path(args.config, DEFAULT_CONFIG), args.overrides)
-    store = write_features(cfg, args.verify)
+    with network_scope(cfg.features.allow_network):
+        store = write_features(cfg, args.verify)
     if PartialState().is_main_process:
         print(describe(store))
     return 0

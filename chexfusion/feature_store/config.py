@@ -34,6 +34,7 @@ class FeatureConfig:
     shared_backbone: str = "stage1/runs/demo"  # stage-1 run folder or encoder spec (hf:ID_OR_FOLDER; sources.py)
     frontal_backbone: str | None = None  # per_view: run folders trained with data.views frontal / lateral
     lateral_backbone: str | None = None
+    allow_network: bool = False  # an encoder's Hub id not in the local cache may be downloaded (chexfusion.hub)
     unknown_view: str = "frontal"  # per_view: the backbone an `unknown` image goes through (see above)
     dtype: str = "float16"  # float16 | float32
     layout: str = "binary"  # binary | list (see LAYOUTS above)

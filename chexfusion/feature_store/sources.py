@@ -110,10 +110,11 @@ def copy_into_run(value: str, dst: Path) -> dict:
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
     if not is_encoder_spec(value):
-        from ..run_folder import read_run_info
+        from ..run_folder import copy_encoder_config, read_run_info
 
         for name in STAGE1_FILES:
             shutil.copy2(Path(value) / name, dst / name)
+        copy_encoder_config(value, dst)
         return {"source": str(value), "weights_sha256": read_run_info(dst, "stage1")["weights_sha256"]}
     spec = parse_encoder_spec(value)
     folder, patterns = encoder_files(value)

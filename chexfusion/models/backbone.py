@@ -275,6 +275,15 @@ class Backbone(nn.Module):
         """``[B, in_chans, H, W]`` images -> ``[B, num_features, h, w]`` map."""
         return self._to_map(self.model.forward_features(x), x.shape[-2:])
 
+    def layer_ids(self) -> dict[str, int]:
+        """Depth of each parameter from the timm model's own ``group_matcher`` (``train.layer_decay``)."""
+        from .layer_groups import layer_ids
+
+        if not hasattr(self.model, "group_matcher"):
+            raise UserError(f"train.layer_decay: timm model '{self.name}' does not group its layers (no "
+                            f"group_matcher); set train.layer_decay=1.0")
+        return layer_ids(self.model, self.model.group_matcher(coarse=False), "model.")
+
     def feature_shape(self, image_size: int | tuple[int, int]) -> tuple[int, int, int]:
         """``(C, h, w)`` of the map for a square (or ``(H, W)``) input, from a dry run on the meta device."""
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)

@@ -9,10 +9,11 @@ A spec is ``FAMILY:TARGET`` or a bare timm name:
 * ``open_clip:ID_OR_FOLDER``: an open_clip model's image tower (BiomedCLIP, a CheXzero state dict
   in open_clip's ViT-B-32 layout), :mod:`chexfusion.models.open_clip_encoder`.
 
-``xrv:`` is recognised and refused with one line: torchxrayvision loads its weights by unpickling
-whole model objects (``torch.load(weights_only=False)``), which this package never does
-(docs/foundation_models.md). Any other ``prefix:`` is a user error, so a typo never falls through
-to a timm name lookup.
+* ``xrv:FOLDER``: a torchxrayvision DenseNet / ResNet converted once into a state-dict folder
+  (torchxrayvision's own files are pickled model objects, never loaded),
+  :mod:`chexfusion.models.xrv_encoder`.
+
+Any other ``prefix:`` is a user error, so a typo never falls through to a timm name lookup.
 
 Stage 1 builds any spec through :func:`build_encoder`; the feature store uses
 :func:`describe_encoder` (preprocessing, map shape and weights hash without building anything big)
@@ -28,8 +29,6 @@ from pathlib import Path
 from ..errors import UserError
 
 FAMILIES = ("timm", "hf", "open_clip", "xrv")
-# Families this package can name but not build, and why.
-UNSUPPORTED = {"xrv": "torchxrayvision loads its weights by unpickling model objects, which chexfusion never does"}
 _PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
@@ -57,9 +56,6 @@ def parse_encoder_spec(text: str) -> EncoderSpec:
         return EncoderSpec("timm", text)
     if not rest.strip():
         raise UserError(f"encoder spec '{text}' names no model after '{prefix}:'")
-    if prefix in UNSUPPORTED:
-        raise UserError(f"encoder spec '{text}': {prefix}: encoders are not supported ({UNSUPPORTED[prefix]}); "
-                        f"use hf:, open_clip: or timm: (docs/foundation_models.md)")
     return EncoderSpec(prefix, rest.strip())
 
 
@@ -69,28 +65,34 @@ def is_encoder_spec(text: str) -> bool:
     return bool(sep) and prefix in FAMILIES
 
 
+# Each family's module offers resolve_folder(target), describe_folder(folder), build(folder, name, pretrained, **kw),
+# MODEL_FILES (the glob patterns of the files that make the model) and CONFIG_FILES (those of its architecture).
+_FAMILY_MODULES = {"hf": "hf_encoder", "open_clip": "open_clip_encoder", "xrv": "xrv_encoder"}
+
+
+def family_module(family: str):
+    import importlib
+
+    return importlib.import_module(f".{_FAMILY_MODULES[family]}", __package__)
+
+
 def build_encoder(spec_text: str, pretrained: bool = False, checkpoint_path: str | None = None, **kw):
     """The map extractor for ``spec_text``: ``forward(images) -> [B, C, h, w]``, ``num_features``, ``feature_shape``.
 
-    ``kw`` goes to the timm family (``drop_path_rate``, ``in_chans``, ``img_size``...); an ``hf:`` encoder
-    takes its architecture from the folder's ``config.json``, and its weights too when ``pretrained``.
+    ``kw`` goes to the timm family (``drop_path_rate``, ``in_chans``, ``img_size``...); the other families take
+    their architecture from the folder's config, and their weights too when ``pretrained``.
     """
     spec = parse_encoder_spec(spec_text)
-    if spec.family != "timm" and checkpoint_path:
+    if spec.family == "timm":
+        from .backbone import Backbone
+
+        return Backbone(spec.target, pretrained=pretrained, checkpoint_path=checkpoint_path, **kw)
+    if checkpoint_path:
         raise UserError(f"model.checkpoint_path applies to timm backbones; '{spec}' loads its weights "
                         f"from its own folder")
-    if spec.family == "hf":
-        from .hf_encoder import HFEncoder, resolve_hf_folder
-
-        return HFEncoder(resolve_hf_folder(spec.target), name=str(spec_text), pretrained=pretrained,
-                         drop_path_rate=kw.get("drop_path_rate", 0.0))
-    if spec.family == "open_clip":
-        from .open_clip_encoder import build_open_clip_encoder, resolve_open_clip_folder
-
-        return build_open_clip_encoder(resolve_open_clip_folder(spec.target), str(spec_text), pretrained)
-    from .backbone import Backbone
-
-    return Backbone(spec.target, pretrained=pretrained, checkpoint_path=checkpoint_path, **kw)
+    module = family_module(spec.family)
+    return module.build(module.resolve_folder(spec.target), str(spec_text), pretrained,
+                        drop_path_rate=kw.get("drop_path_rate", 0.0))
 
 
 def describe_encoder(spec_text: str) -> dict:
@@ -99,30 +101,45 @@ def describe_encoder(spec_text: str) -> dict:
     Never reads the weights into a model: the hash is of the weight files, the shape of the config.
     """
     spec = parse_encoder_spec(spec_text)
-    if spec.family == "hf":
-        from .hf_encoder import describe_hf_folder, resolve_hf_folder
+    if spec.family == "timm":
+        raise UserError(f"features backbone '{spec_text}': a frozen feature-store encoder must be an hf:, "
+                        f"open_clip: or xrv: spec or a stage-1 run folder (a timm model is trained with "
+                        f"chexfusion stage1 first)")
+    module = family_module(spec.family)
+    return {"encoder": str(spec), **module.describe_folder(module.resolve_folder(spec.target))}
 
-        return {"encoder": str(spec), **describe_hf_folder(resolve_hf_folder(spec.target))}
-    if spec.family == "open_clip":
-        from .open_clip_encoder import describe_open_clip_folder, resolve_open_clip_folder
 
-        return {"encoder": str(spec), **describe_open_clip_folder(resolve_open_clip_folder(spec.target))}
-    raise UserError(f"features backbone '{spec_text}': a frozen feature-store encoder must be an hf: or "
-                    f"open_clip: spec or a stage-1 run folder (a timm model is trained with chexfusion stage1 first)")
+def copy_architecture(spec_text: str, dst: Path) -> bool:
+    """Copy the architecture files of an encoder spec (not its weights) into ``dst``; False for a timm model, whose
+    architecture is its name."""
+    import shutil
+
+    spec = parse_encoder_spec(spec_text)
+    if spec.family == "timm":
+        return False
+    module = family_module(spec.family)
+    folder = module.resolve_folder(spec.target)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in module.CONFIG_FILES:
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, dst / name)
+    return True
+
+
+def build_architecture(spec_text: str, folder: Path, drop_path_rate: float = 0.0):
+    """The encoder ``spec_text`` names, built from the architecture files in ``folder`` (a run's copy) without
+    weights: the run's model.safetensors holds them."""
+    spec = parse_encoder_spec(spec_text)
+    return family_module(spec.family).build(Path(folder), str(spec_text), False, drop_path_rate=drop_path_rate)
 
 
 def encoder_files(spec_text: str) -> tuple[Path, tuple[str, ...]]:
     """The folder of a frozen encoder and the glob patterns of the files that make it (for copying it)."""
     spec = parse_encoder_spec(spec_text)
-    if spec.family == "hf":
-        from .hf_encoder import MODEL_FILES, resolve_hf_folder
-
-        return resolve_hf_folder(spec.target), MODEL_FILES
-    if spec.family == "open_clip":
-        from .open_clip_encoder import MODEL_FILES, resolve_open_clip_folder
-
-        return resolve_open_clip_folder(spec.target), MODEL_FILES
-    raise UserError(f"encoder {spec_text} has no folder to copy")
+    if spec.family == "timm":
+        raise UserError(f"encoder {spec_text} has no folder to copy")
+    module = family_module(spec.family)
+    return module.resolve_folder(spec.target), module.MODEL_FILES
 
 
 def check_stage1_normalisation(spec_text: str, mean, std) -> None:
@@ -133,6 +150,9 @@ def check_stage1_normalisation(spec_text: str, mean, std) -> None:
     if spec.family == "timm":
         return
     want = describe_encoder(spec_text)["preprocess"]
+    if want["channels"] != 3:
+        raise UserError(f"model.backbone {spec_text} takes {want['channels']}-channel images and stage 1 trains on "
+                        f"3-channel ones: use it frozen as the feature store's backbone (features.shared_backbone)")
     if [round(float(m), 6) for m in mean] != [round(float(m), 6) for m in want["mean"]] or \
             [round(float(s), 6) for s in std] != [round(float(s), 6) for s in want["std"]]:
         raise UserError(f"model.backbone {spec_text} was pretrained on images normalised with mean {want['mean']} "

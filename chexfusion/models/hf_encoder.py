@@ -7,7 +7,8 @@ tokens (class token, DINOv2 registers; SigLIP has none) are dropped. A full visi
 model (CLIP, SigLIP) contributes only its image tower (``vision_model``).
 
 Offline first: the folder is a local one or the model's snapshot in the Hugging Face cache,
-looked up with ``local_files_only`` (HF_HUB_OFFLINE or not, nothing is downloaded). Weights
+looked up with ``local_files_only``; it is downloaded only when the user allows the network
+(``--allow-network``, :mod:`chexfusion.hub`). Weights
 are read from ``*.safetensors`` only, never unpickled; no ``trust_remote_code``. Preprocessing
 (input size, mean / std) comes from the folder's ``preprocessor_config.json``; images are
 resized to the square input size (the crop size if the processor centre-crops).
@@ -31,12 +32,15 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 PREPROCESSOR_FILE = "preprocessor_config.json"
 # Files that make the model what it is; a stage-2 run folder copies these next to its fusion weights.
 MODEL_FILES = ("config.json", PREPROCESSOR_FILE, "*.safetensors", "model.safetensors.index.json")
+CONFIG_FILES = ("config.json", PREPROCESSOR_FILE)  # the architecture and its preprocessing, without weights
 
 
-def how_to_get(model_id: str) -> str:
+def how_to_get(model_id: str, family: str = "hf") -> str:
+    from ..hub import OPT_IN
+
     return (f"download it once with network access (hf download {model_id}; for a gated model such as "
             f"google/medsiglip-448 accept its licence on huggingface.co and run hf auth login first), "
-            f"or give its local folder as hf:/path/to/folder")
+            f"let this command download it with {OPT_IN}, or give its local folder as {family}:/path/to/folder")
 
 
 @contextmanager
@@ -73,22 +77,32 @@ def resolve_hf_folder(target: str) -> Path:
     elif os.path.isabs(target) or target.startswith((".", "~")) or target.count("/") > 1:
         raise UserError(f"hf:{target}: folder does not exist")
     else:
-        folder = _cached_snapshot(target)
+        folder = hub_snapshot(target, "hf")
     _check_folder(folder, target)
     return folder
 
 
-def _cached_snapshot(model_id: str) -> Path:
+def hub_snapshot(model_id: str, family: str) -> Path:
+    """The snapshot folder of ``model_id``: from the local cache, or downloaded when the user allowed the network."""
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
+    from ..hub import network_allowed
+
+    online = network_allowed()
     try:
-        return Path(snapshot_download(model_id, local_files_only=True))
+        return Path(snapshot_download(model_id, local_files_only=not online))
     except HFValidationError:
-        raise UserError(f"hf:{model_id} is neither an existing folder nor a valid Hugging Face model id") from None
-    except OSError:  # not in the cache; nothing goes online
-        raise UserError(f"hf:{model_id} is not a local folder and not in the Hugging Face cache "
-                        f"({constants.HF_HUB_CACHE}): {how_to_get(model_id)}") from None
+        raise UserError(f"{family}:{model_id} is neither an existing folder nor a valid Hugging Face "
+                        f"model id") from None
+    except LocalEntryNotFoundError:  # offline and not in the cache (or the network was allowed but unreachable)
+        where = "could not be downloaded and is not" if online else "is not a local folder and not"
+        raise UserError(f"{family}:{model_id} {where} in the Hugging Face cache ({constants.HF_HUB_CACHE}): "
+                        f"{how_to_get(model_id, family)}") from None
+    except Exception as exc:  # online: huggingface_hub raises many types (not found, gated, HTTP errors)
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(f"could not get {family}:{model_id} from the Hugging Face Hub: {type(exc).__name__}: "
+                        f"{first_line} (a gated model needs its licence accepted and hf auth login)") from None
 
 
 def _check_folder(folder: Path, target: str) -> None:
@@ -215,3 +229,18 @@ class HFEncoder(nn.Module):
     def feature_shape(self, image_size: int | tuple[int, int]) -> tuple[int, int, int]:
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         return self.num_features, size[0] // self.patch_size, size[1] // self.patch_size
+
+    def layer_ids(self) -> dict[str, int]:
+        """Depths for ``train.layer_decay``: embeddings, ``encoder.layer(s).i`` (DINOv2, CLIP, SigLIP), final norm
+        (and SigLIP's pooling head) last."""
+        from .layer_groups import layer_ids, vit_matcher
+
+        return layer_ids(self.tower, vit_matcher(r"^embeddings|^pre_layrnorm", r"^encoder\.layers?\.(\d+)",
+                                                 r"^layernorm|^post_layernorm"), "tower.")
+
+
+resolve_folder, describe_folder = resolve_hf_folder, describe_hf_folder
+
+
+def build(folder: Path, name: str, pretrained: bool = True, drop_path_rate: float = 0.0) -> HFEncoder:
+    return HFEncoder(folder, name=name, pretrained=pretrained, drop_path_rate=drop_path_rate)

@@ -1,9 +1,13 @@
 """An open_clip model's image tower (``open_clip:ID_OR_FOLDER``) as a map extractor: BiomedCLIP, CheXzero-style CLIPs.
 
 The folder is open_clip's ``local-dir:`` layout: ``open_clip_config.json`` (``model_cfg`` and
-``preprocess_cfg``) and the weights as ``*.safetensors``; a Hugging Face id (e.g.
+``preprocess_cfg``) and one weights file: ``*.safetensors``, or a PyTorch state dict (``*.pt`` /
+``*.pth`` / ``*.bin``, e.g. a CheXzero checkpoint as published, an OpenAI-CLIP ViT-B/32 state dict)
+read with ``weights_only=True`` and put through open_clip's ``load_checkpoint`` (its key conversions,
+position-embedding resizing, strict load). A file holding pickled objects is refused in one line
+(:mod:`chexfusion.models.state_dict_file`). A Hugging Face id (e.g.
 ``microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``) is looked up in the local Hugging
-Face cache only. A folder holding only pickled weights is refused (open_clip would unpickle them).
+Face cache, or downloaded when the user allows the network (:mod:`chexfusion.hub`).
 
 The map is the tower's last block as open_clip's ``forward_intermediates`` lays it out
 (``[B, C, h, w]``, prefix tokens dropped, final norm applied), which works for its own ViTs and
@@ -13,16 +17,20 @@ open_clip is an optional dependency (``pip install 'chexfusion[foundation]'``).
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .hf_encoder import PICKLE_SUFFIXES, how_to_get, weight_files, weights_sha256
+from .hf_encoder import hub_snapshot
+from .state_dict_file import PATTERNS, state_dict_file, state_dict_sha256
 
 CONFIG_FILE = "open_clip_config.json"
-MODEL_FILES = (CONFIG_FILE, "*.safetensors")
+MODEL_FILES = (CONFIG_FILE,) + PATTERNS
+CONFIG_FILES = (CONFIG_FILE,)
 
 
 def import_open_clip():
@@ -34,40 +42,46 @@ def import_open_clip():
     return open_clip
 
 
-def resolve_open_clip_folder(target: str) -> Path:
+def resolve_folder(target: str) -> Path:
     """The local ``local-dir:`` folder of ``target`` (a folder, or a model id in the Hugging Face cache)."""
     path = Path(target).expanduser()
     if path.is_dir():
         folder = path.resolve()
     elif path.exists() or path.is_absolute() or target.startswith((".", "~")) or target.count("/") != 1:
-        raise UserError(f"open_clip:{target}: not a model folder ({CONFIG_FILE} + *.safetensors) "
+        raise UserError(f"open_clip:{target}: not a model folder ({CONFIG_FILE} + its weights) "
                         f"nor a Hugging Face model id")
     else:
-        from huggingface_hub import constants, snapshot_download
-
-        try:
-            folder = Path(snapshot_download(target, local_files_only=True))
-        except Exception:  # not in the cache (or not an id): nothing goes online
-            raise UserError(f"open_clip:{target} is not a local folder and not in the Hugging Face cache "
-                            f"({constants.HF_HUB_CACHE}): {how_to_get(target)}") from None
+        folder = hub_snapshot(target, "open_clip")  # the local cache, or the Hub when the user allowed it
     if not (folder / CONFIG_FILE).is_file():
         raise UserError(f"open_clip:{target}: {folder} has no {CONFIG_FILE}")
-    if not weight_files(folder):
-        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        detail = f"only pickled weights ({pickled[0]}), which are never loaded" if pickled else "no weights"
-        raise UserError(f"open_clip:{target}: {folder} holds {detail}: save the state dict as "
-                        f"open_clip_model.safetensors")
+    state_dict_file(folder, f"open_clip:{target}")
     return folder
 
 
+@contextmanager
+def _warnings_of_random_init_off():
+    """open_clip logs warnings on the root logger when it builds a model without weights; not shown here."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def create_open_clip(folder: Path, pretrained: bool = True) -> nn.Module:
-    """The whole open_clip model of ``folder`` (weights from its safetensors file when ``pretrained``)."""
+    """The whole open_clip model of ``folder`` (weights from its state-dict file when ``pretrained``)."""
     open_clip = import_open_clip()
     try:
-        return open_clip.create_model(f"local-dir:{folder}", load_weights=pretrained, weights_only=True)
+        with _warnings_of_random_init_off():  # "no weights found, initialised randomly": the weights come next
+            model = open_clip.create_model(f"local-dir:{folder}", load_weights=False)
+        if pretrained:
+            open_clip.load_checkpoint(model, str(state_dict_file(folder, f"open_clip:{folder}")), strict=True,
+                                      weights_only=True)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"cannot load open_clip:{folder}: {first_line}") from None
+        detail = " ".join(line.strip() for line in str(exc).strip().splitlines()) or type(exc).__name__
+        raise UserError(f"cannot load open_clip:{folder}: {detail[:300]}") from None
+    return model
 
 
 def open_clip_preprocess(model: nn.Module, folder: Path) -> dict:
@@ -83,15 +97,16 @@ def open_clip_preprocess(model: nn.Module, folder: Path) -> dict:
             "std": std, "resize": "squash"}
 
 
-def describe_open_clip_folder(folder: Path) -> dict:
+def describe_folder(folder: Path) -> dict:
     """Weights hash, preprocessing and map shape (from the architecture, no weights read)."""
     model = create_open_clip(folder, pretrained=False)
     pre = open_clip_preprocess(model, folder)
-    return {"weights_sha256": weights_sha256(folder), "preprocess": pre,
+    return {"weights_sha256": state_dict_sha256(state_dict_file(folder, f"open_clip:{folder}")), "preprocess": pre,
             "feature_shape": list(OpenClipEncoder(model, str(folder)).feature_shape(pre["image_size"]))}
 
 
-def build_open_clip_encoder(folder: Path, name: str, pretrained: bool = True) -> "OpenClipEncoder":
+def build(folder: Path, name: str, pretrained: bool = True, drop_path_rate: float = 0.0) -> "OpenClipEncoder":
+    """``drop_path_rate`` is not applied: open_clip sets the tower's regularisation in its own config."""
     return OpenClipEncoder(create_open_clip(folder, pretrained), name, str(folder) if pretrained else None)
 
 
@@ -111,6 +126,17 @@ class OpenClipEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.visual.forward_intermediates(x, indices=1, intermediates_only=True, normalize_intermediates=True)
         return out["image_intermediates"][-1]
+
+    def layer_ids(self) -> dict[str, int]:
+        """Depths for ``train.layer_decay``: a timm trunk's own groups (BiomedCLIP), else open_clip's ViT (CheXzero):
+        patch embedding and class / position embeddings, ``transformer.resblocks.i``, ``ln_post`` / ``proj`` last."""
+        from .layer_groups import layer_ids, vit_matcher
+
+        trunk = getattr(self.visual, "trunk", None)
+        if trunk is not None and hasattr(trunk, "group_matcher"):
+            return layer_ids(trunk, trunk.group_matcher(coarse=False), "visual.trunk.")
+        return layer_ids(self.visual, vit_matcher(r"^conv1|^class_embedding|^positional_embedding|^ln_pre",
+                                                  r"^transformer\.resblocks\.(\d+)", r"^ln_post|^proj"), "visual.")
 
     def feature_shape(self, image_size: int | tuple[int, int]) -> tuple[int, int, int]:
         """``(C, h, w)`` from one forward pass of a blank image in eval mode (the tower's mode is kept)."""

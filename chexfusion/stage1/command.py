@@ -33,5 +33,9 @@ def train(cfg: Stage1Config) -> dict:
 
 
 def run(args) -> int:
-    train(load_config(Stage1Config, resolve_config_path(args.config, DEFAULT_CONFIG), args.overrides))
+    from ..hub import network_scope
+
+    cfg = load_config(Stage1Config, resolve_config_path(args.config, DEFAULT_CONFIG), args.overrides)
+    with network_scope(cfg.model.allow_network):
+        train(cfg)
     return 0

@@ -34,9 +34,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig(HeadKeys):
-    backbone: str = "convnext_atto"  # any timm model name
+    backbone: str = "convnext_atto"  # any timm model name, or an encoder spec (hf:, open_clip:; models/encoders.py)
     pretrained: bool = False
     checkpoint_path: str | None = None  # local weights for `pretrained` (nothing is downloaded)
+    allow_network: bool = False  # an hf: / open_clip: Hub id not in the local cache may be downloaded (chexfusion.hub)
     drop_path_rate: float = 0.0
     decoder_dim: int = 256
     decoder_dropout: float = 0.1

@@ -2,7 +2,9 @@
 
 A run folder (``chexfusion.run_folder``) is self-contained: ``load_stage1_run``
 needs nothing else, which is what the feature store, ``predict`` and the web
-demo rely on.
+demo rely on. A run of an ``hf:`` / ``open_clip:`` backbone keeps that encoder's
+architecture files under ``encoder/`` (its weights are in ``model.safetensors``
+with the head's), so it rebuilds after the encoder's own folder is gone.
 """
 
 from __future__ import annotations
@@ -16,20 +18,25 @@ from ..config import from_dict, read_yaml
 from ..data.images import Preprocess
 from ..io import file_sha256
 from ..models.backbone import create_backbone
+from ..models.encoders import build_architecture, copy_architecture
 from ..models.image_classifier import ImageClassifier
 from ..models.linear_head import LinearHead
-from ..run_folder import checked_weights, load_weights, read_run_info
+from ..run_folder import ENCODER_CONFIG, checked_weights, load_weights, read_run_info
 from ..run_folder import write_run_info as write_info
 from ..text.queries import build_with_queries, recorded_query_dim, restore_text_head
 from .config import Stage1Config
 
 
 def build_image_model(cfg: Stage1Config, num_classes: int, query_dim: int | None = None,
-                      pretrained: bool | None = None) -> ImageClassifier:
-    """``query_dim``: the text-embedding width when ``model.queries`` is text (the decoder then scores a matrix)."""
+                      pretrained: bool | None = None, encoder_folder: Path | None = None) -> ImageClassifier:
+    """``query_dim``: the text-embedding width when ``model.queries`` is text (the decoder then scores a matrix);
+    ``encoder_folder``: a run's copy of its encoder's architecture files (the weights then come from the run)."""
     m = cfg.model
-    backbone = create_backbone(m.backbone, pretrained=m.pretrained if pretrained is None else pretrained,
-                               checkpoint_path=m.checkpoint_path, drop_path_rate=m.drop_path_rate)
+    if encoder_folder is not None:
+        backbone = build_architecture(m.backbone, encoder_folder, m.drop_path_rate)
+    else:
+        backbone = create_backbone(m.backbone, pretrained=m.pretrained if pretrained is None else pretrained,
+                                   checkpoint_path=m.checkpoint_path, drop_path_rate=m.drop_path_rate)
     head = None
     if m.head == "csra":
         from ..models.csra import CSRAHead
@@ -62,6 +69,9 @@ def write_run_info(run_dir: Path, cfg: Stage1Config, classes, prevalence, pre: P
         "weights_sha256": file_sha256(Path(run_dir) / "model.safetensors"),
         "text_queries": text_queries,
     }
+    # an hf: / open_clip: backbone: its architecture files travel with the run (the weights are in the run's file)
+    if copy_architecture(cfg.model.backbone, Path(run_dir) / ENCODER_CONFIG):
+        info["encoder_config"] = ENCODER_CONFIG
     write_info(run_dir, info)
 
 
@@ -101,8 +111,9 @@ def load_stage1_run(run_dir: str | Path, map_location: str = "cpu") -> Stage1Run
     run_dir = Path(run_dir)
     info = read_run_info(run_dir, "stage1")
     cfg = from_dict(Stage1Config, read_yaml(run_dir / "config.yaml"))
+    encoder_folder = run_dir / info["encoder_config"] if info.get("encoder_config") else None
     model = build_image_model(cfg, num_classes=len(info["classes"]), pretrained=False,
-                              query_dim=recorded_query_dim(info))
+                              query_dim=recorded_query_dim(info), encoder_folder=encoder_folder)
     restore_text_head(model, info)
     load_weights(model, checked_weights(run_dir, info))
     return Stage1Run(run_dir, cfg, info, model.eval().to(map_location))

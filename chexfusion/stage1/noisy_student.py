@@ -45,6 +45,7 @@ from ..data.external import known_classes, read_external
 from ..data.image_dataset import ImageDataset
 from ..errors import UserError
 from ..io import atomic_path, atomic_write_json
+from ..run_folder import copy_encoder_config
 from ..training import HEADLINE
 from .config import ExternalSetConfig, NoisyStudentConfig, Stage1Config
 from .model import load_stage1_run
@@ -318,6 +319,7 @@ def _publish_final(top: Path, final: Path, report: dict, name: str) -> dict:
     for filename in FINAL_FILES:
         with atomic_path(top / filename) as tmp:
             shutil.copyfile(final / filename, tmp)
+    copy_encoder_config(final, top)  # before run.json's rewrite below, which may name it
     info = json.loads((top / "run.json").read_text())
     info.update({"name": name, "noisy_student_round": final.name})
     atomic_write_json(top / "run.json", info)

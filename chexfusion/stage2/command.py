@@ -14,9 +14,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from ..hub import network_scope
     from .config import Stage2Config
     from .train import train_stage2
 
     cfg = load_config(Stage2Config, resolve_config_path(args.config, DEFAULT_CONFIG), args.overrides)
-    train_stage2(cfg)
+    with network_scope(cfg.features.allow_network):
+        train_stage2(cfg)
     return 0

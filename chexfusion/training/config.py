@@ -18,6 +18,7 @@ class OptimConfig:
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.05
+    layer_decay: float = 1.0  # stage 1: backbone block i of L learns at lr * layer_decay ** (L - i) (BEiT); 1.0 = off
     warmup_epochs: float = 0.5
     min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
     grad_accum: int = 1
@@ -45,6 +46,8 @@ class OptimConfig:
                 raise UserError(f"config key 'train.{key}' must be at least {low}, got {getattr(self, key)}")
         if not self.lr > 0:
             raise UserError(f"config key 'train.lr' must be above 0, got {self.lr}")
+        if not 0 < self.layer_decay <= 1:
+            raise UserError(f"config key 'train.layer_decay' must be in (0, 1], got {self.layer_decay}")
         for key, value in (("min_lr_ratio", self.min_lr_ratio), ("ema_decay", self.ema_decay)):
             if not 0 <= value < 1 + (key == "min_lr_ratio"):
                 raise UserError(f"config key 'train.{key}' must be in [0, 1{']' if key == 'min_lr_ratio' else ')'}, "

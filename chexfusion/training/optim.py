@@ -24,25 +24,43 @@ def no_weight_decay_names(model: torch.nn.Module) -> set[str]:
     return names
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, lr: float, text_map_lr_scale: float = 1.0) -> list[dict]:
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float, text_map_lr_scale: float = 1.0,
+                 layer_decay: float = 1.0) -> list[dict]:
     """AdamW groups: no weight decay on biases and norms (1-D tensors) and on what the modules exempt
     (:func:`no_weight_decay_names`); the maps a text-query decoder shares between all classes (its
     ``text_map_parameters()``) learn at ``lr * text_map_lr_scale``. The first group is the decayed weights at
-    ``lr``."""
+    ``lr``. ``layer_decay`` < 1 (BEiT's layer-wise decay, :func:`layer_scales`) also splits them by backbone
+    depth; 1.0 gives exactly the groups above."""
     exempt = no_weight_decay_names(model)
     text_maps = {id(p) for m in model.modules() if hasattr(m, "text_map_parameters") for p in m.text_map_parameters()}
-    groups: dict[tuple[bool, bool], list] = {(True, False): [], (False, False): [], (True, True): [], (False, True): []}
+    scales = layer_scales(model, layer_decay) if layer_decay != 1.0 else {}
+    groups: dict[tuple[bool, bool, float], list] = {(True, False, 1.0): [], (False, False, 1.0): [],
+                                                    (True, True, 1.0): [], (False, True, 1.0): []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         decayed = not (p.ndim <= 1 or name in exempt)
-        groups[(decayed, id(p) in text_maps)].append(p)
+        groups.setdefault((decayed, id(p) in text_maps, scales.get(id(p), 1.0)), []).append(p)
     return [
         {"params": params, "weight_decay": weight_decay if decayed else 0.0,
-         "lr": lr * text_map_lr_scale if text_map else lr}
-        for (decayed, text_map), params in groups.items()
-        if params or not text_map
+         "lr": lr * scale * (text_map_lr_scale if text_map else 1.0)}
+        for (decayed, text_map, scale), params in groups.items()
+        if params or (not text_map and scale == 1.0)
     ]
+
+
+def layer_scales(model: torch.nn.Module, layer_decay: float) -> dict[int, float]:
+    """``{id(parameter): lr scale}`` of the backbone's parameters: depth d of L groups (the encoder's
+    ``layer_ids()``, :mod:`chexfusion.models.layer_groups`) learns at ``layer_decay ** (L - d)``, as timm's
+    ``param_groups_layer_decay`` with the head one group above the backbone (at ``lr``)."""
+    backbone = next((m for m in model.modules() if hasattr(m, "layer_ids")), None)
+    if backbone is None:
+        raise UserError("train.layer_decay applies to a stage-1 backbone (its blocks learn slower the nearer the "
+                        "input); this model has none: set train.layer_decay=1.0")
+    depths = backbone.layer_ids()
+    top = max(depths.values()) + 1
+    parameters = dict(backbone.named_parameters())
+    return {id(parameters[name]): layer_decay ** (top - depth) for name, depth in depths.items() if name in parameters}
 
 
 def cosine_schedule(optimizer, total_steps: int, warmup_steps: int, min_lr_ratio: float, calls_per_step: int = 1):
@@ -107,7 +125,7 @@ def prepare_training(accelerator, stage_cfg, model, loaders: tuple, run_dir: Pat
     cfg = stage_cfg.train
     train_loader, val_loader = loaders
     model = apply_model_fast_paths(model, cfg)  # before EMA copies it and accelerate wraps it
-    groups = param_groups(model, cfg.weight_decay, cfg.lr, stage_cfg.model.text.map_lr_scale)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, stage_cfg.model.text.map_lr_scale, cfg.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     steps_per_epoch = len(train_loader) // (cfg.grad_accum * accelerator.num_processes)
     if cfg.max_steps_per_epoch:

@@ -89,7 +89,7 @@ class OpenClipVisionLanguageModel:
     def __init__(self, spec_text: str, device: str = "cpu"):
         from ..models import open_clip_encoder as oc
 
-        self.folder = oc.resolve_open_clip_folder(parse_encoder_spec(spec_text).target)
+        self.folder = oc.resolve_folder(parse_encoder_spec(spec_text).target)
         self.device = torch.device(device)
         model = oc.create_open_clip(self.folder, pretrained=True)
         self.model = model.eval().requires_grad_(False).to(self.device)
