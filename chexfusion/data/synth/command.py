@@ -3,7 +3,8 @@
 Order of work: draw the cohort, write ``synth_meta.json``, render the images
 and the masks of where each finding was drawn (in a process pool; every image
 has its own seeds, so the bytes do not depend on the number of workers), write
-the NIH CSV and each split's ``<split>_regions.csv`` (:mod:`.regions`), and write the three CXR-LT
+the NIH CSV, each split's ``<split>_regions.csv`` (:mod:`.regions`) and one free-text
+report per study (``reports.csv``, ``text/reports.py``), and write the three CXR-LT
 CSVs last, so a dataset with CSVs is a complete one. Re-running into a folder that
 holds an earlier synthetic dataset replaces it; any other non-empty folder is
 refused rather than mixed with.
@@ -28,6 +29,7 @@ from ...errors import UserError
 from ...io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ...progress import tqdm
 from ..classes import LABEL_SETS
+from ..reports import REPORTS_CSV
 from . import GENERATOR_VERSION, cxr_lt_2026
 from .cohort import MEANINGS, MIN_STUDIES, SPLITS, Cohort, build_cohort
 from .external import NIH_LABELS, build_external, nih_csv
@@ -82,6 +84,7 @@ def run(args) -> int:
     split_of = {cohort.dicom_id[i]: int(cohort.study_split[s]) for i, s in enumerate(cohort.image_study)}
     for k, split in enumerate(SPLITS):
         atomic_write_text(out / regions_csv_name(split), regions_csv([r for r in regions if split_of[r[0]] == k]))
+    atomic_write_text(out / REPORTS_CSV, reports_csv(cohort, args.seed))
     for k, split in enumerate(SPLITS):
         atomic_write_text(out / f"{split}.csv", split_csv(cohort, k))
     elapsed = time.monotonic() - started
@@ -248,6 +251,21 @@ def split_csv(cohort: Cohort, split: int) -> str:
         code = cohort.image_code[i]
         writer.writerow([cohort.dicom_id[i], int(cohort.subject_id[cohort.study_patient[s]]), int(cohort.study_id[s]),
                          code, MEANINGS.get(code, ""), cohort.fpath(i), *cohort.written[s].tolist()])
+    return out.getvalue()
+
+
+def reports_csv(cohort: Cohort, seed: int) -> str:
+    """One free-text report per study from its CSV labels (``text/reports.py``), every split."""
+    from ...text.reports import report_rng, study_report
+
+    classes = list(cohort.model.classes)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["study_id", "report"])
+    for s, study in enumerate(cohort.study_id):
+        positive = [classes[k] for k in np.flatnonzero(cohort.written[s] == 1)]
+        writer.writerow([int(study), study_report(positive, classes, cohort.model.normal_class,
+                                                  report_rng(seed, int(study)))])
     return out.getvalue()
 
 
