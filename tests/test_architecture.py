@@ -18,7 +18,7 @@ LAYERS = {
     "model_card": 0, "hub": 0, "predictions": 0,
     "data": 1,
     "metrics": 2, "long_tail_losses": 2, "sampling": 2, "decision_metrics": 2, "resampling": 2, "delong": 2,
-    "paired_bootstrap": 2, "calibration": 2, "report": 2, "text": 2, "models": 2, "losses": 2,
+    "paired_bootstrap": 2, "student_t_mixture": 2, "calibration": 2, "report": 2, "text": 2, "models": 2, "losses": 2,
     "training": 3,
     "stage1": 4,
     "feature_store": 5,
