@@ -188,7 +188,9 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
         f"{summary_line(results['validation'])}")
     if "test" in results:
         log(f"stage 1 test       ({cfg.name}): {summary_line(results['test'])}")
-    if state.skipped_images or results["validation"]["skipped_images"]:
-        log(f"skipped unreadable images: {state.skipped_images} in training, "
-            f"{results['validation']['skipped_images']} in validation")
+    skipped = {"training": state.skipped_images, **{split: results[split]["skipped_images"]
+                                                     for split in ("validation", "test") if split in results}}
+    if any(skipped.values()):
+        log("skipped unreadable images (left out of training and metrics): "
+            + ", ".join(f"{count} in {split}" for split, count in skipped.items()))
     return results
