@@ -29,9 +29,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; a result file should be as readable as any other
     try:
         yield tmp_path
+        # mkstemp makes 0600, and a writer that replaces the file (safetensors does) makes its own: every result
+        # gets the mode any other file gets, set on what was actually written
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

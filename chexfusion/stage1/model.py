@@ -14,7 +14,6 @@ import numpy as np
 
 from ..config import from_dict, read_yaml
 from ..data.images import Preprocess
-from ..io import file_sha256
 from ..models.backbone import create_backbone
 from ..models.image_classifier import ImageClassifier
 from ..run_folder import checked_weights, load_weights, read_run_info
@@ -55,8 +54,7 @@ def write_run_info(run_dir: Path, cfg: Stage1Config, classes, prevalence, pre: P
         "backbone": cfg.model.backbone,
         "views": cfg.data.views,
         "feature_shape": list(model.backbone.feature_shape(pre.image_size)),
-        "weights": "model.safetensors",
-        "weights_sha256": file_sha256(Path(run_dir) / "model.safetensors"),
+        "weights": "model.safetensors",  # its sha256 is added by run_folder.write_run_info
         "text_queries": text_queries,
     }
     write_info(run_dir, info)
