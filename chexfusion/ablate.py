@@ -30,7 +30,7 @@ import numpy as np
 
 from .config import load_config
 from .errors import UserError
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text, check_output_folder
 
 ROWS = (("stage 1, max over images (shared backbone)", "baseline"), ("stage 2, shared backbone", "shared"),
         ("stage 2, per-view backbones", "per_view"))
@@ -74,6 +74,7 @@ def run(args) -> int:
     from .stage2.train import train_stage2
 
     losses = check_losses(args.losses)
+    check_output_folder(args.out)
     for config in (args.stage1_config, args.frontal_config, args.lateral_config):
         train_stage1(load_config(Stage1Config, config, args.overrides))
     shared_cfg, per_view_cfg = (load_config(Stage2Config, c, args.overrides)

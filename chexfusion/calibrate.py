@@ -74,6 +74,9 @@ def run(args) -> int:
         report = {k: v for k, v in json.loads(stored.read_text()).items() if k in ("validation", "test")}
         print(f"{args.model} is calibrated already ({stored}; --refit to fit again)")
     else:
+        from .io import check_output_folder
+
+        check_output_folder(args.model, "--model")  # calibration.json is written into the run folder
         report = calibrate_run(args.model, args.csv, args.image_root, args.test_csv, args.batch_size)
     for split, r in report.items():
         print(f"calibrated {args.model} ({split}): mECE {r['mECE_raw']:.3f} -> {r['mECE_calibrated']:.3f}  "

@@ -29,7 +29,7 @@ from .data.classes import prevalence_group
 from .delong import delong_test, mean_auc_test
 from .errors import UserError
 from .evaluate import UNCERTAIN_POLICIES, load_evaluation, training_prevalence
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text, check_output_folder
 from .metrics import class_prevalence, json_safe
 from .paired_bootstrap import (
     MAP_KEYS,
@@ -128,6 +128,8 @@ def run(args) -> int:
         raise UserError("--pred: give at least two predictions files to compare")
     if args.bootstrap < 1:
         raise UserError(f"--bootstrap must be >= 1, got {args.bootstrap}")
+    if args.out:
+        check_output_folder(args.out)
     names = model_names(args.pred, args.names)
     policy = LabelPolicy(uncertain=args.label_policy_uncertain)
     requested = None

@@ -63,7 +63,9 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}): not a YAML config") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -171,6 +173,19 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     if callable(validate):
         validate()
     return cfg
+
+
+def check_ranges(section: str, cfg: Any, at_least: dict[str, int], fractions: tuple[str, ...] = ()) -> None:
+    """Refuse a key of ``cfg`` (config section ``section``) out of its range, naming key, value and range:
+    ``at_least`` maps keys to their lowest value (None allowed where the key's default is None); ``fractions``
+    must lie in [0, 1)."""
+    for key, low in at_least.items():
+        value = getattr(cfg, key)
+        if value is not None and value < low:
+            raise UserError(f"config key '{section}.{key}' must be at least {low}, got {value}")
+    for key in fractions:
+        if not 0 <= getattr(cfg, key) < 1:
+            raise UserError(f"config key '{section}.{key}' must be in [0, 1), got {getattr(cfg, key)}")
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

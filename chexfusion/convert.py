@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
-from .io import atomic_write_text
+from .io import atomic_write_text, check_output_file
 
 FORMATS = ("cxr-lt-2026",)
 OUT_COLUMNS = ("dicom_id", "subject_id", "study_id", "ViewPosition", "fpath")
@@ -75,6 +75,7 @@ def run(args) -> int:
 
     if not args.image_root.is_dir():
         raise UserError(f"--image-root is not a folder: {args.image_root}")
+    check_output_file(args.out)
     conversion = join_challenge_csv(args.labels, args.padchest_metadata, args.removal, args.allow_unmatched)
     atomic_write_text(args.out, table_csv(conversion.table))
     absent = missing_images(conversion.table, args.image_root)

@@ -27,7 +27,7 @@ import pandas as pd
 
 from .decision_metrics import DECISION_KEYS, choose_f1_thresholds, decision_metrics
 from .errors import UserError
-from .io import atomic_write_json
+from .io import atomic_write_json, check_output_folder
 from .metrics import bootstrap_intervals, compute_metrics, json_safe
 from .predictions import read_predictions
 from .submission import EVALUATION_TASKS as TASKS
@@ -223,6 +223,8 @@ def run(args) -> int:
     policy = LabelPolicy(uncertain=args.label_policy_uncertain)
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.out:
+        check_output_folder(args.out)
     if args.task:
         if args.classes:
             raise UserError("--classes does not go with --task: a task scores its own classes")
@@ -293,8 +295,6 @@ def _write_outputs(out: Path, metrics: dict, evaluation: Evaluation, pr_classes,
     """metrics.json, per_class.csv, the plots and the report in ``out``; returns the line that says so."""
     from .report import default_pr_classes, write_report
 
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
     chosen = pr_classes if pr_classes is not None else default_pr_classes(metrics)
     atomic_write_json(out / "metrics.json", json_safe(metrics))
     paths = write_report(out, metrics, evaluation, chosen, {k: v for k, v in sources.items() if v is not None}, notes)

@@ -24,13 +24,14 @@ def export_run(model_path, out) -> Path:
     from .errors import UserError
     from .hub import resolve_run
     from .inference import load_run
+    from .io import check_output_folder
     from .model_card import write_model_card
     from .run_folder import copy_encoder_config
 
-    source, out = resolve_run(model_path), Path(out)
+    source, out = resolve_run(model_path), check_output_folder(out)
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out {out} is not an empty folder")
     load_run(source)  # refuses a damaged or foreign folder before anything is written
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"--out {out} exists and is not an empty folder")
     tmp = out.with_name(out.name + ".tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash never leaves a half-written file under its final name."""
+"""Atomic file writes (a crash never leaves a half-written file under its final name), and the check every
+writing command makes of its output path before it starts work."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from .errors import UserError
 
 
 def _umask() -> int:
@@ -27,9 +30,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; a result file should be as readable as any other
     try:
         yield tmp_path
+        # mkstemp makes 0600, and a writer that replaces the file (safetensors does) makes its own: every result
+        # gets the mode any other file gets, set on what was actually written
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -49,6 +54,40 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def check_output_file(path: str | Path, option: str = "--out") -> Path:
+    """Refuse, before any work, a file path that the command could not write at the end.
+
+    An existing folder where a file is expected, a path under a file, and a folder the user cannot write into
+    are each one line naming ``option`` and the path, so an hour of inference is not lost to a typo at the
+    last step. The folders up to the file are created by the write itself, so they need not exist yet.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is a folder; give the name of the file to write")
+    _check_creatable(path.parent, path, option)
+    return path
+
+
+def check_output_folder(path: str | Path, option: str = "--out") -> Path:
+    """As :func:`check_output_file`, for a folder a command writes its files into (created if absent)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path}: exists and is not a folder")
+    _check_creatable(path, path, option)
+    return path
+
+
+def _check_creatable(folder: Path, target: Path, option: str) -> None:
+    """The nearest existing folder at or above ``folder`` must be a folder the user may write into."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{option} {target}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {target}: cannot write into the folder {existing} (permission denied)")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -66,9 +66,11 @@ def run(args) -> int:
     from .api import load
     from .data.cxr_lt import read_cxr_lt
     from .inference import TableOptions
+    from .io import check_output_file
     from .predictions import write_predictions
     from .submission import submission_classes, write_submission
 
+    check_output_file(args.out)
     names = requested_classes(args)
     model = load(args.model, args.device, calibrated=not args.uncalibrated)
     task = submission_task(args)

@@ -8,6 +8,15 @@ here, so a damaged or foreign folder is refused the same way, with one line
 naming the file and key, before any model is built from it. Weights are
 safetensors only: nothing is ever unpickled.
 
+What decides what the weights compute (the classes and their order, the
+preprocessing, the backbone and its view, the stage-2 routing, the config's
+``model`` section that builds the head) is also written into the weights file
+itself, as safetensors metadata, when the run is finished (``write_run_info``):
+so ``weights_sha256`` covers it, and a ``run.json`` edited afterwards (classes
+reordered: every column silently swapped) is refused on load naming the field.
+Runs saved before this have no such metadata; they load as before, checked by
+the hash alone.
+
 Building a model from a folder is the stages' business (``stage1.model``,
 ``stage2.model``); ``chexfusion.inference.load_run`` picks by kind.
 """
@@ -19,6 +28,8 @@ from pathlib import Path
 
 from .errors import UserError
 from .io import atomic_path, atomic_write_json, file_sha256
+
+METADATA_KEY = "chexfusion.run"  # one key holding a JSON object: safetensors writes a map's keys in no fixed order
 
 RUN_INFO = "run.json"
 WEIGHTS = "model.safetensors"
@@ -78,11 +89,100 @@ def _read_info(run_dir: Path, kind: str | None = None) -> dict:
     return info
 
 
+# run.json fields (by kind) that change what the weights compute; the weights file records them (see above).
+# ``text_queries`` is not among them: it is checked against the text encoder's own files when the head is rebuilt.
+WEIGHT_DEFINING = {
+    "stage1": ("classes", "preprocess", "backbone", "views", "feature_shape"),
+    "stage2": ("classes", "preprocess", "routing", "unknown_view", "backbones", "feature_shape", "feature_dtype",
+               "pool", "max_images"),
+}
+
+
+# config.yaml ``model`` keys that change how the weights were trained, not what they compute
+TRAINING_ONLY_MODEL_KEYS = {"pretrained", "checkpoint_path", "drop_path_rate", "decoder_dropout", "dropout",
+                            "map_lr_scale"}
+
+
 def write_run_info(run_dir: str | Path, info: dict) -> None:
-    """Write ``run.json`` last: its presence marks a finished run."""
+    """Record what defines the weights inside ``info["weights"]``, then write ``run.json`` (with the weights'
+    hash) last: its presence marks a finished run. An ensemble has no weights of its own (its members do)."""
     if info.get("kind") not in KINDS:
         raise ValueError(f"run info needs a kind in {KINDS}")
-    atomic_write_json(Path(run_dir) / RUN_INFO, info)
+    run_dir = Path(run_dir)
+    if info["kind"] not in WEIGHT_DEFINING:
+        atomic_write_json(run_dir / RUN_INFO, info)
+        return
+    weights = run_dir / info["weights"]
+    _rewrite_with_metadata(weights, _defining_record(run_dir, info))
+    atomic_write_json(run_dir / RUN_INFO, {**info, "weights_sha256": file_sha256(weights)})
+
+
+def _defining_record(run_dir: Path, info: dict) -> dict:
+    """The fields of ``info`` (and the config's ``model`` section) that decide what the weights compute."""
+    from .config import read_yaml
+
+    record = {key: _comparable(key, info.get(key)) for key in WEIGHT_DEFINING[info["kind"]]}
+    if (run_dir / "config.yaml").is_file():
+        record["model"] = _model_section(read_yaml(run_dir / "config.yaml").get("model"))
+    return json.loads(json.dumps(record))  # as it reads back from JSON (tuples are lists)
+
+
+def _model_section(model):
+    """config.yaml's ``model`` section (what builds the network) less what acts only while training: a
+    noisy-student run's folder holds its teacher's config and its last student's weights."""
+    if not isinstance(model, dict):
+        return model
+    kept = {k: v for k, v in model.items() if k not in TRAINING_ONLY_MODEL_KEYS}
+    if isinstance(kept.get("text"), dict):
+        kept["text"] = {k: v for k, v in kept["text"].items() if k not in TRAINING_ONLY_MODEL_KEYS}
+    return kept
+
+
+def _comparable(key: str, value):
+    """A stage-2 run's backbones are recorded by what they compute (weights hash, encoder), not by where their
+    copy came from."""
+    if key == "backbones" and isinstance(value, dict):
+        return {slot: {k: v for k, v in entry.items() if k in ("encoder", "weights_sha256")}
+                for slot, entry in value.items() if isinstance(entry, dict)}
+    return value
+
+
+def _rewrite_with_metadata(path: Path, record: dict) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(record, sort_keys=True)})
+
+
+def check_weights_record(run_dir: Path, info: dict, weights: Path) -> None:
+    """Refuse a run.json (or config.yaml) that disagrees with what its weights file records, naming the field;
+    a weights file without the record (a run saved before it existed) passes."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            stored = (handle.metadata() or {}).get(METADATA_KEY)
+    except Exception as exc:  # safetensors raises its own error type for a damaged header
+        raise UserError(f"{weights} is not a readable safetensors file ({exc})") from None
+    if stored is None:
+        return
+    recorded, current = json.loads(stored), _defining_record(run_dir, info)
+    for key, value in recorded.items():
+        if current.get(key) != value:
+            where = run_dir / ("config.yaml" if key == "model" else RUN_INFO)
+            raise UserError(f"{where}: '{_first_difference(key, value, current.get(key))}' is not what "
+                            f"{weights.name} was trained with (the weights file records it): the run folder was "
+                            "edited; copy the run again or retrain it")
+
+
+def _first_difference(key: str, recorded, current) -> str:
+    """The dotted key of the first value that differs between two JSON values (``key`` itself for a leaf)."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        for name in sorted(set(recorded) | set(current)):
+            if recorded.get(name) != current.get(name):
+                return _first_difference(f"{key}.{name}", recorded.get(name), current.get(name))
+    return key
 
 
 # A stage-1 run of an hf: / open_clip: backbone keeps the encoder's architecture files here (its weights are in
@@ -110,6 +210,7 @@ def checked_weights(run_dir: str | Path, info: dict) -> Path:
         raise UserError(f"weights file not found: {weights}")
     if file_sha256(weights) != info["weights_sha256"]:
         raise UserError(f"{weights} does not match the hash in {run_dir / RUN_INFO}: the run folder was modified")
+    check_weights_record(run_dir, info, weights)
     return weights
 
 

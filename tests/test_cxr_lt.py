@@ -185,9 +185,10 @@ def test_line_numbers_count_blank_lines_and_multiline_fields(tmp_path):
     assert len(table) == 2 and table.lines.tolist() == [2, 6]
 
 
-def test_header_only_csv_is_an_empty_table(tmp_path):
-    table = read_cxr_lt(write(tmp_path, HEADER + ",Edema\n"))
-    assert len(table) == 0 and table.classes == ["Edema"] and table.raw_labels.shape == (0, 1)
+def test_header_only_csv_is_refused(tmp_path):
+    """Nothing to train on or predict: a truncated export, not a result of 0 rows (predict wrote "0 predictions")."""
+    with pytest.raises(UserError, match="a header and no rows"):
+        read_cxr_lt(write(tmp_path, HEADER + ",Edema\n"))
 
 
 @pytest.mark.parametrize("header, message", [

@@ -1,6 +1,7 @@
 import io
 import json
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -217,8 +218,17 @@ def png_header_only(width, height):
 def test_images_above_max_pixels_are_refused_before_decoding():
     with pytest.raises(ImageError, match="100 x 100 = 10000 pixels is above the limit of 9999"):
         read_image_bytes(png_header_only(100, 100), 16, max_pixels=9999)
-    with pytest.raises(ImageError, match="pixels is above the limit|decompression bomb"):
+    with pytest.raises(ImageError, match="pixels is above the limit"):
         read_image_bytes(png_header_only(60000, 60000), 16)
+
+
+@pytest.mark.parametrize("side", [12000, 16000])  # above PIL's own warning level, and above its error level
+def test_the_projects_pixel_limit_speaks_before_pil_warns(side):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a DecompressionBombWarning would fail the test
+        with pytest.raises(ImageError, match=f"{side} x {side} = {side * side} pixels is above the limit of "
+                                             f"{images.MAX_IMAGE_PIXELS}"):
+            read_image_bytes(png_header_only(side, side), 16)
 
 
 def test_a_real_image_under_the_limit_reads():
@@ -229,42 +239,59 @@ def test_a_real_image_under_the_limit_reads():
 # ------------------------------------------------------------------ DICOM
 
 
-def test_dicom_monochrome2_scaled_by_min_max():
-    gray = read_image_bytes(dicom(RAMP), 16)
-    np.testing.assert_allclose(gray[0], np.linspace(0, 1, 16), atol=1e-3)
+def mimic_cxr_jpg_reference(values, monochrome1=False):
+    """The recipe of MIMIC-CXR-JPG's JPEGs (arXiv 1901.07042), step by step: bit depth normalised to 8 bits
+    (min/max to [0, 255], truncated), MONOCHROME1 inverted, then histogram equalisation as OpenCV's
+    equalizeHist computes it (the first occupied level goes to 0, each later level to its share of the rest
+    of the pixels, rounded)."""
+    values = values.astype(np.float64)
+    eight_bit = np.floor((values - values.min()) / (values.max() - values.min()) * 255).astype(np.uint8)
+    if monochrome1:
+        eight_bit = 255 - eight_bit
+    counts = [int((eight_bit == level).sum()) for level in range(256)]
+    first = next(level for level in range(256) if counts[level])
+    rest = eight_bit.size - counts[first]
+    table, below = [0] * 256, 0
+    for level in range(first + 1, 256):
+        below += counts[level]
+        table[level] = int(np.rint(below * 255.0 / rest))
+    return np.array(table, dtype=np.uint8)[eight_bit]
 
 
-def test_dicom_monochrome1_is_inverted():
-    gray = read_image_bytes(dicom(RAMP, photometric="MONOCHROME1"), 16)
-    np.testing.assert_allclose(gray[0], np.linspace(1, 0, 16), atol=1e-3)
+def radiograph_12bit(seed=0, shape=(48, 40)):
+    """A smooth 12-bit picture with noise and a bright band (more levels than 8 bits hold, unevenly used)."""
+    rng = np.random.default_rng(seed)
+    rows = np.linspace(0, 1, shape[0])[:, None] ** 2 * np.ones(shape)
+    picture = 600 + 2500 * rows + rng.normal(0, 60, shape)
+    picture[:, 10:14] = 3900
+    return np.clip(picture, 0, 4095).round()
 
 
-def test_dicom_window_is_applied():
-    gray = read_image_bytes(dicom(RAMP, WindowCenter=2000, WindowWidth=1000), 16)[0]
-    values = RAMP[0]
-    assert np.all(gray[values <= 1500] == 0) and np.all(gray[values >= 2500] == 1)
-    inside = (values > 1600) & (values < 2400)
-    np.testing.assert_allclose(gray[inside], (values[inside] - 1500) / 1000, atol=0.01)
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_dicom_is_read_as_mimic_cxr_jpg_made_its_jpegs(photometric):
+    """The DICOM and the (losslessly saved) JPEG-to-be that the recipe makes of it give the model the same input."""
+    stored = radiograph_12bit()
+    reference = mimic_cxr_jpg_reference(stored, photometric == "MONOCHROME1")
+    np.testing.assert_array_equal(images.dicom_as_jpeg_pixels(stored, photometric == "MONOCHROME1"), reference)
+    from_dicom = read_image_bytes(dicom(stored, photometric=photometric), 32)
+    from_png = read_image_bytes(save(Image.fromarray(reference), "PNG"), 32)
+    np.testing.assert_array_equal(from_dicom, from_png)
+    assert 0.4 < (reference < 128).mean() < 0.6  # equalised: half the pixels on each side of mid-grey
 
 
-def test_dicom_rescale_then_window_then_monochrome1_inversion():
-    # stored 0..4000 -> modality values -1000..7000; window 1000..5000 in modality units
-    data = dicom(RAMP, photometric="MONOCHROME1", RescaleSlope=2, RescaleIntercept=-1000,
-                 WindowCenter=3000, WindowWidth=4000)
-    gray = read_image_bytes(data, 16)[0]
-    modality = RAMP[0] * 2 - 1000
-    expected = 1 - np.clip((modality - 1000) / 4000, 0, 1)
-    np.testing.assert_allclose(gray, expected, atol=0.01)
+def test_dicom_rescale_is_applied_and_window_attributes_are_not():
+    """A negative rescale slope inverts the values; a window is a display setting the recipe does not use."""
+    stored = radiograph_12bit(1)
+    plain = read_image_bytes(dicom(stored), 16)
+    windowed = read_image_bytes(dicom(stored, WindowCenter=2000, WindowWidth=500), 16)
+    np.testing.assert_array_equal(plain, windowed)
+    inverted = read_image_bytes(dicom(stored, RescaleSlope=-1, RescaleIntercept=4095), 16)
+    expected = read_image_bytes(save(Image.fromarray(mimic_cxr_jpg_reference(4095 - stored)), "PNG"), 16)
+    np.testing.assert_array_equal(inverted, expected)
 
 
-def test_dicom_voi_lut_sequence_is_applied():
-    from pydicom.dataset import Dataset
-
-    lut = Dataset()
-    lut.LUTDescriptor = [4096, 0, 16]
-    lut.add_new(0x00283006, "US", [0 if v < 2048 else 65535 for v in range(4096)])  # LUTData: threshold at 2048
-    gray = read_image_bytes(dicom(RAMP, VOILUTSequence=[lut]), 16)[0]
-    assert np.all(gray[RAMP[0] < 2048] == 0) and np.all(gray[RAMP[0] >= 2048] == 1)
+def test_a_flat_dicom_stays_black_not_an_error():
+    assert not read_image_bytes(dicom(np.full((8, 8), 1000)), 8).any()
 
 
 def test_dicom_too_many_pixels_is_refused_before_decoding():

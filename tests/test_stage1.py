@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pipeline
 import pytest
@@ -107,3 +108,25 @@ def test_two_processes_with_accelerate_launch(tiny_data, tmp_path, repo_root):
     n_val = len(read_cxr_lt(tiny_data / "development.csv"))
     assert metrics["validation"]["n_images"] == n_val
     assert run.classes == metrics["classes"]
+
+
+def test_unreadable_images_are_skipped_and_counted_with_skip_bad_images(tiny_data, tmp_path, repo_root,
+                                                                         monkeypatch, run_cli):
+    """data.skip_bad_images=true: stage 1 trains past broken files and says how many it left out of each split."""
+    monkeypatch.chdir(repo_root)
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    train, val = read_cxr_lt(data / "train.csv"), read_cxr_lt(data / "development.csv")
+    for path in train.image_paths(data)[:20] + val.image_paths(data)[:1]:  # a third of the first batch or so
+        Path(path).write_bytes(b"\xff\xd8\xff not a jpeg")
+    code, out, err = run_cli("stage1", "--config", "stage1/config.yaml",
+                             *pipeline.stage1_overrides(data, tmp_path / "runs", "stops", **{"data.test_csv": ""}))
+    assert code == 2 and "chexfusion: error: cannot read image" in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "stops" / "model.safetensors").exists()
+    code, out, err = run_cli("stage1", "--config", "stage1/config.yaml", "data.skip_bad_images=true",
+                             *pipeline.stage1_overrides(data, tmp_path / "runs", "skips", **{"data.test_csv": ""}))
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "runs" / "skips" / "metrics.json").read_text())
+    assert metrics["validation"]["skipped_images"] == 1
+    assert 0 < metrics["skipped_train_images"] <= 20
+    assert f"{metrics['skipped_train_images']} in training, 1 in validation" in out

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from .image_dataset import is_skipped
 from .shared_epoch import SharedEpoch, SharedEpochDataset
 
 
@@ -72,7 +73,10 @@ def sample_rng(seed: int, epoch: int, row: int) -> np.random.Generator:
 
 
 class AugmentedDataset(SharedEpochDataset, torch.utils.data.Dataset):
-    """Wraps an image dataset and augments each sample with its (seed, epoch, row) generator."""
+    """Wraps an image dataset and augments each sample with its (seed, epoch, row) generator.
+
+    A skipped-image marker (``skip_bad_images``: a row and an error, no image) passes through unchanged, so
+    the collate function drops and counts it as it does for predict and the feature store."""
 
     def __init__(self, base, augment: RadiographAugment, seed: int):
         self.base, self.augment, self.seed, self._epoch = base, augment, seed, SharedEpoch()
@@ -82,6 +86,6 @@ class AugmentedDataset(SharedEpochDataset, torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         item = self.base[i]
-        if item is not None:
+        if not is_skipped(item):
             item["image"] = self.augment(item["image"], sample_rng(self.seed, self.epoch, int(item["row"])))
         return item

@@ -243,6 +243,8 @@ def read_cxr_lt(
         raise UserError(f"{path}: no label columns (a labelled CSV is needed here)")
 
     frame = _read_frame(path, names)
+    if frame.empty:  # nothing to train on or predict: a truncated export, not a result of 0 rows
+        raise UserError(f"{path}: a header and no rows (no images listed)")
     if len(frame) != len(lines):  # a CSV dialect quirk the two readers see differently
         lines = np.arange(len(frame), dtype=np.int64) + HEADER_LINE + 1
 

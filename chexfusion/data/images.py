@@ -11,6 +11,11 @@ decoder's DCT scaling (``Image.draft``), which skips most of the inverse DCT and
 leaves a 4x smaller image to resize (``benchmarks/image_decode.py`` measures
 it). Image sizes are checked from the header *before* decoding so a
 decompression bomb is refused instead of filling memory.
+
+DICOMs are turned into what a model trained on JPEGs expects: the JPEGs of
+MIMIC-CXR-JPG (the images CXR-LT is built on) were made from the DICOMs by
+bit-depth normalisation to 8 bits and histogram equalisation (see
+:func:`dicom_as_jpeg_pixels`), so a DICOM is read through the same recipe.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ from .intensity import DEFAULT_INTENSITY, check_intensity, map_intensity
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
 MAX_IMAGE_PIXELS = 100_000_000  # decompression-bomb cap; real radiographs are below 10 megapixels
+# PIL's own bomb check would print a DecompressionBombWarning (or refuse with its own figure) before the project's
+# limit is consulted: it is off, and every PIL open in chexfusion checks the caller's limit from the header before
+# anything is decoded (open_checked below; the web demo's serve.uploads.read_header with its own limit).
+Image.MAX_IMAGE_PIXELS = None
 RESAMPLE = Image.Resampling.BICUBIC  # final resize; PIL widens the kernel when shrinking, so it is antialiased
 RESIZE_MODES = ("squash", "letterbox")  # squash: stretch to a square; letterbox: keep aspect, pad with black
 
@@ -129,20 +138,24 @@ def gray_from_pil(image: Image.Image, image_size: int, resize: str = "squash", s
     return _as_float(_resize(gray, image_size, resize))
 
 
-def _open_pil(stream: BinaryIO, source: str, max_pixels: int) -> Image.Image:
-    try:  # PIL refuses beyond twice its own MAX_IMAGE_PIXELS before we see the size
-        image = Image.open(stream, formats=_PIL_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise ImageError(source, f"refused as a decompression bomb ({exc})") from None
+def open_checked(stream: BinaryIO | str | os.PathLike, source: str, max_pixels: int = MAX_IMAGE_PIXELS,
+                 formats=_PIL_FORMATS) -> Image.Image:
+    """A PIL image opened lazily (only its header read), refused when it has more than ``max_pixels``."""
+    try:
+        image = Image.open(stream, formats=formats)
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(source, f"corrupt or unsupported file ({exc})") from None
-    _check_pixels(source, *image.size, max_pixels)
+    try:
+        _check_pixels(source, *image.size, max_pixels)
+    except ImageError:
+        image.close()
+        raise
     return image
 
 
 def _decode_pil(stream: BinaryIO, source: str, image_size: int, max_pixels: int, resize: str,
                 use_draft: bool, intensity: str = DEFAULT_INTENSITY) -> np.ndarray:
-    with _open_pil(stream, source, max_pixels) as image:
+    with open_checked(stream, source, max_pixels) as image:
         try:
             if use_draft and image.format == "JPEG":
                 # Decode at 1/2, 1/4 or 1/8 scale, never below the size we resize to.
@@ -182,26 +195,50 @@ def _dicom_pixels(dataset, source: str, max_pixels: int) -> np.ndarray:
         raise ImageError(source, f"DICOM pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
 
 
-def _dicom_to_gray(dataset, pixels: np.ndarray, source: str) -> np.ndarray:
-    """Modality LUT, then VOI LUT / window, then MONOCHROME1 inversion, scaled by min/max to [0, 1]."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+def _dicom_values(dataset, pixels: np.ndarray, source: str) -> tuple[np.ndarray, bool]:
+    """(the stored values through the modality LUT, whether they are MONOCHROME1: low values white)."""
+    from pydicom.pixels import apply_modality_lut
 
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         try:
-            values = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset, index=0)
-        except Exception as exc:  # malformed LUT or window attributes
-            raise ImageError(source, f"invalid DICOM LUT or window ({type(exc).__name__}: {exc})") from None
+            values = apply_modality_lut(pixels, dataset)
+        except Exception as exc:  # malformed rescale or LUT attributes
+            raise ImageError(source, f"invalid DICOM modality LUT ({type(exc).__name__}: {exc})") from None
     elif pixels.ndim == 3 and pixels.shape[-1] == 3:  # RGB (pydicom converts YBR to RGB)
         values = pixels.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     else:
         raise ImageError(source, f"unsupported DICOM PhotometricInterpretation '{photometric}'")
-    values = np.asarray(values, dtype=np.float64)
+    return np.asarray(values, dtype=np.float64), photometric == "MONOCHROME1"
+
+
+def dicom_as_jpeg_pixels(values: np.ndarray, monochrome1: bool) -> np.ndarray:
+    """DICOM values as the 8-bit pixels of MIMIC-CXR-JPG's JPEGs, before their (quality 95) compression.
+
+    MIMIC-CXR-JPG (Johnson et al., arXiv 1901.07042) made its JPEGs from the DICOMs by normalising the
+    bit depth to 8 bits and then equalising the histogram; CXR-LT's images are those JPEGs, so a model
+    trained on them has only ever seen equalised 8-bit images, and a DICOM read any other way (a min/max
+    stretch, as before) is a shifted input: up to 0.18 apart from the same picture as a PNG. The steps, as
+    the conversion code that circulated with the dataset's authors (CheXpert's) does them: values scaled
+    by their min and max to [0, 255] and truncated to 8 bits; MONOCHROME1 inverted (255 - v); then
+    OpenCV's ``equalizeHist``: with ``h`` the histogram, ``i0`` its first non-empty level and ``N`` the
+    pixel count, level ``v > i0`` becomes ``round(255 * (cdf(v) - h[i0]) / (N - h[i0]))`` and ``i0``
+    becomes 0 (a one-level image stays as it is). Window / VOI LUT attributes are not applied: the
+    recipe does not use them. Written out here because OpenCV is not a dependency.
+    """
     low, high = float(values.min()), float(values.max())
-    gray = (values - low) / (high - low) if high > low else np.zeros_like(values)
-    if photometric == "MONOCHROME1":  # low values are white: flip so that bone is bright as in MONOCHROME2
-        gray = 1.0 - gray
-    return gray.astype(np.float32)
+    scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
+    pixels = scaled.astype(np.uint8)
+    if monochrome1:  # low values are white: flip so that bone is bright as in MONOCHROME2
+        pixels = 255 - pixels
+    hist = np.bincount(pixels.ravel(), minlength=256)
+    first = int(np.flatnonzero(hist)[0])
+    if hist[first] == pixels.size:
+        return pixels
+    cdf = np.cumsum(hist) - hist[first]
+    lut = np.rint(cdf * (255.0 / (pixels.size - hist[first]))).clip(0, 255).astype(np.uint8)
+    lut[: first + 1] = 0
+    return lut[pixels]
 
 
 def _decode_dicom(stream: BinaryIO, source: str, image_size: int, max_pixels: int, resize: str) -> np.ndarray:
@@ -211,8 +248,9 @@ def _decode_dicom(stream: BinaryIO, source: str, image_size: int, max_pixels: in
         dataset = pydicom.dcmread(stream)
     except Exception as exc:  # InvalidDicomError, EOFError, struct/value errors on damaged headers
         raise ImageError(source, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
-    gray = _dicom_to_gray(dataset, _dicom_pixels(dataset, source, max_pixels), source)
-    return _as_float(_resize(Image.fromarray(gray, mode="F"), image_size, resize))
+    values, monochrome1 = _dicom_values(dataset, _dicom_pixels(dataset, source, max_pixels), source)
+    # from here on exactly the path of an 8-bit JPEG / PNG
+    return _as_float(_resize(Image.fromarray(dicom_as_jpeg_pixels(values, monochrome1), mode="L"), image_size, resize))
 
 
 # ---------------------------------------------------------------------------- public readers

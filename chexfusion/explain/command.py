@@ -86,13 +86,14 @@ def run(args) -> int:
 
     from ..data.synth.regions import class_slug
     from ..inference import load_predictor
-    from ..io import atomic_write_bytes
+    from ..io import atomic_write_bytes, check_output_folder
     from ..progress import tqdm
     from .cam import heat_maps
     from .maps_file import write_maps
     from .models import explained_model
     from .studies import planned_units, read_table, read_unit
 
+    check_output_folder(args.out)
     methods = list(dict.fromkeys(args.method or ["groupcam"]))
     model = explained_model(load_predictor(args.model, device="cpu"))
     named = chosen_classes(args, model.classes)

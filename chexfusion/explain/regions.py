@@ -32,7 +32,7 @@ import pandas as pd
 from PIL import Image
 
 from ..data.external import label_rules, normalize_label, source_labels
-from ..data.images import _content_size
+from ..data.images import _content_size, open_checked
 from ..errors import UserError
 
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
@@ -143,7 +143,7 @@ def _rasterise(shape, size: tuple[int, int]) -> np.ndarray:
     width, height = size
     if shape[0] == "mask":
         try:
-            with Image.open(shape[1]) as image:
+            with open_checked(shape[1], str(shape[1]), formats=None) as image:
                 mask = np.asarray(image.convert("L")) > 0
         except (OSError, ValueError) as exc:
             raise UserError(f"region mask {shape[1]}: cannot read it ({exc})") from None
@@ -184,5 +184,5 @@ def image_size_of(path: str | os.PathLike) -> tuple[int, int]:
 
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         return int(ds.Columns), int(ds.Rows)
-    with Image.open(path) as image:
+    with open_checked(path, str(path), formats=None) as image:
         return image.size

@@ -9,6 +9,7 @@ from other backbones or CSVs, and does nothing to a complete, current one.
 from __future__ import annotations
 
 from ..config import load_config
+from ..io import check_output_folder
 
 DEFAULT_CONFIG = "stage2/config.yaml"
 
@@ -25,6 +26,7 @@ def write_features(cfg, verify: bool = False):
     from . import FeatureStore, build_store
 
     cfg.features.validate()
+    check_output_folder(cfg.features.store, "features.store")
     store = FeatureStore(build_store(cfg.features, store_splits(cfg)))
     if verify:
         store.verify()

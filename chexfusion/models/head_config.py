@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..config import check_ranges
 from ..errors import UserError
 from ..text.queries import TextQueryConfig, check_query_kind, check_text_config
 
@@ -29,6 +30,7 @@ class HeadKeys:
         return kwargs if dim is None else {"dim": dim, **kwargs}
 
     def validate_head(self) -> None:
+        check_ranges("model", self, {"decoder_layers": 1, "decoder_heads": 1, "decoder_ff_dim": 1, "decoder_groups": 1})
         check_query_kind(self.queries)
         check_text_config(self.text)
 

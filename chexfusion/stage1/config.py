@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..config import check_ranges
 from ..data.augment import AugmentConfig
 from ..data.intensity import INTENSITY_MODES
 from ..errors import UserError
@@ -139,6 +140,8 @@ class Stage1Config:
         if self.data.intensity not in INTENSITY_MODES:
             raise UserError(f"config key 'data.intensity' must be one of {', '.join(INTENSITY_MODES)}, "
                             f"got '{self.data.intensity}'")
+        check_ranges("model", self.model, {"decoder_dim": 1},
+                     fractions=("drop_path_rate", "decoder_dropout"))
         self.model.validate_head()
         self.model.check_head_kind(("ml_decoder", "csra", "linear"))
         self.sampling.validate()

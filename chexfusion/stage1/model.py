@@ -16,7 +16,6 @@ import numpy as np
 
 from ..config import from_dict, read_yaml
 from ..data.images import Preprocess
-from ..io import file_sha256
 from ..models.backbone import create_backbone
 from ..models.encoders import build_architecture, copy_architecture
 from ..models.image_classifier import ImageClassifier
@@ -65,8 +64,7 @@ def write_run_info(run_dir: Path, cfg: Stage1Config, classes, prevalence, pre: P
         "backbone": cfg.model.backbone,
         "views": cfg.data.views,
         "feature_shape": list(model.backbone.feature_shape(pre.image_size)),
-        "weights": "model.safetensors",
-        "weights_sha256": file_sha256(Path(run_dir) / "model.safetensors"),
+        "weights": "model.safetensors",  # its sha256 is added by run_folder.write_run_info
         "text_queries": text_queries,
     }
     # an hf: / open_clip: backbone: its architecture files travel with the run (the weights are in the run's file)

@@ -222,6 +222,8 @@ def log_results(log, name: str, results: dict, state) -> None:
     log(f"stage 1 validation ({name}, best epoch {state.progress.best_epoch}): {summary_line(results['validation'])}")
     if "test" in results:
         log(f"stage 1 test       ({name}): {summary_line(results['test'])}")
-    if state.skipped_images or results["validation"]["skipped_images"]:
-        log(f"skipped unreadable images: {state.skipped_images} in training, "
-            f"{results['validation']['skipped_images']} in validation")
+    skipped = {"training": state.skipped_images, **{split: results[split]["skipped_images"]
+                                                     for split in ("validation", "test") if split in results}}
+    if any(skipped.values()):
+        log("skipped unreadable images (left out of training and metrics): "
+            + ", ".join(f"{count} in {split}" for split, count in skipped.items()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..config import check_ranges
 from ..errors import UserError
 from ..feature_store.config import FeatureConfig
 from ..models.head_config import HeadKeys
@@ -51,7 +52,7 @@ class Stage2Config:
         for key in ("uncertain_label", "blank_label"):
             if getattr(self.data, key) not in ("zero", "one", "ignore"):
                 raise UserError(f"config key 'data.{key}' must be zero, one or ignore")
-        if self.model.max_images < 1:
-            raise UserError("config key 'model.max_images' must be at least 1")
+        check_ranges("model", self.model, {"dim": 1, "layers": 1, "heads": 1, "ff_dim": 1, "max_images": 1},
+                     fractions=("dropout",))
         self.model.validate_head()
         self.model.check_head_kind(("ml_decoder", "linear"))

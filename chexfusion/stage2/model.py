@@ -12,7 +12,6 @@ from pathlib import Path
 
 from ..config import from_dict, read_yaml
 from ..feature_store.sources import FrozenEncoderRun, copy_into_run, load_from_run
-from ..io import file_sha256
 from ..models.fusion import FusionEncoder, StudyFusion
 from ..models.linear_head import LinearHead
 from ..run_folder import checked_weights, load_weights, read_run_info
@@ -57,8 +56,7 @@ def write_run_info(run_dir: Path, cfg: Stage2Config, classes, prevalence, store_
         "feature_dtype": store_manifest["dtype"],
         "pool": store_manifest.get("pool"),
         "max_images": cfg.model.max_images,
-        "weights": "model.safetensors",
-        "weights_sha256": file_sha256(Path(run_dir) / "model.safetensors"),
+        "weights": "model.safetensors",  # its sha256 is added by run_folder.write_run_info
         "text_queries": text_queries,
     }
     write_info(run_dir, info)

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from ..errors import UserError
-from ..run_folder import load_weights, state_dict_for_file
+from ..run_folder import load_weights, save_weights
 
 
 @dataclass
@@ -67,9 +66,9 @@ def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, ema, progress: 
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_file(state_dict_for_file(model), str(tmp / "model.safetensors"))
+    save_weights(model, tmp / "model.safetensors")
     if ema is not None:
-        save_file(state_dict_for_file(ema.module), str(tmp / "ema.safetensors"))
+        save_weights(ema.module, tmp / "ema.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
                tmp / "state.pt")
     (tmp / "progress.json").write_text(json.dumps(progress.__dict__))

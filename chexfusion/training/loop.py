@@ -49,10 +49,11 @@ def start_run(cfg, label: str):
     None. A folder made with another config is refused (``run_config.check_same_config``).
     """
     from ..config import to_dict
+    from ..io import check_output_folder
     from .run_config import check_same_config
     from .setup import make_accelerator, seed_everything
 
-    run_dir = Path(cfg.output_dir) / cfg.name
+    run_dir = check_output_folder(Path(cfg.output_dir) / cfg.name, "the run folder (output_dir/name)")
     accelerator = make_accelerator(cfg.train, run_dir)
     seed_everything(cfg.seed)
     check_same_config(run_dir, to_dict(cfg), defaults=to_dict(type(cfg)()))

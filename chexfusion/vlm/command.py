@@ -81,6 +81,7 @@ def run(args) -> int:
     from ..data.cxr_lt import read_cxr_lt
     from ..errors import UserError
     from ..inference import aggregate_by_study
+    from ..io import check_output_file
     from ..predict import requested_classes
     from ..predictions import write_predictions
     from .model import load_vlm
@@ -88,6 +89,7 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    check_output_file(args.out)
     classes = requested_classes(args)
     cfg = PromptConfig(list(args.templates or DEFAULT_TEMPLATES),
                        list(args.negative_templates or DEFAULT_NEGATIVE_TEMPLATES), not args.no_synonyms)

@@ -1,5 +1,5 @@
 // Drives the chexfusion web demo in headless Debian chromium through playwright-core, the way a user would:
-// open the page, choose images, set each image's view, analyse, read the findings, pick a finding, and check
+// open the page, choose images, set each image's view (or leave it on auto), analyse, read the findings, pick a finding, and check
 // that its heat maps were painted. Prints one JSON object on stdout for tests/browser/test_browser.py.
 //
 // usage: node drive.mjs BASE_URL SCREENSHOT.png IMAGE=VIEW [IMAGE=VIEW ...]
@@ -50,6 +50,8 @@ try {
   const selects = page.locator("select.view-select");
   report.rows = await selects.count();
   for (let i = 0; i < images.length; i++) await selects.nth(i).selectOption(images[i].view);
+  const scoredAs = () => page.$$eval("td.view-used", (cells) => cells.map((c) => c.textContent));
+  report.scored_as_before = await scoredAs();
 
   await page.click("#submit");
   await page.waitForSelector('body[data-state="done"], body[data-state="error"]');
@@ -74,6 +76,7 @@ try {
     }));
     report.previews_loaded = await page.$$eval(".stack img", (imgs) => imgs.map((img) => img.complete && img.naturalWidth > 0));
     report.captions = await page.$$eval(".image-card figcaption", (captions) => captions.map((c) => c.textContent));
+    report.scored_as_after = await scoredAs();
   }
   await page.screenshot({ path: screenshot, fullPage: true });
 } finally {

@@ -53,7 +53,10 @@ def frontal_and_lateral(data: Path) -> list[tuple[Path, str]]:
 
 
 def test_upload_two_views_read_findings_and_see_a_heat_map(tiny_stage2, tiny_data, tmp_path):
-    images = frontal_and_lateral(tiny_data)
+    """The frontal image's view is set; the lateral JPEG is left on auto, which the page says it scores as
+    unknown (a JPEG carries no view), before and after the analysis."""
+    (frontal, _), (lateral, _) = frontal_and_lateral(tiny_data)
+    images = [(frontal, "frontal"), (lateral, "auto")]
     predictor = load_predictor(tiny_stage2, "cpu")
     app = create_app(predictor)
     screenshot = tmp_path / "result.png"
@@ -83,7 +86,11 @@ def test_upload_two_views_read_findings_and_see_a_heat_map(tiny_stage2, tiny_dat
     assert all(h["painted"] == h["width"] * h["height"] > 0 for h in report["heatmaps"])
     assert report["previews_loaded"] == [True, True]
     assert "frontal view (set by you)" in report["captions"][0]
-    assert "lateral view (set by you)" in report["captions"][1]
+    assert "unknown view (not given)" in report["captions"][1]
+    # the file list says which view each image is scored as, before the analysis and after it
+    assert report["scored_as_before"][0] == "frontal (set by you)"
+    assert report["scored_as_before"][1].startswith("unknown: a JPEG or PNG has no view in it")
+    assert report["scored_as_after"] == ["frontal (set by you)", "unknown (not given)"]
     # nothing but this server, and no script errors
     assert report["external_requests"] == [] and report["console_errors"] == []
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

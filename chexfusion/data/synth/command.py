@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import UserError
-from ...io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ...io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_folder
 from ...progress import tqdm
 from ..classes import LABEL_SETS
 from ..reports import REPORTS_CSV
@@ -130,8 +130,7 @@ def validate(args) -> None:
 
 def prepare_output(out: Path) -> None:
     """Create ``out``, or clear an earlier synthetic dataset in it; refuse anything else."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
+    check_output_folder(out)
     if out.is_dir() and any(out.iterdir()):
         if not (out / META_NAME).is_file():
             raise UserError(f"--out {out} is not empty and holds no synthetic dataset ({META_NAME}); "

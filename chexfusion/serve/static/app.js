@@ -3,6 +3,7 @@
 "use strict";
 
 const VIEW_CHOICES = ["auto", "frontal", "lateral", "unknown"];
+const VIEW_SOURCES = { user: "set by you", dicom: "from the DICOM header", default: "not given" };
 // Five points of a perceptual dark-blue -> green -> yellow scale, interpolated linearly.
 const SCALE = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 const DISPLAY_WIDTH = 300;
@@ -62,7 +63,7 @@ function addFiles(fileList) {
       break;
     }
     const looksLikeImage = file.type === "image/jpeg" || file.type === "image/png";
-    state.entries.push({ file, view: "auto", url: looksLikeImage ? URL.createObjectURL(file) : null });
+    state.entries.push({ file, view: "auto", used: null, url: looksLikeImage ? URL.createObjectURL(file) : null });
   }
   renderFileTable();
 }
@@ -71,6 +72,16 @@ function removeEntry(index) {
   const [entry] = state.entries.splice(index, 1);
   if (entry.url) URL.revokeObjectURL(entry.url);
   renderFileTable();
+}
+
+// The view an image is (or will be) scored as: what the server said after an analysis, else what "auto" will do.
+// A JPEG or PNG carries no view, so "auto" scores it as unknown: `chexfusion predict` takes the CSV's
+// ViewPosition instead, and the two disagree unless the user sets the view here.
+function viewUsedText(entry) {
+  if (entry.used) return `${entry.used.view} (${VIEW_SOURCES[entry.used.source]})`;
+  if (entry.view !== "auto") return `${entry.view} (set by you)`;
+  return entry.url ? "unknown: a JPEG or PNG has no view in it; set frontal or lateral"
+    : "from the DICOM header, unknown if it has none";
 }
 
 function renderFileTable() {
@@ -96,7 +107,14 @@ function renderFileTable() {
     select.className = "view-select";
     select.setAttribute("aria-label", `view of ${entry.file.name}`);
     for (const v of VIEW_CHOICES) select.add(new Option(v, v, false, v === entry.view));
-    select.addEventListener("change", () => { entry.view = select.value; });
+    const used = document.createElement("td");
+    used.className = "view-used";
+    used.textContent = viewUsedText(entry);
+    select.addEventListener("change", () => {
+      entry.view = select.value;
+      entry.used = null;  // scored as chosen at the next analysis
+      used.textContent = viewUsedText(entry);
+    });
     viewCell.append(select);
     const removeCell = document.createElement("td");
     const remove = document.createElement("button");
@@ -105,7 +123,7 @@ function renderFileTable() {
     remove.textContent = "Remove";
     remove.addEventListener("click", () => removeEntry(index));
     removeCell.append(remove);
-    row.append(thumbCell, nameCell, viewCell, removeCell);
+    row.append(thumbCell, nameCell, viewCell, used, removeCell);
     body.append(row);
   });
   $("file-table").hidden = state.entries.length === 0;
@@ -133,6 +151,10 @@ async function analyse() {
     const body = await response.json().catch(() => ({ detail: `HTTP ${response.status}` }));
     if (!response.ok) throw new Error(typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail));
     state.result = body;
+    body.images.forEach((image, i) => {
+      if (state.entries[i]) state.entries[i].used = { view: image.view, source: image.view_source };
+    });
+    renderFileTable();
     renderResults();
     setState("done");
   } catch (err) {
@@ -211,7 +233,7 @@ function buildImageCards() {
     canvas.height = height;
     stack.append(img, canvas);
     const caption = document.createElement("figcaption");
-    const source = { user: "set by you", dicom: "from the DICOM header", default: "not given" }[image.view_source];
+    const source = VIEW_SOURCES[image.view_source];
     caption.textContent = `${image.name}: ${image.view} view (${source}), ${image.format} ` +
       `${image.width} × ${image.height}` + (image.used ? "" : "; not scored (past the run's image limit)");
     card.append(stack, caption);
