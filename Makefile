@@ -57,8 +57,8 @@ ablate: $(DATA_STAMP)
 # seven losses x 3 seeds fit in about 90 minutes on 2 cores. Runs are named <name>-loss-<loss>-seed<S> and reused.
 LOSS_STUDY_LOSSES ?= bce,weighted_bce,focal,asl,weighted_asl,ral,reweighted
 LOSS_STUDY_SEEDS  ?= 0,1,2
-LOSS_STUDY_STAGE1 ?= --stage1-set data.image_size=64 --stage1-set train.epochs=3
-LOSS_STUDY_STAGE2 ?= --stage2-set train.epochs=10
+LOSS_STUDY_STAGE1 ?= --stage1-set data.image_size=64 --stage1-set train.epochs=1
+LOSS_STUDY_STAGE2 ?= --stage2-set train.epochs=4
 loss-study: $(DATA_STAMP)
 	$(CX) ablate --study losses --stage1-config $(STAGE1_CONFIG) --stage2-config $(STAGE2_CONFIG) \
 		--losses $(LOSS_STUDY_LOSSES) --seeds $(LOSS_STUDY_SEEDS) $(LOSS_STUDY_STAGE1) $(LOSS_STUDY_STAGE2)
