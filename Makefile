@@ -18,7 +18,7 @@ STAGE2_CONFIG ?= stage2/config.yaml
 STAGE1_RUN    ?= stage1/runs/demo
 STAGE2_RUN    ?= stage2/runs/demo
 
-.PHONY: install data stage1 features stage2 evaluate ablate compare text-queries zero-shot cxr-lt-2026 localize test test-browser bench gpu-check clean-runs help
+.PHONY: install data stage1 features stage2 evaluate ablate loss-study compare text-queries zero-shot cxr-lt-2026 localize test test-browser bench gpu-check clean-runs help
 
 help:
 	@sed -n '2,4p' Makefile
@@ -52,6 +52,16 @@ ABLATE_LOSSES ?= bce,focal,asl,weighted_asl
 ablate: $(DATA_STAMP)
 	$(CX) ablate --stage1-config $(STAGE1_CONFIG) --stage2-config $(STAGE2_CONFIG) \
 		--losses $(ABLATE_LOSSES)
+
+# The loss study (docs/ablations.md): each loss through both stages over seeds, at a reduced schedule so that the
+# seven losses x 3 seeds fit in about 90 minutes on 2 cores. Runs are named <name>-loss-<loss>-seed<S> and reused.
+LOSS_STUDY_LOSSES ?= bce,weighted_bce,focal,asl,weighted_asl,ral,reweighted
+LOSS_STUDY_SEEDS  ?= 0,1,2
+LOSS_STUDY_STAGE1 ?= --stage1-set data.image_size=64 --stage1-set train.epochs=1
+LOSS_STUDY_STAGE2 ?= --stage2-set train.epochs=4
+loss-study: $(DATA_STAMP)
+	$(CX) ablate --study losses --stage1-config $(STAGE1_CONFIG) --stage2-config $(STAGE2_CONFIG) \
+		--losses $(LOSS_STUDY_LOSSES) --seeds $(LOSS_STUDY_SEEDS) $(LOSS_STUDY_STAGE1) $(LOSS_STUDY_STAGE2)
 
 # Heat maps scored against where synth drew each finding (docs/explanations.md): both demo runs, every method, on
 # the test split and the findings the 6-epoch demo model learns (docs/synthetic.md, "Learnability").

@@ -14,7 +14,8 @@ there is one), for
 With ``--losses bce,focal,...`` it also trains stage 2 on the shared store with
 each of those losses (the config's own loss keeps its parameters, the others
 take their defaults; everything else is the config's) and writes
-``ablations/losses.md`` and ``.json``.
+``ablations/stage2-losses.md`` and ``.json``. ``--study losses`` is the loss
+study through both stages instead (``chexfusion.loss_study``).
 
 All rows are image-level metrics on the same split (each image carries its
 study's prediction), the CXR-LT convention.
@@ -60,8 +61,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--stage2-config", default="stage2/config.yaml")
     parser.add_argument("--per-view-config", default="stage2/per-view.yaml")
     parser.add_argument("--split", default="test", choices=["validation", "test"])
+    parser.add_argument("--study", default="routing", choices=["routing", "losses"],
+                        help="routing: shared vs per-view backbones (+ stage-2 losses with --losses); losses: each "
+                             "loss through both stages over --seeds (ablations/losses.md)")
     parser.add_argument("--losses", default="", metavar="A,B",
-                        help="also compare these stage-2 losses on the shared store (e.g. bce,focal,asl,weighted_asl)")
+                        help="routing: also compare these stage-2 losses on the shared store; --study losses: the "
+                             "losses, each NAME or NAME:key=value[:key=value] (default: the seven of the study)")
+    parser.add_argument("--seeds", default="0,1,2", metavar="S,S", help="--study losses: the seeds of every loss")
+    parser.add_argument("--stage1-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="--study losses: an override of the stage-1 config only (repeatable)")
+    parser.add_argument("--stage2-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="--study losses: an override of the stage-2 config only (repeatable)")
     parser.add_argument("--out", default="ablations")
     parser.add_argument("overrides", nargs="*", help="key=value applied to every stage-1 and stage-2 config")
 
@@ -73,6 +83,10 @@ def run(args) -> int:
     from .stage2.config import Stage2Config
     from .stage2.train import train_stage2
 
+    if args.study == "losses":
+        from .loss_study import run_study
+
+        return run_study(args)
     losses = check_losses(args.losses)
     check_output_folder(args.out)
     for config in (args.stage1_config, args.frontal_config, args.lateral_config):
@@ -135,10 +149,10 @@ def compare_losses(shared_cfg, shared_metrics: dict, losses: list[str], args) ->
             metrics = train_stage2(cfg)
         rows[name] = _row(metrics[args.split], {})
     text = losses_markdown(rows, args.split, shared_cfg)
-    atomic_write_json(out / "losses.json", {"split": args.split, "rows": rows})
-    atomic_write_text(out / "losses.md", text)
+    atomic_write_json(out / "stage2-losses.json", {"split": args.split, "rows": rows})
+    atomic_write_text(out / "stage2-losses.md", text)
     print(text)
-    print(f"wrote {out / 'losses.md'} and {out / 'losses.json'}")
+    print(f"wrote {out / 'stage2-losses.md'} and {out / 'stage2-losses.json'}")
 
 
 def losses_markdown(rows: dict, split: str, cfg) -> str:

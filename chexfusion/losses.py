@@ -32,6 +32,8 @@ Class weights always come from the *training* prevalence passed in
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -195,6 +197,8 @@ class AsymmetricLoss(_ClassWeighted):
     ``w_neg = exp(p_c)`` this is the CheXFusion default ("weighted ASL"); without
     weights (or unit weights) it is plain ASL. ``eps`` floors the argument of the
     clipped log as in the reference (only reachable when ``clip`` < ``eps``).
+    The constructor's defaults are CheXFusion's; ``build_loss("asl")`` takes
+    Ridnik et al.'s gamma_pos 0 (``LOSS_DEFAULTS``).
     """
 
     def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 1.0, clip: float = 0.05, eps: float = 1e-8,
@@ -236,8 +240,10 @@ class RobustAsymmetricLoss(_ClassWeighted):
     ``l = -[w_pos,c y L+ + w_neg,c (1-y) L-]``, exactly as the authors' code
     computes it (note their negative factor multiplies by both ``lambda - p`` and
     ``lambda - q``). Defaults are the paper's: gamma_neg 4, gamma_pos 0, clip
-    0.05, lambda 1.5, eps_pos 1.0, eps_pos_pow -2.5, eps_neg 0. Optional class
-    weights as for ASL.
+    0.05, lambda 1.5, eps_pos 1.0, eps_pos_pow -2.5, eps_neg 0. With class
+    weights (``build_loss("ral", {"class_weighted": True})``) each class's terms
+    are scaled as in weighted ASL: the class-weighted form the CXR-LT 2023
+    overview describes for T4.
     """
 
     def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, eps: float = 1e-8,
@@ -289,20 +295,28 @@ class ReweightedLoss(_ClassWeighted):
 
 # ----------------------------------------------------------------- factory
 _WEIGHT_SCHEMES = {"chexfusion": chexfusion_class_weights, "ratio": ratio_class_weights}
-_LOSS_PARAMS = {
-    "bce": set(),
-    "weighted_bce": {"weights"},
-    "focal": {"gamma", "alpha", "detach_focusing"},
-    "asl": {"gamma_neg", "gamma_pos", "clip", "eps", "detach_focusing"},
-    "weighted_asl": {"gamma_neg", "gamma_pos", "clip", "eps", "detach_focusing", "weights"},
-    "ral": {"gamma_neg", "gamma_pos", "clip", "eps", "lamb", "epsilon_pos", "epsilon_pos_pow", "epsilon_neg",
-            "detach_focusing", "weights"},
-    "reweighted": {"a", "g", "m", "eps", "detach_focusing"},
+_ASL_TERMS = {"gamma_neg": 4.0, "clip": 0.05, "eps": 1e-8, "detach_focusing": False}
+# Every parameter of every loss with its default: what a run computes is these updated by ``loss.params``
+# (``loss_parameters``), so a study can write each loss's full parameters beside its figures.
+LOSS_DEFAULTS = {
+    "bce": {},
+    "weighted_bce": {"weights": "chexfusion"},  # chexfusion: exp(1 - p_c) / exp(p_c); ratio: negatives / positives
+    "focal": {"gamma": 2.0, "alpha": None, "detach_focusing": False},
+    "asl": {**_ASL_TERMS, "gamma_pos": 0.0},  # Ridnik et al. 2021's setting
+    "weighted_asl": {**_ASL_TERMS, "gamma_pos": 1.0, "weights": "chexfusion"},  # CheXFusion's
+    "ral": {**_ASL_TERMS, "gamma_pos": 0.0, **dataclasses.asdict(RobustTerms()), "class_weighted": False,
+            "weights": None},
+    "reweighted": {"a": 0.2, "g": 4.0, "m": 0.05, "eps": 1e-8, "detach_focusing": False},
 }
-LOSS_NAMES = tuple(_LOSS_PARAMS) + ("distribution_balanced", "logit_adjusted")  # the last two: long_tail_losses.py
+_FLAGS = ("detach_focusing", "class_weighted")
+LOSS_NAMES = tuple(LOSS_DEFAULTS) + ("distribution_balanced", "logit_adjusted")  # the last two: long_tail_losses.py
 
 
 def _build_long_tail(name: str, entry: tuple, params: dict, prevalence) -> nn.Module:
+    return entry[0](_need_prevalence(name, prevalence), **_long_tail_parameters(name, entry, params))
+
+
+def _long_tail_parameters(name: str, entry: tuple, params: dict) -> dict:
     loss_class, allowed = entry
     unknown = sorted(set(params) - allowed)
     if unknown:
@@ -311,7 +325,8 @@ def _build_long_tail(name: str, entry: tuple, params: dict, prevalence) -> nn.Mo
                                                                                      float)) or not math.isfinite(v)]
     if bad:
         raise UserError(f"loss '{name}' parameter '{bad[0]}' must be a number, got {params[bad[0]]!r}")
-    return loss_class(_need_prevalence(name, prevalence), **params)
+    defaults = {k: v.default for k, v in inspect.signature(loss_class).parameters.items() if k in allowed}
+    return {**defaults, **params}
 
 
 def _need_prevalence(name: str, prevalence) -> np.ndarray:
@@ -320,51 +335,79 @@ def _need_prevalence(name: str, prevalence) -> np.ndarray:
     return _checked_prevalence(prevalence)
 
 
-def _class_weights(name: str, params: dict, prevalence, default: str | None) -> tuple:
-    scheme = params.pop("weights", default)
+def _class_weights(name: str, scheme: str | None, prevalence) -> tuple:
     if scheme is None:
         return None, None
-    if scheme not in _WEIGHT_SCHEMES:
-        raise UserError(f"loss '{name}' param 'weights' must be one of {', '.join(_WEIGHT_SCHEMES)}, got '{scheme}'")
     return _WEIGHT_SCHEMES[scheme](_need_prevalence(name, prevalence))
 
 
-def build_loss(name: str, params: dict | None = None, prevalence: np.ndarray | None = None) -> nn.Module:
-    """The loss called ``name`` with keyword ``params``; class weights from the training ``prevalence`` [K].
+def _check_value(name: str, key: str, value) -> None:
+    if key in _FLAGS:
+        if not isinstance(value, bool):
+            raise UserError(f"loss '{name}' parameter '{key}' must be true or false, got {value!r}")
+    elif key == "weights":
+        if value is not None and value not in _WEIGHT_SCHEMES:
+            raise UserError(f"loss '{name}' param 'weights' must be one of {', '.join(_WEIGHT_SCHEMES)}, "
+                            f"got '{value}'")
+    elif value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                    and math.isfinite(value)):
+        raise UserError(f"loss '{name}' parameter '{key}' must be a number, got {value!r}")
 
-    Names: bce, weighted_bce (``weights``: chexfusion | ratio, default chexfusion),
-    focal, asl, weighted_asl (CheXFusion weights unless ``weights`` says otherwise),
-    ral (unweighted unless ``weights`` is given), reweighted (ratio weights).
+
+def loss_parameters(name: str, params: dict | None = None) -> dict:
+    """Every parameter the loss ``name`` runs with: its defaults (``LOSS_DEFAULTS``) updated by ``params``.
+
+    Checked before anything trains: an unknown loss, an unknown parameter or a bad value is a ``UserError``.
+    RAL is the authors' code unless ``class_weighted`` is true, which multiplies its positive and negative terms
+    by the class weights of ``weights`` (default chexfusion), the class-weighted form of the CXR-LT 2023 overview.
     """
     from .long_tail_losses import LOSSES as LONG_TAIL_LOSSES  # built on this module's base class
 
-    if name in LONG_TAIL_LOSSES:
-        return _build_long_tail(name, LONG_TAIL_LOSSES[name], dict(params or {}), prevalence)
-    if name not in _LOSS_PARAMS:
-        raise UserError(f"unknown loss '{name}' (known: {', '.join(LOSS_NAMES)})")
     params = dict(params or {})
-    unknown = sorted(set(params) - _LOSS_PARAMS[name])
+    if name in LONG_TAIL_LOSSES:
+        return _long_tail_parameters(name, LONG_TAIL_LOSSES[name], params)
+    if name not in LOSS_DEFAULTS:
+        raise UserError(f"unknown loss '{name}' (known: {', '.join(LOSS_NAMES)})")
+    unknown = sorted(set(params) - set(LOSS_DEFAULTS[name]))
     if unknown:
-        allowed = ", ".join(sorted(_LOSS_PARAMS[name])) or "none"
+        allowed = ", ".join(sorted(LOSS_DEFAULTS[name])) or "none"
         raise UserError(f"loss '{name}' has no parameter '{unknown[0]}' (allowed: {allowed})")
     for key, value in params.items():
-        if key not in ("weights", "detach_focusing") and value is not None and not (
-            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        ):
-            raise UserError(f"loss '{name}' parameter '{key}' must be a number, got {value!r}")
+        _check_value(name, key, value)
+    resolved = {**LOSS_DEFAULTS[name], **params}
+    if name == "ral" and resolved["class_weighted"]:
+        resolved["weights"] = resolved["weights"] or "chexfusion"
+    elif name == "ral" and resolved["weights"] is not None:
+        raise UserError("loss 'ral' parameter 'weights' applies to its class-weighted form only "
+                        "(set class_weighted: true)")
+    return resolved
+
+
+def build_loss(name: str, params: dict | None = None, prevalence: np.ndarray | None = None) -> nn.Module:
+    """The loss called ``name`` with keyword ``params`` (``loss_parameters``); class weights from the training
+    ``prevalence`` [K].
+
+    Names: bce, weighted_bce (``weights``: chexfusion | ratio), focal, asl (Ridnik et al.: gamma_pos 0),
+    weighted_asl (CheXFusion: gamma_pos 1, chexfusion weights), ral (``class_weighted``), reweighted (ratio
+    weights), and the long-tail losses of ``long_tail_losses``.
+    """
+    from .long_tail_losses import LOSSES as LONG_TAIL_LOSSES
+
+    if name in LONG_TAIL_LOSSES:
+        return _build_long_tail(name, LONG_TAIL_LOSSES[name], dict(params or {}), prevalence)
+    params = loss_parameters(name, params)
+    scheme = params.pop("weights", None)
     if name == "bce":
         return BCELoss()
     if name == "weighted_bce":
-        return WeightedBCELoss(*_class_weights(name, params, prevalence, "chexfusion"))
+        return WeightedBCELoss(*_class_weights(name, scheme, prevalence))
     if name == "focal":
         return FocalLoss(**params)
-    if name == "asl":
-        return AsymmetricLoss(**params)
-    if name == "weighted_asl":
-        pos, neg = _class_weights(name, params, prevalence, "chexfusion")
+    if name in ("asl", "weighted_asl"):
+        pos, neg = _class_weights(name, scheme, prevalence)
         return AsymmetricLoss(**params, pos_weight=pos, neg_weight=neg)
     if name == "ral":
-        pos, neg = _class_weights(name, params, prevalence, None)
+        pos, neg = _class_weights(name, scheme if params.pop("class_weighted") else None, prevalence)
         terms = RobustTerms(**{k: params.pop(k) for k in list(params) if k in RobustTerms.__dataclass_fields__})
         return RobustAsymmetricLoss(**params, terms=terms, pos_weight=pos, neg_weight=neg)
     weight, _ = ratio_class_weights(_need_prevalence(name, prevalence))

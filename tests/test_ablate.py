@@ -54,21 +54,21 @@ def test_ablate_trains_what_is_missing_and_writes_both_tables(configs, capsys):
     assert all(0.0 <= row["mAP"] <= 1.0 for row in routing["rows"].values())
     # the view-only findings of the synthetic data get their own columns
     assert routing["view_only_classes"]["lateral_only"] and "lateral_only_AP" in routing["rows"]["shared"]
-    losses = json.loads((out / "losses.json").read_text())
+    losses = json.loads((out / "stage2-losses.json").read_text())
     assert list(losses["rows"]) == ["bce", "weighted_asl"]
     # the config's own loss is the stage-2 run already trained, the other one a run of its own
     shared_test = json.loads((configs["tmp"] / "s2" / "shared" / "metrics.json").read_text())["test"]
     assert losses["rows"]["weighted_asl"]["mAP"] == pytest.approx(shared_test["mAP"])
     bce_run = configs["tmp"] / "s2" / "shared-loss-bce"
     assert yaml.safe_load((bce_run / "config.yaml").read_text())["loss"] == {"name": "bce", "params": {}}
-    text = (out / "losses.md").read_text()
+    text = (out / "stage2-losses.md").read_text()
     assert "| bce |" in text and "| weighted_asl |" in text
 
     # a second run trains nothing and writes the same tables
     capsys.readouterr()
     assert ablate(argv) == 0
     assert "epoch 1" not in capsys.readouterr().out
-    assert json.loads((out / "losses.json").read_text()) == losses
+    assert json.loads((out / "stage2-losses.json").read_text()) == losses
 
 
 @pytest.mark.parametrize("losses, message", [("bce,hinge", "unknown loss 'hinge'"), ("bce,,asl",

@@ -27,7 +27,8 @@ LAYERS = {
     "api": 8,
     "explain": 8,
     "convert": 8, "submission": 8, "normal_gating": 8, "vlm": 8, "compare": 8, "compare_report": 8, "calibrate": 8,
-    "export": 8, "ensemble": 8, "predict": 8, "evaluate": 8, "inspect": 8, "serve": 8, "ablate": 8, "cli": 8,
+    "export": 8, "ensemble": 8, "predict": 8, "evaluate": 8, "inspect": 8, "serve": 8, "ablate": 8, "loss_study": 8,
+    "cli": 8,
     "__main__": 8,
 }
 TOP = max(LAYERS.values())

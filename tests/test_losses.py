@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from chexfusion.errors import UserError
 from chexfusion.losses import (
@@ -19,6 +20,7 @@ from chexfusion.losses import (
     WeightedBCELoss,
     build_loss,
     chexfusion_class_weights,
+    loss_parameters,
     ratio_class_weights,
 )
 
@@ -247,3 +249,71 @@ def test_build_loss_passes_parameters():
     loss = build_loss("asl", {"gamma_neg": 2, "gamma_pos": 0, "clip": 0.1}, None)
     expected = mean_of(lambda x, y, c: asl_entry(x, y, gamma_neg=2, gamma_pos=0, clip=0.1))
     assert value(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_asl_by_name_is_ridnik_and_weighted_asl_keeps_chexfusion_focusing():
+    """``asl`` is Ridnik et al.'s setting (gamma_pos 0, gamma_neg 4, clip 0.05); weighted ASL keeps gamma_pos 1."""
+    expected = mean_of(lambda x, y, c: asl_entry(x, y, gamma_neg=4, gamma_pos=0, clip=0.05))
+    assert value(build_loss("asl", {}, None)) == pytest.approx(expected, rel=1e-6)
+    assert loss_parameters("asl")["gamma_pos"] == 0 and loss_parameters("weighted_asl")["gamma_pos"] == 1
+
+
+@pytest.mark.parametrize("config", ["stage1/config.yaml", "stage2/config.yaml"])
+def test_the_demo_configs_loss_is_chexfusions_weighted_asl(config, repo_root):
+    """The demo configs compute what they computed before ``asl`` took Ridnik's gamma_pos 0."""
+    loss = yaml.safe_load((repo_root / config).read_text())["loss"]
+    w_pos = [math.exp(1 - p) for p in PREVALENCE]
+    w_neg = [math.exp(p) for p in PREVALENCE]
+    expected = mean_of(lambda x, y, c: asl_entry(x, y, w_pos[c], w_neg[c], gamma_neg=4, gamma_pos=1, clip=0.05))
+    assert value(build_loss(loss["name"], loss["params"], np.array(PREVALENCE))) == pytest.approx(expected, rel=1e-6)
+
+
+def test_weighted_bce_by_name_defaults_to_chexfusions_exp_weights():
+    w_pos = [math.exp(1 - p) for p in PREVALENCE]
+    w_neg = [math.exp(p) for p in PREVALENCE]
+    expected = mean_of(lambda x, y, c: -(w_pos[c] * y * math.log(sig(x)) + w_neg[c] * (1 - y) * math.log(1 - sig(x))))
+    assert value(build_loss("weighted_bce", {}, np.array(PREVALENCE))) == pytest.approx(expected, rel=1e-6)
+
+
+def ral_entry(x, y, w_pos=1.0, w_neg=1.0, clip=0.05, lamb=1.5):
+    p = sig(x)
+    p_m = max(p - clip, 0.0)
+    q = 1 - p_m
+    positive = math.log(p) + 1.0 * (1 - p) - 2.5 / 2 * (1 - p) ** 2
+    negative = p_m**4 * math.log(q) * (lamb - p) * p**2 * (lamb - q)
+    return -(w_pos * y * positive + w_neg * (1 - y) * negative)
+
+
+@pytest.mark.parametrize("scheme", [None, "chexfusion", "ratio"])
+def test_class_weighted_ral_scales_each_class_term(scheme):
+    """``class_weighted: true``: the authors' RAL with each class's terms times its class weights."""
+    weights = {None: chexfusion_class_weights, "chexfusion": chexfusion_class_weights,
+               "ratio": ratio_class_weights}[scheme](PREVALENCE)
+    expected = mean_of(lambda x, y, c: ral_entry(x, y, weights[0][c], weights[1][c]))
+    params = {"class_weighted": True, **({} if scheme is None else {"weights": scheme})}
+    assert value(build_loss("ral", params, np.array(PREVALENCE))) == pytest.approx(expected, rel=1e-6)
+    assert loss_parameters("ral", params)["weights"] == (scheme or "chexfusion")
+    # without the flag: the authors' code, whatever the prevalence
+    authors = mean_of(lambda x, y, c: ral_entry(x, y))
+    assert value(build_loss("ral", {}, np.array(PREVALENCE))) == pytest.approx(authors, rel=1e-6)
+
+
+def test_loss_parameters_are_every_default_updated_by_the_config():
+    assert loss_parameters("reweighted", {"a": 0.5}) == {"a": 0.5, "g": 4.0, "m": 0.05, "eps": 1e-8,
+                                                         "detach_focusing": False}
+    assert loss_parameters("weighted_bce", {"weights": "ratio"}) == {"weights": "ratio"}
+    ral = loss_parameters("ral")
+    assert ral["class_weighted"] is False and ral["weights"] is None
+    assert {"lamb", "epsilon_pos", "epsilon_pos_pow", "epsilon_neg", "gamma_neg", "gamma_pos", "clip"} <= set(ral)
+    assert loss_parameters("logit_adjusted") == {"tau": 1.0}
+
+
+@pytest.mark.parametrize("name, params, message", [
+    ("ral", {"weights": "ratio"}, "applies to its class-weighted form only"),
+    ("ral", {"class_weighted": "yes"}, "'class_weighted' must be true or false"),
+    ("asl", {"detach_focusing": 1}, "'detach_focusing' must be true or false"),
+    ("weighted_bce", {"gamma": 2}, "no parameter 'gamma'"),
+])
+def test_loss_parameters_refuse_bad_parameters_by_name(name, params, message):
+    with pytest.raises(UserError, match=message):
+        loss_parameters(name, params)
