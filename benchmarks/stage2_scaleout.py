@@ -78,11 +78,12 @@ def build_store(folder: Path, gigabytes: float, processes: int) -> Path:
                    "csv_row": np.arange(start, stop)}
         maps = rng.standard_normal((n, width), dtype=np.float32).astype(np.float16)
         name = mf.shard_file_name("train", k)
-        checksum = write_shard_file(shard_table(columns, maps, DTYPE, "binary", SHAPE), folder / name, ROW_GROUP_ROWS)
-        shards.append({"file": name, "rows": n, "checksum": checksum, "skipped": []})
+        written = write_shard_file(shard_table(columns, maps, DTYPE, "binary", SHAPE), folder / name, ROW_GROUP_ROWS)
+        shards.append({"file": name, "rows": n, **written, "skipped": []})
     mf.write_manifest(folder, {"format": mf.FORMAT, "format_version": mf.FORMAT_VERSION, "complete": True,
                                "shape": list(SHAPE), "dtype": DTYPE, "layout": "binary", "pool": None,
                                "shard_rows": SHARD_ROWS, "row_group_rows": ROW_GROUP_ROWS, "study_aligned": True,
+                               "row_group_checksums": True,
                                "splits": {"train": {"rows": len(ids), "skipped": [], "shards": shards}}})
     return folder
 
