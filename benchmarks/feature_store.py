@@ -305,6 +305,9 @@ def main() -> None:
         "rows": args.rows, "repeats": args.repeats, "shapes": {k: list(v) for k, v in SHAPES.items()},
         "recipe": recipe, "demo": demo, "stream_1x": small, f"stream_{args.scale}x": large,
     }
+    import support  # benchmarks/support: imports torch, so only here in the parent
+
+    result["machine"] = support.machine_info()
     result["targets_met"] = all((result[k] <= v) if k in AT_MOST else (result[k] >= v) for k, v in TARGETS.items())
     if not result["targets_met"]:
         result["note"] = (

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -60,8 +61,9 @@ def build_store(folder: Path, gigabytes: float, processes: int) -> Path:
     from chexfusion.feature_store.schema import shard_table, study_runs
     from chexfusion.feature_store.writer import write_shard_file
 
-    if (folder / mf.MANIFEST_NAME).is_file():
+    if (folder / mf.MANIFEST_NAME).is_file() and mf.read_manifest(folder).get("row_group_checksums"):
         return folder
+    shutil.rmtree(folder, ignore_errors=True)  # absent, or written before row-group checksums
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     width = int(np.prod(SHAPE))
