@@ -276,9 +276,10 @@ def render(plan: dict) -> tuple[str, dict]:
                 f"measured {decode['draft_images_per_s']:.1f} images/s each (`{key}` is {workers} in the recipe).")
             out("")
     bench = plan["benchmarks"]
-    if any(bench.values()):
+    ratios = {k: v["ratio"] for k, v in bench.items() if v and "ratio" in v}  # stage2_scaleout has none
+    if ratios:
         out("Product overheads measured at demo scale (benchmarks/RESULTS.md), not applied above: "
-            + "; ".join(f"{k} ratio {v['ratio']}" for k, v in bench.items() if v) + ".")
+            + "; ".join(f"{k} ratio {v}" for k, v in ratios.items()) + ".")
         out("")
 
     # ---- memory
