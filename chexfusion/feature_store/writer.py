@@ -186,7 +186,8 @@ def write_shard_file(table, path: Path, row_group_rows: int) -> dict:
 
     Each row group is hashed from the Arrow buffers handed to the Parquet writer, as it is written
     (``checksums.py``), so the file is never read back. Hashing the bytes pyarrow writes would need them in Python,
-    and pyarrow hands a Python file object a copy of every write (docs/scale.md has the measured costs).
+    and pyarrow hands a Python file object a copy of every write (pyarrow 26: ``bytes``, even behind a large
+    ``pa.output_stream`` buffer), one more copy of every map.
     """
     with atomic_path(path) as tmp:
         records = write_parquet(table, tmp, row_group_rows, record=checksums.row_group_record)
