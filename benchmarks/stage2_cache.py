@@ -167,7 +167,7 @@ def flop_estimate(parts, split, cfg, extractor) -> dict:
     from chexfusion.training import EpochPermutationSampler
 
     size = extractor.preprocess.image_size
-    backbone = next(iter(extractor.backbones.values()))
+    backbone = next(iter(extractor.routed.backbones.values()))
     with FlopCounterMode(display=False) as counter:
         backbone(torch.zeros(1, extractor.preprocess.channels, size, size))
     per_image = counter.get_total_flops()

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -60,8 +61,9 @@ def build_store(folder: Path, gigabytes: float, processes: int) -> Path:
     from chexfusion.feature_store.schema import shard_table, study_runs
     from chexfusion.feature_store.writer import write_shard_file
 
-    if (folder / mf.MANIFEST_NAME).is_file():
+    if (folder / mf.MANIFEST_NAME).is_file() and mf.read_manifest(folder).get("row_group_checksums"):
         return folder
+    shutil.rmtree(folder, ignore_errors=True)  # absent, or written before row-group checksums
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     width = int(np.prod(SHAPE))
@@ -78,11 +80,12 @@ def build_store(folder: Path, gigabytes: float, processes: int) -> Path:
                    "csv_row": np.arange(start, stop)}
         maps = rng.standard_normal((n, width), dtype=np.float32).astype(np.float16)
         name = mf.shard_file_name("train", k)
-        checksum = write_shard_file(shard_table(columns, maps, DTYPE, "binary", SHAPE), folder / name, ROW_GROUP_ROWS)
-        shards.append({"file": name, "rows": n, "checksum": checksum, "skipped": []})
+        written = write_shard_file(shard_table(columns, maps, DTYPE, "binary", SHAPE), folder / name, ROW_GROUP_ROWS)
+        shards.append({"file": name, "rows": n, **written, "skipped": []})
     mf.write_manifest(folder, {"format": mf.FORMAT, "format_version": mf.FORMAT_VERSION, "complete": True,
                                "shape": list(SHAPE), "dtype": DTYPE, "layout": "binary", "pool": None,
                                "shard_rows": SHARD_ROWS, "row_group_rows": ROW_GROUP_ROWS, "study_aligned": True,
+                               "row_group_checksums": True,
                                "splits": {"train": {"rows": len(ids), "skipped": [], "shards": shards}}})
     return folder
 

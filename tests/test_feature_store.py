@@ -30,7 +30,7 @@ from chexfusion.data.images import Preprocess
 from chexfusion.data.studies import canonical_order
 from chexfusion.data.views import VIEW_INDEX
 from chexfusion.errors import UserError
-from chexfusion.feature_store import FeatureConfig, FeatureStore, build_store
+from chexfusion.feature_store import FeatureConfig, FeatureStore, build_store, checksums
 from chexfusion.feature_store.writer import KILL_HOOK_ENV
 from chexfusion.run_folder import save_weights
 from chexfusion.stage1.config import Stage1Config
@@ -156,8 +156,10 @@ def test_shards_are_plain_parquet_with_the_documented_schema(store):
     owner = {}
     for shard in shards:
         path = store / shard["file"]
-        assert shard["checksum"] == "xxh3_128:" + xxhash.xxh3_128(path.read_bytes()).hexdigest()
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path)  # the checksums hashed while writing are those of the row groups on disk
+        assert shard["row_groups"] == [checksums.row_group_record(pf.read_row_group(g))
+                                       for g in range(pf.metadata.num_row_groups)]
+        assert shard["checksum"] == checksums.shard_checksum(shard["row_groups"])
         for g in range(pf.metadata.num_row_groups):
             studies = pf.read_row_group(g, columns=["study_id"]).column("study_id").to_pylist()
             assert len(studies) <= 2 or len(set(studies)) == 1
@@ -274,28 +276,29 @@ def test_killed_extraction_resumes_to_a_byte_identical_store(tmp_path, data, run
     # 4: a study larger than shard_rows is a shard of its own), 2 val shards
 
 
-def test_a_store_killed_before_checksums_were_xxh3_resumes_without_rewriting_its_shards(tmp_path, data, runs,
-                                                                                         run_cli):
-    """Sidecars that an earlier version wrote hold ``sha256``: the resume keeps those shards and finishes."""
+def test_a_store_killed_before_row_group_checksums_is_rewritten_with_them(tmp_path, data, runs, run_cli):
+    """An interrupted store of an earlier version (whole-file checksums, no row-group ones) is rewritten by the
+    resume, which says why: a streamed read needs every row group's checksums."""
     config = write_stage2_config(tmp_path / "stage2.yaml", data, tmp_path / "killed", runs["all"])
     env = {**os.environ, KILL_HOOK_ENV: "2"}
     killed = subprocess.run([sys.executable, "-m", "chexfusion", "features", "--config", str(config)], env=env,
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr
     partial = tmp_path / "killed"
+    manifest = json.loads((partial / "manifest.json").read_text())
+    del manifest["row_group_checksums"]
+    (partial / "manifest.json").write_text(json.dumps(manifest))
     for sidecar in (partial / "_progress").glob("*.json"):
         record = json.loads(sidecar.read_text())
-        record["sha256"] = sha256(partial / record["file"])
-        del record["checksum"]
+        record["checksum"] = "xxh3_128:" + xxhash.xxh3_128((partial / record["file"]).read_bytes()).hexdigest()
+        del record["row_groups"]
         sidecar.write_text(json.dumps(record))
-    before = {p.name: p.stat().st_ino for p in partial.glob("part-*.parquet")}
-    assert len(before) == 2
 
-    code, _, err = run_cli("features", "--config", config, "--verify")
+    code, out, err = run_cli("features", "--config", config, "--verify")
     assert code == 0, err
-    assert {p: (partial / p).stat().st_ino for p in before} == before  # the old shards were kept
+    assert "was made differently (row_group_checksums" in out
     shards = json.loads((partial / "manifest.json").read_text())["splits"]["train"]["shards"]
-    assert [s["checksum"].split(":")[0] for s in shards] == ["sha256"] * 2 + ["xxh3_128"] * (len(shards) - 2)
+    assert all(s["checksum"].startswith(checksums.ALGORITHM + ":") and s["row_groups"] for s in shards)
 
 
 def test_two_processes_under_torchrun_write_the_same_store_as_one(tmp_path, data, runs, store):

@@ -24,8 +24,7 @@ from chexfusion import training
 from chexfusion.config import from_dict, read_yaml
 from chexfusion.data.labels import LabelPolicy
 from chexfusion.errors import UserError
-from chexfusion.feature_store import FeatureConfig, FeatureStore
-from chexfusion.feature_store import manifest as mf
+from chexfusion.feature_store import FeatureConfig, FeatureStore, checksums
 from chexfusion.io import file_sha256
 from chexfusion.metrics import json_safe
 from chexfusion.stage2.baseline import stage1_baseline
@@ -313,8 +312,9 @@ def test_store_row_groups_and_shards_hold_whole_studies(store):
     groups = opened.row_groups("train")
     assert len(groups) > 4 and all(first in starts for _, _, first, _ in groups)
     assert opened.manifest["study_aligned"] is True
-    for shard in opened.manifest["splits"]["train"]["shards"]:  # the checksum hashed while writing is the file's
-        assert shard["checksum"] == mf.shard_checksum(store / shard["file"])
+    for shard in opened.manifest["splits"]["train"]["shards"]:  # the checksums hashed while writing are the file's
+        assert shard["row_groups"] == checksums.file_records(store / shard["file"])
+        assert shard["checksum"] == checksums.shard_checksum(shard["row_groups"])
 
 
 @pytest.mark.parametrize("world", [1, 2])

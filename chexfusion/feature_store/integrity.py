@@ -1,19 +1,19 @@
 """What a store's shards must satisfy before anything trains on them, and the one-line refusal when they do not.
 
 Damage is found where it costs little: the shard list and each file's footer
-(its row count) when the store is opened; each row's split while the reading
-pass decodes it; each shard's checksum while an in-memory split is read to
-write its mapped copy (``FeatureStore.map_split``: the bytes are hashed in
-memory before they are decoded); coverage (a split holds exactly the rows of
-its CSV in store order, less the images recorded as skipped) when stage 2
-labels the split. ``chexfusion features`` checks every checksum and rewrites
-the shards that fail any of these.
+(its row count) when the store is opened; each row's split, and each row
+group's checksums (``checksums.py``: its metadata and its maps, hashed from
+the values just decoded), in the reading pass itself, whichever reader reads
+it -- a whole shard in memory, a streamed split's metadata, one streamed row
+group; coverage (a split holds exactly the rows of its CSV in store order,
+less the images recorded as skipped) when stage 2 labels the split.
+``chexfusion features`` checks every checksum and rewrites the shards that
+fail any of these. Parquet's own page CRCs would check the bytes instead, but
+verifying them measured 3-4x slower reads here.
 
-Not checked: the bytes of a streamed row group (each process reads only some
-of a shard, so the whole-file checksum cannot be computed on the way);
-Parquet's page CRCs would check them, but verifying them measured 3-4x slower
-reads here, so a damaged page that still decodes trains unnoticed in a
-streamed split (one that does not decode is refused).
+Stores written before row-group checksums: read into memory, each shard is
+checked against its whole-file checksum as its bytes are read to write the
+mapped copy; streamed, they are refused with the command that rewrites them.
 
 Out of scope: a forger who rewrites shards and manifest consistently (the
 checksums are in the manifest they would rewrite; see features/README.md).
@@ -29,7 +29,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import UserError
+from . import checksums
 from . import manifest as mf
+from .schema import FEATURES
 
 REWRITE = "run chexfusion features with the config that wrote the store to rewrite the damaged shards"
 
@@ -74,6 +76,49 @@ def checked_bytes(store: Path, path: Path, entries: dict[str, dict]) -> bytes:
     if algorithm not in mf.DIGESTS or mf.bytes_checksum(data, algorithm) != recorded:
         raise refusal(store, path.name, f"differs from its checksum in {mf.MANIFEST_NAME}")
     return data
+
+
+def old_store_refusal(store: Path) -> UserError:
+    """The line for streaming a store written before row-group checksums."""
+    return UserError(f"feature store {store} was written without row-group checksums, which a streamed read needs "
+                     f"to verify what it reads: run chexfusion features with the same config to rewrite it")
+
+
+def check_row_group_layout(store: Path, path: Path, sizes: list[int], records: list[dict]) -> None:
+    """The shard's row groups (their sizes, from its footer) are those its checksums in the manifest cover."""
+    if sizes != [int(r["rows"]) for r in records]:
+        raise refusal(store, path.name, f"has row groups of {sizes} rows, its checksums in {mf.MANIFEST_NAME} cover "
+                                        f"{[int(r['rows']) for r in records]}")
+
+
+def check_meta(store: Path, path: Path, table, records: list[dict]) -> None:
+    """Each row group's slice of ``table`` (a whole shard's metadata columns) has its metadata checksum."""
+    covered = sum(int(r["rows"]) for r in records)
+    if table.num_rows != covered:
+        raise refusal(store, path.name, f"holds {table.num_rows} rows, its row-group checksums in "
+                                        f"{mf.MANIFEST_NAME} cover {covered}")
+    start = 0
+    for g, record in enumerate(records):
+        if checksums.meta_digest(table.slice(start, record["rows"])) != record["meta"]:
+            raise refusal(store, path.name, f"row group {g}: its metadata differ from their checksum in "
+                                            f"{mf.MANIFEST_NAME}")
+        start += int(record["rows"])
+
+
+def check_maps(store: Path, path: Path, index: int, column, records: list[dict]) -> None:
+    """The maps just decoded from row group ``index`` of ``path`` have its checksum."""
+    if checksums.maps_digest(column) != records[index]["maps"]:
+        raise refusal(store, path.name, f"row group {index}: its maps differ from their checksum in "
+                                        f"{mf.MANIFEST_NAME}")
+
+
+def check_shard_table(store: Path, path: Path, table, records: list[dict]) -> None:
+    """A whole shard read at once (metadata and maps): every row group's checksums."""
+    check_meta(store, path, table, records)
+    column, start = table.column(FEATURES), 0
+    for g, record in enumerate(records):
+        check_maps(store, path, g, column.slice(start, record["rows"]), records)
+        start += int(record["rows"])
 
 
 def checksum_problems(store: Path, manifest: dict) -> list[tuple[str, str]]:

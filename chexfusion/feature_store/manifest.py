@@ -17,11 +17,13 @@ import hashlib
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import xxhash
 
 from ..data.views import VIEWS
 from ..errors import UserError
 from ..io import atomic_write_json, file_digest, file_sha256
+from . import checksums
 from .config import FeatureConfig
 from .routing import route_view  # the one routing rule, shared with predict
 from .sources import backbone_entry, describe_source
@@ -33,15 +35,16 @@ MANIFEST_NAME = "manifest.json"
 CONTENT_KEYS = ("routing", "unknown_view", "backbones", "preprocess", "image_size", "feature_shape", "pool",
                 "dtype", "shape", "splits")
 # Keys that change only how the same features are laid out in files; the writer rebuilds when they change.
-# study_aligned: row groups and shards hold whole studies (stage 2's sharded stream needs it; stores written
-# before it are rewritten by chexfusion features).
-STORAGE_KEYS = ("format_version", "layout", "shard_rows", "row_group_rows", "study_aligned")
+# study_aligned: row groups and shards hold whole studies (stage 2's sharded stream needs it); row_group_checksums:
+# each shard entry lists its row groups' checksums (a streamed read needs them, checksums.py). Stores written
+# before either are rewritten by chexfusion features.
+STORAGE_KEYS = ("format_version", "layout", "shard_rows", "row_group_checksums", "row_group_rows", "study_aligned")
 
 
 # A shard's checksum finds a damaged, truncated or swapped shard file (resume and ``features --verify``); it is not
-# a defence against tampering, so it is XXH3-128, not sha256: hashing runs at memory speed (measured ~10x sha256
-# here), which keeps a shard's write close to the cost of writing its bytes (benchmarks/feature_store.py).
-SHARD_CHECKSUM = "xxh3_128"
+# a defence against tampering, so it is XXH3, not sha256: hashing runs at memory speed (measured ~10x sha256 here).
+# Stores written now record checksums.ALGORITHM (their row groups' values); older ones the hash of the whole file
+# with one of DIGESTS, still checked that way.
 DIGESTS = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
 
 
@@ -49,13 +52,14 @@ def shard_file_name(split: str, index: int) -> str:
     return f"part-{split}-{index:05d}.parquet"
 
 
-def shard_checksum(path: Path, algorithm: str = SHARD_CHECKSUM) -> str:
-    """``'<algorithm>:<hex digest>'`` of a shard file."""
+def file_checksum(path: Path, algorithm: str) -> str:
+    """``'<algorithm>:<hex digest>'`` of a shard file's bytes (the checksum of stores written before
+    ``checksums.ALGORITHM``)."""
     return f"{algorithm}:{file_digest(path, DIGESTS[algorithm]())}"
 
 
-def bytes_checksum(data, algorithm: str = SHARD_CHECKSUM) -> str:
-    """``'<algorithm>:<hex digest>'`` of a shard's bytes in memory, as :func:`shard_checksum` gives for its file."""
+def bytes_checksum(data, algorithm: str) -> str:
+    """``'<algorithm>:<hex digest>'`` of a shard's bytes in memory, as :func:`file_checksum` gives for its file."""
     return f"{algorithm}:{DIGESTS[algorithm](data).hexdigest()}"
 
 
@@ -71,10 +75,17 @@ def recorded_checksum(record: dict) -> str | None:
 
 
 def shard_matches(path: Path, record: dict) -> bool:
-    """Whether the file at ``path`` has the checksum that its manifest entry or sidecar ``record`` holds."""
+    """Whether the file at ``path`` has the checksums that its manifest entry or sidecar ``record`` holds
+    (reads the whole file; a file that does not decode does not match)."""
     recorded = recorded_checksum(record)
     algorithm = recorded.partition(":")[0] if recorded else None
-    return algorithm in DIGESTS and shard_checksum(path, algorithm) == recorded
+    if algorithm == checksums.ALGORITHM:
+        try:
+            found = checksums.file_records(path)
+        except (OSError, pa.ArrowInvalid):
+            return False
+        return found == record.get("row_groups") and checksums.shard_checksum(found) == recorded
+    return algorithm in DIGESTS and file_checksum(path, algorithm) == recorded
 
 
 def pooled_shape(feature_shape, pool) -> list[int]:
@@ -126,7 +137,7 @@ def new_manifest(expected: dict, cfg: FeatureConfig) -> dict:
     """The manifest of a store being written (``complete`` false until every shard is on disk)."""
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "complete": False, **expected,
             "layout": cfg.layout, "shard_rows": cfg.shard_rows, "row_group_rows": cfg.row_group_rows,
-            "study_aligned": True}
+            "study_aligned": True, "row_group_checksums": True}
 
 
 def read_manifest(store: Path) -> dict | None:

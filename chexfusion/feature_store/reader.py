@@ -14,6 +14,10 @@ are read one row group at a time. A row group *owns* the studies that start in i
 runs past its end takes its remaining rows from the next row group (studies
 are contiguous in store order). At most two row groups are decoded at a time,
 plus a shuffle buffer of whole studies, so memory does not grow with the store.
+
+Every read checks what it decoded against the row-group checksums in the
+manifest, in the same pass (``integrity.py``); ``FeatureStore(path, verify=False)``
+skips that (benchmarks/feature_store.py measures what it costs).
 """
 
 from __future__ import annotations
@@ -229,8 +233,8 @@ class _RowGroupCache:
 class FeatureStore:
     """A complete feature store folder, opened by its ``manifest.json``."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, verify: bool = True):
+        self.path, self.verify_reads = Path(path), verify
         manifest = mf.read_manifest(self.path)
         if manifest is None:
             raise UserError(f"no feature store at {self.path} (no {mf.MANIFEST_NAME}): run chexfusion features")
@@ -245,6 +249,7 @@ class FeatureStore:
         self.dtype = NUMPY_DTYPES[manifest["dtype"]]
         self.width = int(np.prod(self.shape))
         self.last_stream_stats = StreamStats()
+        self.entries = integrity.listed_shards(manifest)
         problems = integrity.listing_problems(self.path, manifest)  # footers only: a few KB a shard
         if problems:
             raise integrity.refusal(self.path, *problems[0])
@@ -285,6 +290,16 @@ class FeatureStore:
     def _shard_paths(self, split: str) -> list[Path]:
         return [self.path / s["file"] for s in self._split(split)["shards"]]
 
+    def _records(self, path: Path, streamed: bool) -> list[dict] | None:
+        """The row-group checksums of shard ``path`` when reads are verified; None for an older store read into
+        memory (checked otherwise there, see :meth:`map_split`); refused for an older store streamed."""
+        if not self.verify_reads:
+            return None
+        records = self.entries[path.name].get("row_groups")
+        if records is None and streamed:
+            raise integrity.old_store_refusal(self.path)
+        return records
+
     def verify(self) -> None:
         """Check every shard against the checksum in the manifest (reads the whole store)."""
         problems = integrity.checksum_problems(self.path, self.manifest)
@@ -299,11 +314,18 @@ class FeatureStore:
         with integrity.reading(self.path, path):
             return pq.ParquetFile(path, memory_map=memory_map, pre_buffer=False)
 
-    def _read_shard(self, path: Path, split: str) -> tuple[pa.Table, list[np.ndarray]]:
+    def _read_shard_table(self, path: Path, split: str) -> pa.Table:
+        """A whole shard's metadata and maps (``split`` dropped), checked against its row-group checksums."""
         with integrity.reading(self.path, path):
             table = self._open(path, memory_map=True).read(columns=[*READ_META, "split", FEATURES], use_threads=False)
-        integrity.check_split_column(self.path, path, table, split)
-        table = table.drop_columns(["split"])
+        integrity.check_split_column(self.path, path, table, split)  # first: the clearer line for a misplaced shard
+        records = self._records(path, streamed=False)
+        if records is not None:
+            integrity.check_shard_table(self.path, path, table, records)
+        return table.drop_columns(["split"])
+
+    def _read_shard(self, path: Path, split: str) -> tuple[pa.Table, list[np.ndarray]]:
+        table = self._read_shard_table(path, split)
         chunks = [features_to_numpy(c, self.manifest["dtype"], self.width) for c in table.column(FEATURES).chunks]
         return table.drop_columns([FEATURES]), chunks
 
@@ -333,8 +355,9 @@ class FeatureStore:
     def map_split(self, split: str) -> SplitFeatures:
         """The whole split as :meth:`load_split` gives it, its maps memory-mapped from an Arrow IPC file.
 
-        Each shard is checked against its checksum as it is read to write that
-        file (one read: the bytes are hashed in memory, then decoded).
+        Each shard is checked against its row-group checksums as it is read to
+        write that file (an older store's, against its whole-file checksum:
+        the bytes are hashed in memory, then decoded).
 
         Parquet pages always decode into the reading process's own memory, so P
         processes that load a split hold P copies. An Arrow IPC file is the
@@ -356,20 +379,27 @@ class FeatureStore:
         for stale in path.parent.glob(f"{split}-*.arrow"):
             stale.unlink(missing_ok=True)
         rows = int(self.manifest.get("row_group_rows", 256))  # a batch of rows at a time, not the whole shard
-        entries = integrity.listed_shards(self.manifest)
         with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink:
             writer = None
             for shard in self._shard_paths(split):
-                with integrity.reading(self.path, shard):
-                    parquet = pq.ParquetFile(pa.BufferReader(integrity.checked_bytes(self.path, shard, entries)))
-                    batches = list(parquet.iter_batches(batch_size=rows, columns=[*READ_META, "split", FEATURES],
-                                                        use_threads=False))
+                if self.entries[shard.name].get("row_groups") is not None or not self.verify_reads:
+                    batches = self._read_shard_table(shard, split).to_batches(max_chunksize=rows)
+                else:
+                    batches = self._read_old_shard(shard, split, rows)
                 for batch in batches:
-                    integrity.check_split_column(self.path, shard, batch, split)
-                    batch = batch.drop_columns(["split"])
                     writer = writer or pa.ipc.new_file(sink, batch.schema)
                     writer.write_batch(batch)
             writer.close()
+
+    def _read_old_shard(self, path: Path, split: str, rows: int) -> list[pa.RecordBatch]:
+        """A shard of a store written before row-group checksums, checked against its whole-file checksum."""
+        with integrity.reading(self.path, path):
+            parquet = pq.ParquetFile(pa.BufferReader(integrity.checked_bytes(self.path, path, self.entries)))
+            batches = list(parquet.iter_batches(batch_size=rows, columns=[*READ_META, "split", FEATURES],
+                                                use_threads=False))
+        for batch in batches:
+            integrity.check_split_column(self.path, path, batch, split)
+        return [batch.drop_columns(["split"]) for batch in batches]
 
     # ---- streaming -----------------------------------------------------------------------------------------
 
@@ -377,9 +407,12 @@ class FeatureStore:
         """The split's metadata columns and study bounds, without its maps (see :class:`SplitMetadata`)."""
         tables = []
         for path in self._shard_paths(split):
+            records = self._records(path, streamed=True)
             with integrity.reading(self.path, path):
                 tables.append(self._open(path, memory_map=False).read(columns=[*READ_META, "split"]))
             integrity.check_split_column(self.path, path, tables[-1], split)
+            if records is not None:
+                integrity.check_meta(self.path, path, tables[-1], records)
         meta = pa.concat_tables(tables) if tables else None
         if meta is None or not meta.num_rows:
             empty = np.zeros(0, np.int64)
@@ -396,20 +429,30 @@ class FeatureStore:
         """(shard path, row group index, first row, rows) of every row group of the split, in store order."""
         return self._row_groups(split)
 
-    def read_row_group(self, path: Path, index: int) -> np.ndarray:
-        """The maps ``[rows, C*h*w]`` of one row group (read-only views of the decoded buffer)."""
+    def read_row_group(self, path: Path, index: int, parquet: pq.ParquetFile | None = None) -> np.ndarray:
+        """The maps ``[rows, C*h*w]`` of one row group (read-only views of the decoded buffer), checked against
+        its checksum as they are decoded; ``parquet``: the shard already open."""
+        records = self._records(path, streamed=True)
         with integrity.reading(self.path, path):
-            column = self._open(path, memory_map=False).read_row_group(index, columns=[FEATURES]).column(FEATURES)
+            parquet = parquet or self._open(path, memory_map=False)
+            column = parquet.read_row_group(index, columns=[FEATURES]).column(FEATURES)
+        if records is not None:
+            integrity.check_maps(self.path, path, index, column, records)
         chunks = [features_to_numpy(c, self.manifest["dtype"], self.width) for c in column.chunks]
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     def _row_groups(self, split: str) -> list[tuple[Path, int, int, int]]:
-        """(shard path, row group index, first row, rows) of every row group of the split, in store order."""
+        """(shard path, row group index, first row, rows) of every row group of the split, in store order; each
+        shard's row groups must be those its checksums cover."""
         groups, start = [], 0
         for path in self._shard_paths(split):
-            metadata = self._open(path, memory_map=False).metadata
-            for g in range(metadata.num_row_groups):
-                n = metadata.row_group(g).num_rows
+            records = self._records(path, streamed=True)
+            with integrity.reading(self.path, path):
+                metadata = self._open(path, memory_map=False).metadata
+            sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+            if records is not None:
+                integrity.check_row_group_layout(self.path, path, sizes, records)
+            for g, n in enumerate(sizes):
                 groups.append((path, g, start, n))
                 start += n
         return groups
@@ -478,10 +521,7 @@ class _SplitStream:
             if len(self.files) >= 2:
                 self.files.popitem(last=False)
             self.files[path] = self.store._open(path, memory_map=False)
-        with integrity.reading(self.store.path, path):
-            column = self.files[path].read_row_group(index, columns=[FEATURES]).column(FEATURES)
-        chunks = [features_to_numpy(c, self.store.manifest["dtype"], self.store.width) for c in column.chunks]
-        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        return self.store.read_row_group(path, index, self.files[path])
 
     def _rows(self, start: int, stop: int) -> np.ndarray:
         """Maps of rows [start, stop): from the row group holding ``start`` and, for a study that runs on, the next."""

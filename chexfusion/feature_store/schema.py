@@ -123,9 +123,18 @@ def study_runs(study_ids, max_rows: int) -> list[tuple[int, int]]:
     return runs + [(start, len(ids))]
 
 
-def write_parquet(table: pa.Table, sink, row_group_rows: int) -> None:
-    """Write ``table`` to ``sink`` (a path or a writable file object) in row groups of whole studies."""
+def write_parquet(table: pa.Table, sink, row_group_rows: int, record=None) -> list:
+    """Write ``table`` to ``sink`` (a path or a writable file object) in row groups of whole studies.
+
+    ``record``, if given, is called with each row group's rows just before they are written (the writer hashes
+    them there: ``checksums.row_group_record``); its results are returned in row-group order.
+    """
+    records = []
     with pq.ParquetWriter(sink, table.schema, **PARQUET_OPTIONS) as writer:
         for start, stop in study_runs(table.column("study_id").to_numpy(zero_copy_only=False), row_group_rows) \
                 or [(0, 0)]:
-            writer.write_table(table.slice(start, stop - start), row_group_size=max(stop - start, 1))
+            part = table.slice(start, stop - start)
+            if record is not None:
+                records.append(record(part))
+            writer.write_table(part, row_group_size=max(stop - start, 1))
+    return records

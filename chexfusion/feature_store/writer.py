@@ -8,9 +8,9 @@ groups of at most ``row_group_rows``, never inside a study (minus unreadable
 images when ``skip_bad_images``). What a shard holds therefore depends on the
 data alone, never on timing or on the number of processes.
 
-Resume and atomicity: a shard is written under a temporary name, hashed (from
-the page cache) and renamed; then a sidecar
-``_progress/<shard>.json`` records the checksum. A re-run keeps
+Resume and atomicity: a shard is written under a temporary name (each row
+group hashed as it is written, ``checksums.py``) and renamed; then a sidecar
+``_progress/<shard>.json`` records the checksums. A re-run keeps
 every shard whose file matches its sidecar and writes only the others; the
 manifest is written last, from the sidecars, and ``_progress`` removed, so an
 interrupted-then-resumed store equals an uninterrupted one byte for byte.
@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import UserError
 from ..io import atomic_path, atomic_write_json
 from ..progress import tqdm
-from . import integrity
+from . import checksums, integrity
 from . import manifest as mf
 from .config import FeatureConfig
 from .reader import MAPPED_DIR
@@ -154,6 +154,7 @@ def reopen_damaged(store: Path, manifest: dict, damaged: set[str]) -> None:
         if name not in damaged:
             atomic_write_json(_sidecar(store, name), {"file": name, "rows": shard["rows"],
                                                       "checksum": mf.recorded_checksum(shard),
+                                                      "row_groups": shard.get("row_groups"),
                                                       "skipped": shard["skipped"], "skipped_errors": []})
     for name in damaged:
         (store / name).unlink(missing_ok=True)
@@ -180,18 +181,18 @@ def _test_kill_hook() -> None:
     _shards_written += 1
 
 
-def write_shard_file(table, path: Path, row_group_rows: int) -> str:
-    """Write one shard atomically; return its checksum.
+def write_shard_file(table, path: Path, row_group_rows: int) -> dict:
+    """Write one shard atomically; return its ``checksum`` and ``row_groups`` records for the manifest.
 
-    The checksum hashes the file just written, which is still in the page cache, so the "second read" runs at
-    memory speed: benchmarks/feature_store.py measured it cheaper than hashing during the write (a Python file
-    object that hashes each call of the Parquet writer) or than encoding the shard in memory first.
+    Each row group is hashed from the Arrow buffers handed to the Parquet writer, as it is written
+    (``checksums.py``), so the file is never read back. Hashing the bytes pyarrow writes would need them in Python,
+    and pyarrow hands a Python file object a copy of every write (pyarrow 26: ``bytes``, even behind a large
+    ``pa.output_stream`` buffer), one more copy of every map.
     """
     with atomic_path(path) as tmp:
-        write_parquet(table, tmp, row_group_rows)
-        digest = mf.shard_checksum(tmp)
+        records = write_parquet(table, tmp, row_group_rows, record=checksums.row_group_record)
         _test_kill_hook()
-    return digest
+    return {"checksum": checksums.shard_checksum(records), "row_groups": records}
 
 
 def _shard_columns(plan: SplitPlan, rows: np.ndarray) -> dict:
@@ -236,9 +237,9 @@ def _extract_split_shards(store: Path, cfg: FeatureConfig, header: dict, plan: S
             features = np.concatenate(maps) if maps else np.zeros((0, width), NUMPY_DTYPES[cfg.dtype])
             table = shard_table(_shard_columns(plan, kept_rows), features, cfg.dtype, cfg.layout,
                                 tuple(header["shape"]))
-            digest = write_shard_file(table, store / job.file_name, cfg.row_group_rows)
+            written = write_shard_file(table, store / job.file_name, cfg.row_group_rows)
             atomic_write_json(_sidecar(store, job.file_name), {
-                "file": job.file_name, "rows": len(kept_rows), "checksum": digest,
+                "file": job.file_name, "rows": len(kept_rows), **written,
                 "skipped": [str(dicom_ids[r]) for r, _ in skipped], "skipped_errors": [e for _, e in skipped]})
     finally:
         batches.close()  # stops DataLoader workers, also when a shard fails
@@ -252,7 +253,7 @@ def finish_manifest(store: Path, header: dict, plans: dict[str, SplitPlan], jobs
         for job in (j for j in jobs if j.split == name):
             record = json.loads(_sidecar(store, job.file_name).read_text())
             shards.append({"file": record["file"], "rows": record["rows"], "checksum": mf.recorded_checksum(record),
-                           "skipped": record["skipped"]})
+                           "row_groups": record["row_groups"], "skipped": record["skipped"]})
             skipped += record["skipped"]
         splits[name] = {**entry, "images_in_csv": int(len(plans[name].order)),
                         "rows": int(sum(s["rows"] for s in shards)), "skipped": skipped, "shards": shards}
