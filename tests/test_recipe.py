@@ -89,10 +89,12 @@ def test_cutmix_per_element_keeps_unmixed_masks_and_mixes_by_the_pasted_area():
         assert torch.equal(m[i], masks[i] * masks[j])
 
 
-def test_an_odd_batch_cannot_be_mixed():
+def test_an_odd_batch_keeps_its_last_sample_unmixed_and_pairs_the_rest():
     images, targets, masks = _batch(n=5)
-    with pytest.raises(UserError, match="must be even"):
-        BatchMixer(AugmentConfig(mixup_alpha=1.0), 5)(images, targets, masks, seed=0)
+    mixed, y, m = BatchMixer(AugmentConfig(mixup_alpha=1.0), 5)(images, targets, masks, seed=0)
+    assert torch.equal(mixed[4], images[4]) and torch.equal(y[4], targets[4]) and torch.equal(m[4], masks[4])
+    even = BatchMixer(AugmentConfig(mixup_alpha=1.0), 5)(images[:4], targets[:4], masks[:4], seed=0)
+    assert all(torch.equal(a[:4], b) for a, b in zip((mixed, y, m), even))
 
 
 def test_class_aware_sampling_gives_every_class_the_same_share():

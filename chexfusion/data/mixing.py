@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserError
 from .augment import AugmentConfig
 from .timm_augment import seeded_globals
 
@@ -33,14 +32,17 @@ class BatchMixer:
                            num_classes=2 * num_classes, multi_label=True)
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, seed: int):
-        if len(images) % 2:
-            raise UserError(f"MixUp / CutMix pair the samples of a batch: train.batch_size must be even, got a "
-                            f"batch of {len(images)}")
+        """timm pairs the samples of a batch, so an odd batch (an unreadable image skipped from an even one) keeps
+        its last sample unmixed."""
+        n = len(images) - len(images) % 2
+        if n == 0:
+            return images, targets, masks
         both = torch.cat([targets.float(), masks.float()], dim=1)
         with seeded_globals(seed):
-            images, mixed = self.mixup(images.clone(), both)
-        targets, masks = mixed[:, : self.num_classes], mixed[:, self.num_classes:]
-        return images, targets, (masks > 1.0 - 1e-6).to(masks.dtype)
+            mixed_images, mixed = self.mixup(images[:n].clone(), both[:n])
+        mixed_masks = (mixed[:, self.num_classes:] > 1.0 - 1e-6).to(masks.dtype)
+        return (torch.cat([mixed_images, images[n:]]), torch.cat([mixed[:, : self.num_classes], targets[n:].float()]),
+                torch.cat([mixed_masks, masks[n:]]))
 
 
 def batch_mixer(cfg: AugmentConfig, num_classes: int) -> BatchMixer | None:
