@@ -91,8 +91,8 @@ class RowOffset(torch.utils.data.Dataset):
 
 
 def epoch_sampler(cfg: Stage1Config, labelled_targets: np.ndarray, size: int):
-    """The training order: a seeded permutation, or repeat-factor sampling over the labelled images (extra
-    noisy-student rows, after them, are drawn once per epoch)."""
+    """The training order: a seeded permutation, repeat-factor sampling over the labelled images (extra
+    noisy-student rows, after them, are drawn once per epoch), or class-aware sampling (labelled images only)."""
     if cfg.sampling.method == "uniform":
         return training.EpochPermutationSampler(size, cfg.seed)
     from ..sampling import ClassAwareSampler, RepeatFactorSampler, repeat_factors
