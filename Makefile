@@ -48,6 +48,15 @@ stage2: features
 	$(CX) stage2 --config $(STAGE2_CONFIG)
 	$(CX) calibrate --model $(STAGE2_RUN)
 
+# Seed 004's ChestX-ray14 recipe, scaled down, on the synthetic NIH-format set (docs/recipes.md): split 70/10/20 by
+# patient, then stage 1 with L_ours (re-weighted) and with L_WBCE (ratio-weighted BCE).
+.PHONY: nih-004-demo
+nih-004-demo: $(DATA_STAMP)
+	$(CX) convert --format nih --labels $(DATA_DIR)/external/nih/Data_Entry_2017.csv \
+		--image-root $(DATA_DIR)/external/nih --out $(DATA_DIR)/nih-004
+	$(CX) stage1 --config stage1/chestxray14-004-demo.yaml
+	$(CX) stage1 --config stage1/chestxray14-004-demo.yaml name=chestxray14-004-demo-wbce \
+		loss.name=weighted_bce 'loss.params={weights: ratio}'
 ABLATE_LOSSES ?= bce,focal,asl,weighted_asl
 ablate: $(DATA_STAMP)
 	$(CX) ablate --stage1-config $(STAGE1_CONFIG) --stage2-config $(STAGE2_CONFIG) \

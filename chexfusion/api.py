@@ -47,13 +47,14 @@ class Model:
     def __repr__(self) -> str:
         return f"chexfusion.Model({str(self.path)!r}, kind={self.kind}, {len(self.classes)} classes)"
 
-    def predict_study(self, images, views=None, classes=None, tta: bool = False) -> dict[str, float]:
+    def predict_study(self, images, views=None, classes=None, tta=False) -> dict[str, float]:
         """``{class: probability}`` for one study: ``images`` are paths (JPEG, PNG, DICOM), PIL images, grayscale
         numpy arrays or model-input tensors; ``views`` one of frontal / lateral / unknown each, or None (read from
-        DICOM headers, else unknown); ``classes`` other names to score (runs trained with text queries)."""
+        DICOM headers, else unknown); ``classes`` other names to score (runs trained with text queries); ``tta``
+        test-time views averaged in: True (the flip), ``"flip,scale:0.9,shift:0.05"`` or a list of them."""
         return self.explain_study(images, views, classes, tta=tta, attention=False).as_dict()
 
-    def explain_study(self, images, views=None, classes=None, tta: bool = False,
+    def explain_study(self, images, views=None, classes=None, tta=False,
                       attention: bool = True) -> StudyPrediction:
         """As :meth:`predict_study`, with which images were scored, their views and the decoder's attention."""
         return self.predictor.predict_study(images, views, classes=classes, attention=attention, tta=tta)

@@ -1,4 +1,5 @@
-"""``chexfusion convert``: another dataset's layout into the project's CXR-LT CSV (CXR-LT 2026 / PadChest).
+"""``chexfusion convert``: another dataset's layout into the project's CXR-LT CSV (CXR-LT 2026 / PadChest, or
+NIH ChestX-ray14 split by patient into train / val / test CSVs: ``--format nih``).
 
 The challenge's CSV has no study and no view, so nothing downstream could group PadChest's PA + lateral pairs;
 joined to PadChest's metadata it becomes an ordinary CXR-LT CSV (``dicom_id, subject_id, study_id,
@@ -16,9 +17,10 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
-from .io import atomic_write_text, check_output_file
+from .io import atomic_write_text, check_output_file, check_output_folder
 
-FORMATS = ("cxr-lt-2026",)
+FORMATS = ("cxr-lt-2026", "nih")
+NIH_SPLIT_NAMES = ("train", "val", "test")
 OUT_COLUMNS = ("dicom_id", "subject_id", "study_id", "ViewPosition", "fpath")
 EXAMPLES = 3
 
@@ -26,13 +28,18 @@ EXAMPLES = 3
 def add_arguments(parser) -> None:
     parser.add_argument("--format", required=True, choices=FORMATS, help="the input layout")
     parser.add_argument("--labels", required=True, type=Path,
-                        help="the challenge CSV: CXRLT_2026_training.csv, or a dev / test CSV (ids only)")
-    parser.add_argument("--padchest-metadata", required=True, type=Path,
-                        help="PadChest's PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv")
+                        help="the challenge CSV: CXRLT_2026_training.csv, or a dev / test CSV (ids only); "
+                             "nih: Data_Entry_2017.csv")
+    parser.add_argument("--padchest-metadata", type=Path, default=None,
+                        help="cxr-lt-2026: PadChest's PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv")
+    parser.add_argument("--split", default="70,10,20",
+                        help="nih: train,val,test shares of the patients (default 70,10,20, seed 004's split)")
+    parser.add_argument("--seed", type=int, default=0, help="nih: the seed of the patient split (default 0)")
     parser.add_argument("--removal", type=Path, default=None, help="Removal.csv: images not to train on (dropped)")
     parser.add_argument("--image-root", required=True, type=Path,
                         help="the folder holding PadChest's numbered ImageDir folders (the CSV's fpath root)")
-    parser.add_argument("--out", required=True, type=Path, help="the CXR-LT CSV to write")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="the CXR-LT CSV to write; nih: a folder for train.csv, val.csv, test.csv")
     parser.add_argument("--allow-unmatched", action="store_true",
                         help="keep ImageIDs the metadata lacks, each a one-image study of unknown view")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object, last")
@@ -70,11 +77,36 @@ def format_text(conversion, out: Path) -> str:
     ])
 
 
+def split_nih(labels: Path, out: Path, split: str, seed: int) -> dict[str, int]:
+    """NIH's ``Data_Entry_2017.csv`` (read by ``read_nih``, its 14 labels) as train / val / test CXR-LT CSVs
+    under ``out``, split by patient; returns the images per split."""
+    from .data.external import read_nih
+    from .data.splits import parse_fractions, split_by_patient
+
+    fractions = parse_fractions(split)
+    if len(fractions) != len(NIH_SPLIT_NAMES):
+        raise UserError(f"--split must give three shares (train,val,test), got '{split}'")
+    table = read_nih(labels)
+    parts = split_by_patient(table.frame["subject_id"].to_numpy(), fractions, seed)
+    for name, rows in zip(NIH_SPLIT_NAMES, parts):
+        atomic_write_text(out / f"{name}.csv", table_csv(table.select(rows)))
+    return {name: len(rows) for name, rows in zip(NIH_SPLIT_NAMES, parts)}
+
+
 def run(args) -> int:
     from .data.padchest import join_challenge_csv
 
     if not args.image_root.is_dir():
         raise UserError(f"--image-root is not a folder: {args.image_root}")
+    if args.format == "nih":
+        check_output_folder(args.out)
+        counts = split_nih(args.labels, args.out, args.split, args.seed)
+        print(json.dumps(counts) if args.json else
+              f"wrote {', '.join(f'{n} {c} images' for n, c in counts.items())} (split by patient, seed "
+              f"{args.seed}) to {args.out}")
+        return 0
+    if args.padchest_metadata is None:
+        raise UserError("--format cxr-lt-2026 needs --padchest-metadata")
     check_output_file(args.out)
     conversion = join_challenge_csv(args.labels, args.padchest_metadata, args.removal, args.allow_unmatched)
     atomic_write_text(args.out, table_csv(conversion.table))

@@ -11,7 +11,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--image-root", required=True, help="folder the CSV's fpath values are relative to")
     parser.add_argument("--out", required=True, help="predictions CSV to write")
     parser.add_argument("--batch-size", type=int, default=32, help="images per backbone batch (default 32)")
-    parser.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
+    parser.add_argument("--tta", nargs="?", const="flip", default="", metavar="VIEWS",
+                        help="average with test-time views: --tta alone is the horizontal flip; or a comma list of "
+                             "flip, scale:S, shift:F (e.g. flip,scale:0.9,shift:0.05)")
     parser.add_argument("--aggregate", choices=["max", "mean"], default=None,
                         help="stage-1 runs: give each image its study's max / mean probability")
     parser.add_argument("--skip-bad-images", action="store_true",

@@ -26,6 +26,7 @@ from chexfusion.data.labels import LabelPolicy
 from chexfusion.errors import UserError
 from chexfusion.feature_store import FeatureConfig, FeatureStore, checksums
 from chexfusion.io import file_sha256
+from chexfusion.losses import build_loss
 from chexfusion.metrics import json_safe
 from chexfusion.stage2.baseline import stage1_baseline
 from chexfusion.stage2.config import Stage2Config
@@ -237,7 +238,7 @@ def test_same_weights_score_the_same_streamed_and_in_memory(streamed_run, store,
             split = Split(opened, name, source, str(csv), classes, policy, cfg.model.max_images)
             loader = torch.utils.data.DataLoader(split.dataset, batch_size=BATCH, collate_fn=collate_studies)
             scored[name, reader] = split_metrics(split, *study_probs(model, loader, accelerator, name), classes,
-                                                 prevalence)
+                                                 prevalence, build_loss(cfg.loss.name, cfg.loss.params, prevalence))
             if reader == "memory":
                 memory_splits[name] = split
     for name, key in (("val", "validation"), ("test", "test")):

@@ -132,7 +132,7 @@ class EnsemblePredictor(Predictor):
         raise UserError("an ensemble scores its members' classes only (drop --classes, or predict with a member)")
 
     def predict_study(self, images, views=None, classes=None, attention: bool = False,
-                      tta: bool = False) -> StudyPrediction:
+                      tta=False) -> StudyPrediction:
         self.named_classes(classes)
         if any(isinstance(image, torch.Tensor) for image in images) and any(
                 m.preprocess != self.preprocess for m in self.members):

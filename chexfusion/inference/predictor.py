@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..calibration import Calibration, scale
+from ..data.tta import parse_tta
 from ..data.views import VIEW_INDEX
 from .classes import NamedClasses, encode_class_names
 from .inputs import study_inputs
@@ -42,10 +43,13 @@ class TableOptions:
     """How a table is predicted (``chexfusion predict``'s options)."""
 
     batch_size: int = 32  # images per backbone batch (stage 2: also studies per fusion batch)
-    tta: bool = False  # average with horizontally flipped images
+    tta: object = False  # test-time views (data/tta.py: "flip,scale:0.9", a list, True = flip), a tuple after init
     skip_bad_images: bool = False  # skip and count unreadable images instead of stopping
     aggregate: str | None = None  # stage 1: give each image its study's max / mean (None: per image)
     progress: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "tta", parse_tta(self.tta))
 
 
 @dataclass
@@ -104,26 +108,28 @@ class Predictor:
         return nullcontext() if named is None else self.model.decoder.scoring(named.queries, named.trained_index)
 
     def predict_study(self, images, views=None, classes=None, attention: bool = False,
-                      tta: bool = False) -> StudyPrediction:
+                      tta=False) -> StudyPrediction:
         """Score one study from its images (paths, PIL images, arrays or model-input tensors).
 
         ``views``: one of frontal / lateral / unknown per image, or None (DICOM headers, else unknown).
         ``classes``: names to score instead of the run's own (text-query runs; unseen names zero-shot).
         ``attention``: also return the decoder's attention over each scored image.
+        ``tta``: test-time views averaged with the images (:func:`chexfusion.data.tta.parse_tta`; True = flip).
         """
         batch, views = study_inputs(images, views, self.preprocess)
         order = scoring_order(views)
         used = order[: self.max_images] if self.max_images else order
         named = self.named_classes(classes)
         with torch.inference_mode(), self.scoring(named):
-            probs, maps = self.score_study(batch[used], [views[i] for i in used], attention, tta)
+            probs, maps = self.score_study(batch[used], [views[i] for i in used], attention, parse_tta(tta))
         names = self.classes if named is None else named.names
         probs = self.calibrate(probs.numpy().astype(np.float64), names)
         return StudyPrediction(names, probs, views, used, self.aggregation,
                                None if maps is None else maps.float().cpu().numpy())
 
-    def score_study(self, images: torch.Tensor, views: list[str], attention: bool, tta: bool):
-        """(probabilities [K], attention [Q, n, h, w] or None) for one study's images in scoring order."""
+    def score_study(self, images: torch.Tensor, views: list[str], attention: bool, tta: tuple):
+        """(probabilities [K], attention [Q, n, h, w] or None) for one study's images in scoring order, averaged
+        over the test-time views ``tta`` (attention: of the images themselves)."""
         raise NotImplementedError
 
     def predict_table(self, table, image_root, options: TableOptions = TableOptions(),

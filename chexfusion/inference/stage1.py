@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..data.tta import tta_mean
 from ..errors import UserError
 from ..feature_store.routing import study_ordered_rows
 from .predictor import PredictionResult, Predictor, TableOptions, image_batches
@@ -15,21 +16,19 @@ class Stage1Predictor(Predictor):
     aggregation = "max"
 
     @torch.no_grad()
-    def image_probs(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
-        """Per-image probabilities ``[n, K]`` on the CPU (flip-TTA averaged if asked)."""
-        images = images.to(self.device)
-        p = torch.sigmoid(self.model(images).float())
-        if tta:
-            p = 0.5 * (p + torch.sigmoid(self.model(torch.flip(images, dims=[-1])).float()))
-        return p.cpu()
+    def image_probs(self, images: torch.Tensor, tta: tuple = ()) -> torch.Tensor:
+        """Per-image probabilities ``[n, K]`` on the CPU, averaged over the test-time views ``tta``."""
+        return tta_mean(lambda x: torch.sigmoid(self.model(x).float()), images.to(self.device), tta).cpu()
 
     def score_study(self, images, views, attention, tta):
         if not attention:
             return self.image_probs(images, tta).max(dim=0).values, None
         logits, att = self.model.forward_with_attention(images.to(self.device))
         per_image = torch.sigmoid(logits.float()).cpu()
-        if tta:
-            per_image = 0.5 * (per_image + self.image_probs(torch.flip(images, dims=[-1])))
+        if tta:  # the mean over the images and their views (as tta_mean), the attention of the images
+            for view in tta:
+                per_image = per_image + self.image_probs(view.apply(images))
+            per_image = per_image / (1 + len(tta))
         _, h, w = self.run.info["feature_shape"]
         maps = att.float().cpu().reshape(images.shape[0], att.shape[1], h, w).transpose(0, 1)  # [Q, n, h, w]
         return per_image.max(dim=0).values, maps

@@ -54,9 +54,10 @@ class Stage2Predictor(Predictor):
             probs = self.study_probs([(maps, views)])
         else:
             probs, att = self.study_probs([(maps, views)], return_attention=True)
-        if tta:
-            flipped = self.routed.maps(torch.flip(images, dims=[-1]), views)
-            probs = 0.5 * (probs + self.study_probs([(flipped, views)]))
+        if tta:  # the mean over the study and its views (as tta_mean), the attention of the images themselves
+            for view in tta:
+                probs = probs + self.study_probs([(self.routed.maps(view.apply(images), views), views)])
+            probs = probs / (1 + len(tta))
         return probs[0], (self.model.attention_maps(att)[0] if attention else None)  # [K], [Q, n, h', w']
 
     def score_table(self, table, image_root, options: TableOptions) -> PredictionResult:
@@ -74,10 +75,10 @@ class Stage2Predictor(Predictor):
                 continue
             batch_rows = batch["row"].tolist()
             views = [views_of[r] for r in batch_rows]
-            feats = self.routed.maps(batch["image"], views)
-            flipped = self.routed.maps(torch.flip(batch["image"], dims=[-1]), views) if options.tta else None
+            variants = [self.routed.maps(batch["image"], views)]  # the images, then each test-time view
+            variants += [self.routed.maps(view.apply(batch["image"]), views) for view in options.tta]
             for i, r in enumerate(batch_rows):
-                pending.add(study_of[r], r, views[i], feats[i : i + 1], None if flipped is None else flipped[i : i + 1])
+                pending.add(study_of[r], r, views[i], [maps[i : i + 1] for maps in variants])
         pending.close()
         probs = np.stack(pending.probs_out) if pending.probs_out else np.zeros((0, self.model.decoder.num_classes),
                                                                                  np.float32)
@@ -85,25 +86,24 @@ class Stage2Predictor(Predictor):
 
 
 class _PendingStudies:
-    """The study being gathered image by image, and finished studies waiting to be fused as one batch."""
+    """The study being gathered image by image, and finished studies waiting to be fused as one batch. Each
+    image brings its maps under every test-time variant (the images first, then each view)."""
 
-    def __init__(self, predictor: Stage2Predictor, batch_size: int, tta: bool):
-        self.predictor, self.batch_size, self.tta = predictor, batch_size, tta
-        self.study, self.rows, self.views, self.feats, self.flipped = None, [], [], [], []
+    def __init__(self, predictor: Stage2Predictor, batch_size: int, tta: tuple):
+        self.predictor, self.batch_size, self.n_variants = predictor, batch_size, 1 + len(tta)
+        self.study, self.rows, self.views, self.variants = None, [], [], []
         self.ready: list = []
         self.rows_out: list[int] = []
         self.probs_out: list[np.ndarray] = []
 
-    def add(self, study, row, view, feats, flipped) -> None:
+    def add(self, study, row, view, variants: list) -> None:
         if self.study != study:
             self._finish_study()
             self.study = study
             self._flush(force=False)
         self.rows.append(row)
         self.views.append(view)
-        self.feats.append(feats)
-        if flipped is not None:
-            self.flipped.append(flipped)
+        self.variants.append(variants)
 
     def close(self) -> None:
         self._finish_study()
@@ -111,18 +111,19 @@ class _PendingStudies:
 
     def _finish_study(self) -> None:
         if self.rows:
-            flipped = torch.cat(self.flipped) if self.tta else None
-            self.ready.append((self.rows, self.views, torch.cat(self.feats), flipped))
-        self.rows, self.views, self.feats, self.flipped = [], [], [], []
+            per_variant = [torch.cat([image[v] for image in self.variants]) for v in range(self.n_variants)]
+            self.ready.append((self.rows, self.views, per_variant))
+        self.rows, self.views, self.variants = [], [], []
 
     def _flush(self, force: bool) -> None:
         if not self.ready or (len(self.ready) < self.batch_size and not force):
             return
         p = self.predictor
-        probs = p.study_probs([(f, v) for _, v, f, _ in self.ready])
-        if self.tta:
-            probs = 0.5 * (probs + p.study_probs([(f, v) for _, v, _, f in self.ready]))
-        for (rows, _, _, _), prob in zip(self.ready, probs.numpy()):
+        probs = p.study_probs([(f[0], v) for _, v, f in self.ready])
+        for variant in range(1, self.n_variants):
+            probs = probs + p.study_probs([(f[variant], v) for _, v, f in self.ready])
+        probs = probs / self.n_variants
+        for (rows, _, _), prob in zip(self.ready, probs.numpy()):
             self.rows_out.extend(rows)  # every image of the study, also those past max_images
             self.probs_out.extend([prob] * len(rows))
         self.ready.clear()

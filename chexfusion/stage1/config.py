@@ -31,6 +31,9 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     intensity: str = "full_range"  # 16-bit images (PadChest): full_range | minmax | percentile, recorded in the run
     skip_bad_images: bool = False
+    # progressive resolution: epoch e (from 1) trains at image_sizes_by_epoch[e - 1] pixels, later epochs (and
+    # validation, test, the saved run) at image_size; e.g. [96, 96, 128]
+    image_sizes_by_epoch: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -128,6 +131,7 @@ class Stage1Config:
     train: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     tta_hflip: bool = True  # average with the horizontally flipped image at evaluation (and pseudo-labelling)
+    tta: list[str] = field(default_factory=list)  # more test-time views (data/tta.py): flip, scale:0.9, shift:0.05
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # uniform | repeat_factor (sampling.py)
     noisy_student: NoisyStudentConfig = field(default_factory=NoisyStudentConfig)
 
@@ -144,6 +148,28 @@ class Stage1Config:
                      fractions=("drop_path_rate", "decoder_dropout"))
         self.model.validate_head()
         self.model.check_head_kind(("ml_decoder", "csra", "linear"))
+        self.check_recipe()
         self.sampling.validate()
         self.train.validate()
         self.noisy_student.validate()
+
+    def check_recipe(self) -> None:
+        """The recipe keys of issue 18: augmentations, MixUp batch size, progressive sizes, TTA views."""
+        from ..data.tta import parse_tta
+
+        self.augment.validate("augment", self.data.image_size)
+        self.noisy_student.student_augment.validate("noisy_student.student_augment", self.data.image_size)
+        if (self.augment.mixes or self.noisy_student.student_augment.mixes) and self.train.batch_size % 2:
+            raise UserError(f"config key 'train.batch_size' must be even with MixUp / CutMix (augment.mixup_alpha, "
+                            f"cutmix_alpha), got {self.train.batch_size}")
+        sizes = self.data.image_sizes_by_epoch
+        if any(size < 16 for size in sizes) or len(sizes) > self.train.epochs:
+            raise UserError(f"config key 'data.image_sizes_by_epoch' lists at most train.epochs ({self.train.epochs}) "
+                            f"sizes of 16 pixels or more, got {sizes}")
+        parse_tta(self.tta, key="tta")
+
+    def tta_views(self):
+        """The evaluation's test-time views: ``tta`` plus the flip of ``tta_hflip``."""
+        from ..data.tta import parse_tta
+
+        return parse_tta((["flip"] if self.tta_hflip else []) + list(self.tta), key="tta")

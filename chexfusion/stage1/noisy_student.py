@@ -3,7 +3,7 @@
 Round 0 trains a teacher on the labelled CSV exactly as plain ``chexfusion stage1`` does. Each later round:
 
 1. the previous round's model (the teacher) scores every external image with its best weights -- sigmoid
-   probabilities, averaged with the flipped image when ``tta_hflip`` is on -- and the probabilities are saved as
+   probabilities, averaged over the test-time views (``tta_hflip``, ``tta``) -- and the probabilities are saved as
    ``round-r/pseudo_labels.parquet`` (``dataset``, ``dicom_id``, one column per class; NaN for an image the
    teacher could not read, which the student then skips and counts);
 2. the student's targets on an external image are the set's own labels where it has them (a 1 or 0 that the
@@ -109,7 +109,8 @@ def pseudo_label(accelerator, teacher_dir: Path, sets, cfg: Stage1Config) -> pd.
     for entry, table in sets:
         dataset = ImageDataset(table, entry.image_root, teacher.preprocess, skip_bad_images=cfg.data.skip_bad_images)
         loader = accelerator.prepare(make_loader(dataset, cfg.train.batch_size, None, cfg.train.num_workers))
-        probs, rows, _ = predict_probs(teacher.model, loader, accelerator, cfg.tta_hflip, f"pseudo-label {entry.key}")
+        probs, rows, _ = predict_probs(teacher.model, loader, accelerator, cfg.tta_views(),
+                                       f"pseudo-label {entry.key}")
         full = np.full((len(table), len(teacher.classes)), np.nan, dtype=np.float32)
         full[rows] = probs
         frame = pd.DataFrame(full, columns=teacher.classes)

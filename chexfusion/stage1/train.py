@@ -1,7 +1,7 @@
 """The stage-1 training loop, top to bottom.
 
-read CSVs -> build model, loss, optimizer -> ``fit`` (train, validate with flip
-TTA, keep the best, checkpoint, resume) -> evaluate the best weights on the
+read CSVs -> build model, loss, optimizer -> ``fit`` (train, validate with the
+configured TTA views, keep the best, checkpoint, resume) -> evaluate the best weights on the
 validation and test splits -> ``run.json`` + ``metrics.json``.
 
 Everything device-related goes through ``accelerate``: the same code runs on a
@@ -22,13 +22,15 @@ from ..data.cxr_lt import read_cxr_lt
 from ..data.image_dataset import ImageDataset, collate_images
 from ..data.images import Preprocess
 from ..data.labels import LabelPolicy
+from ..data.mixing import batch_mixer, mix_batch
+from ..data.tta import parse_tta, tta_mean
 from ..errors import UserError
 from ..losses import build_loss
 from ..metrics import compute_metrics
 from ..models.encoders import check_stage1_normalisation
 from ..progress import tqdm
 from ..run_folder import load_weights
-from ..training import StageJob, finish_run, fit, prepare_training, start_run, summary_line
+from ..training import StageJob, finish_run, fit, prepare_training, start_run, summary_line, validation_loss
 from .config import Stage1Config
 from .model import build_for_classes, write_run_info
 
@@ -54,17 +56,17 @@ def load_tables(cfg: Stage1Config):
 
 
 @torch.no_grad()
-def predict_probs(model, loader, accelerator, tta_hflip: bool, desc: str = "eval"):
-    """Sigmoid probabilities and table rows for a loader (gathered over processes); flip-TTA averaged if asked."""
+def predict_probs(model, loader, accelerator, tta, desc: str = "eval"):
+    """Sigmoid probabilities and table rows for a loader (gathered over processes), averaged over the test-time
+    views ``tta`` (``data.tta.parse_tta``: a tuple of views, or a bool for the flip)."""
     model.eval()
+    views = parse_tta(tta) if isinstance(tta, bool) else tta
     probs, rows, skipped = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
         skipped.extend(batch.get("skipped", []))
         if "image" not in batch:  # every image of this batch was unreadable (skip_bad_images)
             continue
-        p = torch.sigmoid(model(batch["image"]).float())
-        if tta_hflip:
-            p = 0.5 * (p + torch.sigmoid(model(torch.flip(batch["image"], dims=[-1])).float()))
+        p = tta_mean(lambda images: torch.sigmoid(model(images).float()), batch["image"], views)
         p, r = accelerator.gather_for_metrics((p, batch["row"]))
         probs.append(p.cpu())
         rows.append(r.cpu())
@@ -89,11 +91,17 @@ class RowOffset(torch.utils.data.Dataset):
 
 
 def epoch_sampler(cfg: Stage1Config, labelled_targets: np.ndarray, size: int):
-    """The training order: a seeded permutation, or repeat-factor sampling over the labelled images (extra
-    noisy-student rows, after them, are drawn once per epoch)."""
+    """The training order: a seeded permutation, repeat-factor sampling over the labelled images (extra
+    noisy-student rows, after them, are drawn once per epoch), or class-aware sampling (labelled images only)."""
     if cfg.sampling.method == "uniform":
         return training.EpochPermutationSampler(size, cfg.seed)
-    from ..sampling import RepeatFactorSampler, repeat_factors
+    from ..sampling import ClassAwareSampler, RepeatFactorSampler, repeat_factors
+
+    if cfg.sampling.method == "class_aware":
+        if size != len(labelled_targets):
+            raise UserError("sampling.method class_aware draws from the labelled images' classes; it does not take "
+                            "noisy-student pseudo-labelled images: use repeat_factor or uniform")
+        return ClassAwareSampler(labelled_targets, cfg.seed)
 
     factors = np.ones(size)
     factors[: len(labelled_targets)] = repeat_factors(labelled_targets, cfg.sampling.threshold, cfg.sampling.max_repeat)
@@ -148,7 +156,8 @@ def load_data(cfg: Stage1Config, extra_train=None) -> Stage1Data:
     labelled = image_set(cfg, train_table, pre)
     if extra_train is not None:
         labelled = torch.utils.data.ConcatDataset([labelled, RowOffset(extra_train, len(train_table))])
-    train_set = AugmentedDataset(labelled, RadiographAugment(cfg.augment), cfg.seed)
+    augment = RadiographAugment(cfg.augment, pre.mean, pre.std, cfg.data.image_size)
+    train_set = AugmentedDataset(labelled, augment, cfg.seed, cfg.data.image_sizes_by_epoch)
     sampler = epoch_sampler(cfg, train_table.targets(policy)[0][train_rows], len(train_set))
     train_loader = make_loader(train_set, cfg.train.batch_size, sampler, cfg.train.num_workers, drop_last=True,
                                **training.loader_options(cfg.train))
@@ -171,30 +180,31 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
 
     # ---- data ------------------------------------------------------------------------------------------------
     data = load_data(cfg, extra_train)
-    train_set, n_extra = data.train_loader.dataset, 0 if extra_train is None else len(extra_train)
-    log(f"stage 1 '{cfg.name}': {len(train_set) - n_extra}{f' (+{n_extra} pseudo-labelled)' if n_extra else ''} "
-        f"training / {len(data.val_loader.dataset)} validation images, {len(data.classes)} classes, "
-        f"views={cfg.data.views}, device={accelerator.device}, processes={accelerator.num_processes}")
+    train_set = data.train_loader.dataset
+    log(describe(cfg, data, 0 if extra_train is None else len(extra_train), accelerator))
 
     # ---- model, loss, optimisation ---------------------------------------------------------------------------
     model, text_queries = build_for_classes(cfg, data.classes)
     if init_weights is not None:
         load_weights(model, init_weights)
     loss_fn = build_loss(cfg.loss.name, cfg.loss.params, data.prevalence)
+    mixer = batch_mixer(cfg.augment, len(data.classes))
     prepared = prepare_training(accelerator, cfg, model, (data.train_loader, data.val_loader), run_dir,
                                 len(train_set), "images")
 
     def batch_loss(m, batch):
         if "image" not in batch:  # every image of this batch was unreadable (skip_bad_images): no step
             return None
-        return loss_fn(m(batch["image"]).float(), batch["target"], batch["mask"])
+        images, targets, mask = mix_batch(mixer, batch)
+        return loss_fn(m(images).float(), targets, mask)
 
     def evaluate(m, loader, table, desc):
-        probs, rows, skipped = predict_probs(m, loader, accelerator, cfg.tta_hflip, desc)
+        probs, rows, skipped = predict_probs(m, loader, accelerator, cfg.tta_views(), desc)
         targets, mask = table.targets(label_policy(cfg))
         metrics = compute_metrics(targets[rows], probs, data.classes, train_prevalence=data.prevalence,
                                   mask=mask[rows])
-        return {**metrics, "skipped_images": len(skipped)}
+        loss = validation_loss(loss_fn, probs, targets[rows], mask[rows])
+        return {**metrics, "loss": loss, "skipped_images": len(skipped)}
 
     job = StageJob("stage1", run_dir, cfg.seed, batch_loss,
                    lambda m: evaluate(m, prepared.val_loader, data.val_table, "validate"),
@@ -215,6 +225,14 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
                lambda: write_run_info(run_dir, cfg, data.classes, data.prevalence, data.pre, best, text_queries))
     log_results(log, cfg.name, results, state)
     return results
+
+
+def describe(cfg: Stage1Config, data: Stage1Data, n_extra: int, accelerator) -> str:
+    """The run's opening line: what it trains on, and where."""
+    extra = f" (+{n_extra} pseudo-labelled)" if n_extra else ""
+    return (f"stage 1 '{cfg.name}': {len(data.train_loader.dataset) - n_extra}{extra} training / "
+            f"{len(data.val_loader.dataset)} validation images, {len(data.classes)} classes, "
+            f"views={cfg.data.views}, device={accelerator.device}, processes={accelerator.num_processes}")
 
 
 def log_results(log, name: str, results: dict, state) -> None:

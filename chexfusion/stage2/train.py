@@ -22,7 +22,16 @@ from ..feature_store.routing import study_ordered_rows
 from ..losses import build_loss
 from ..metrics import compute_metrics
 from ..progress import tqdm
-from ..training import StageJob, finish_run, fit, loader_options, prepare_training, start_run, summary_line
+from ..training import (
+    StageJob,
+    finish_run,
+    fit,
+    loader_options,
+    prepare_training,
+    start_run,
+    summary_line,
+    validation_loss,
+)
 from .baseline import stage1_baseline
 from .config import Stage2Config
 from .model import build_for_classes, write_run_info
@@ -88,8 +97,10 @@ def study_probs(model, loader, accelerator, desc: str) -> tuple[np.ndarray, np.n
     return torch.cat(probs).numpy(), torch.cat(index).numpy()
 
 
-def split_metrics(split: Split, probs: np.ndarray, study_index: np.ndarray, classes, prevalence) -> dict:
-    """Study-level metrics, and image-level ones with each image carrying its study's prediction.
+def split_metrics(split: Split, probs: np.ndarray, study_index: np.ndarray, classes, prevalence,
+                  loss_fn=None) -> dict:
+    """Study-level metrics, and image-level ones with each image carrying its study's prediction; with
+    ``loss_fn``, the study-level validation loss as ``loss`` (``train.select_on: loss``).
 
     A study may come twice (accelerate completes the last batch of a split under several processes with
     studies from its first batch); every study must come at least once.
@@ -102,7 +113,8 @@ def split_metrics(split: Split, probs: np.ndarray, study_index: np.ndarray, clas
     image = compute_metrics(split.image_targets, image_probs, classes, train_prevalence=prevalence,
                             mask=split.image_mask)
     study = compute_metrics(split.targets, by_study, classes, train_prevalence=prevalence, mask=split.mask)
-    return {**image, "level": "image", "study_level": study, "skipped_images": len(split.skipped)}
+    loss = {} if loss_fn is None else {"loss": validation_loss(loss_fn, by_study, split.targets, split.mask)}
+    return {**image, **loss, "level": "image", "study_level": study, "skipped_images": len(split.skipped)}
 
 
 def stage2_loader_options(train_cfg) -> dict:
@@ -166,7 +178,7 @@ def train_stage2(cfg: Stage2Config) -> dict:
 
     def evaluate(m, split_name, loader_, desc):
         probs, index = study_probs(m, loader_, accelerator, desc)
-        return split_metrics(splits[split_name], probs, index, classes, prevalence)
+        return split_metrics(splits[split_name], probs, index, classes, prevalence, loss_fn)
 
     job = StageJob("stage2", run_dir, cfg.seed, batch_loss, lambda m: evaluate(m, "val", val_loader, "validate"),
                    [splits["train"].dataset])

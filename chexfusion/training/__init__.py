@@ -9,7 +9,7 @@ the loop does the rest the same way for both.
 - ``setup.py``: the ``accelerate`` set-up (CPU, one GPU, many processes), seeding, experiment trackers;
 - ``sampler.py``: the deterministic epoch order;
 - ``fast_paths.py``: channels_last, torch.compile, pinned memory, persistent workers (``train.*``, GPU options);
-- ``optim.py``: AdamW parameter groups, the cosine schedule, EMA, ``prepare_training``;
+- ``optim.py``: AdamW / Adam parameter groups, the cosine or OneCycle schedule, EMA, ``prepare_training``;
 - ``checkpoint.py``: the resumable checkpoint and ``history.jsonl``;
 - ``run_config.py``: refusing to resume a run folder made with another config;
 - ``loop.py``: ``fit`` and ``finish_run``.
@@ -24,12 +24,23 @@ its last checkpoint ends with the same weights as an uninterrupted run on CPU.
 from .checkpoint import Progress, append_jsonl, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import OptimConfig
 from .fast_paths import apply_model_fast_paths, loader_options
-from .loop import HEADLINE, FitState, StageJob, finish_run, fit, start_run, summary_line
+from .loop import (
+           HEADLINE,
+           FitState,
+           StageJob,
+           finish_run,
+           fit,
+           selection_score,
+           start_run,
+           summary_line,
+           validation_loss,
+)
 from .optim import (
            Prepared,
            cosine_schedule,
            make_ema,
            no_weight_decay_names,
+           onecycle_schedule,
            param_groups,
            prepare_training,
            schedule_for,
@@ -42,4 +53,5 @@ __all__ = ["OptimConfig", "make_accelerator", "seed_everything", "seed_batch", "
            "param_groups", "no_weight_decay_names", "cosine_schedule", "schedule_for", "make_ema", "Prepared",
            "prepare_training", "Progress", "save_checkpoint", "find_checkpoint", "load_checkpoint", "append_jsonl",
            "check_same_config", "EXECUTION_ONLY_KEYS", "start_run", "StageJob", "fit", "FitState", "finish_run",
-           "summary_line", "HEADLINE", "apply_model_fast_paths", "loader_options"]
+           "summary_line", "HEADLINE", "apply_model_fast_paths", "loader_options", "onecycle_schedule",
+           "selection_score", "validation_loss"]

@@ -8,6 +8,7 @@ from typing import Literal
 from ..errors import UserError
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
+CHOICES = {"schedule": ("cosine", "onecycle"), "select_on": ("mAP", "loss"), "optimizer": ("adamw", "adam")}
 
 
 @dataclass
@@ -21,6 +22,9 @@ class OptimConfig:
     layer_decay: float = 1.0  # stage 1: backbone block i of L learns at lr * layer_decay ** (L - i) (BEiT); 1.0 = off
     warmup_epochs: float = 0.5
     min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
+    schedule: str = "cosine"  # cosine (warm-up + cosine) | onecycle (torch OneCycleLR, rising for warmup_epochs)
+    optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 weight decay, as seed 004)
+    select_on: str = "mAP"  # the kept weights: highest validation mAP | lowest validation loss
     grad_accum: int = 1
     grad_clip: float = 0.0  # 0 = off
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: fp16 on CUDA, off on CPU
@@ -44,6 +48,13 @@ class OptimConfig:
         for key, low in at_least.items():
             if getattr(self, key) < low:
                 raise UserError(f"config key 'train.{key}' must be at least {low}, got {getattr(self, key)}")
+        for key, allowed in CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise UserError(f"config key 'train.{key}' must be one of {', '.join(allowed)}, "
+                                f"got '{getattr(self, key)}'")
+        if self.schedule == "onecycle" and not 0 < self.warmup_epochs < self.epochs:
+            raise UserError(f"config key 'train.warmup_epochs' is OneCycle's rising phase: it must lie strictly "
+                            f"between 0 and train.epochs ({self.epochs}), got {self.warmup_epochs}")
         if not self.lr > 0:
             raise UserError(f"config key 'train.lr' must be above 0, got {self.lr}")
         if not 0 < self.layer_decay <= 1:

@@ -5,8 +5,9 @@ and a :class:`StageJob` -- the loss of a batch and the validation of a model --
 and ``fit`` does the rest the same way for both: gradient accumulation and
 mixed precision through ``accelerate``, EMA, a progress bar, ``history.jsonl``
 (and the configured trackers), the best weights in ``model.safetensors``
-(selected on validation mAP), and a checkpoint at each epoch end (and every
-``checkpoint_every_steps``) from which a killed run resumes to the same result.
+(selected on validation mAP, or the lowest validation loss: ``train.select_on``),
+and a checkpoint at each epoch end (and every ``checkpoint_every_steps``) from
+which a killed run resumes to the same result.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def fit(accelerator, cfg: OptimConfig, prepared: Prepared, job: StageJob) -> Fit
         loss_text = "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
         log(f"{job.name} epoch {epoch + 1}: loss {loss_text}  validation {summary_line(metrics)}")
         progress.epoch, progress.step_in_epoch, progress.loss_sum, progress.loss_count = epoch + 1, 0, 0.0, 0
-        score = metrics["mAP"] if metrics.get("mAP") is not None else -math.inf
+        score = selection_score(metrics, cfg.select_on)
         if score > progress.best_score or progress.best_epoch < 0:
             progress.best_score, progress.best_epoch = score, epoch + 1
             if accelerator.is_main_process:
@@ -129,6 +130,27 @@ def fit(accelerator, cfg: OptimConfig, prepared: Prepared, job: StageJob) -> Fit
     accelerator.wait_for_everyone()
     load_weights(accelerator.unwrap_model(prepared.eval_model), run_dir / "model.safetensors")
     return FitState(progress, skipped)
+
+
+def selection_score(metrics: dict, select_on: str) -> float:
+    """What the best epoch maximises: validation mAP, or minus the validation loss (``metrics["loss"]``, which
+    the stage's ``validate`` adds: :func:`validation_loss`); a missing figure ranks last."""
+    value = metrics.get("mAP") if select_on == "mAP" else metrics.get("loss")
+    if value is None or not math.isfinite(value):
+        return -math.inf
+    return value if select_on == "mAP" else -value
+
+
+def validation_loss(loss_fn, probs, targets, mask) -> float:
+    """The training loss of validation predictions given as probabilities (after any TTA: the loss of what is
+    evaluated), on logits recovered from them; masked labels count as in training."""
+    import numpy as np
+    import torch
+
+    p = torch.from_numpy(np.asarray(probs, dtype=np.float64)).clamp(1e-7, 1 - 1e-7)
+    with torch.no_grad():
+        return float(loss_fn(torch.logit(p).float(), torch.as_tensor(np.asarray(targets), dtype=torch.float32),
+                             torch.as_tensor(np.asarray(mask), dtype=torch.float32)))
 
 
 def _resume(accelerator, prepared: Prepared, run_dir: Path, stage: str) -> ckpt.Progress:
@@ -199,7 +221,7 @@ def _epoch_record(epoch: int, progress: ckpt.Progress, prepared: Prepared, metri
     mean_loss = progress.loss_sum / progress.loss_count if progress.loss_count else None
     return {"epoch": epoch + 1, "train_loss": mean_loss, "lr": prepared.scheduler.get_last_lr()[0],
             "train_seconds": round(train_seconds, 2), "seconds": round(time.time() - started, 2),
-            **{k: metrics.get(k) for k in HEADLINE}}
+            **{k: metrics.get(k) for k in HEADLINE}, **({"val_loss": metrics["loss"]} if "loss" in metrics else {})}
 
 
 def _save(accelerator, run_dir: Path, prepared: Prepared, progress: ckpt.Progress) -> None:
