@@ -176,12 +176,11 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
     accelerator, run_dir, finished = start_run(cfg, "stage 1")
     if finished is not None:
         return finished
-    log = accelerator.print
 
     # ---- data ------------------------------------------------------------------------------------------------
     data = load_data(cfg, extra_train)
     train_set = data.train_loader.dataset
-    log(describe(cfg, data, 0 if extra_train is None else len(extra_train), accelerator))
+    accelerator.print(describe(cfg, data, 0 if extra_train is None else len(extra_train), accelerator))
 
     # ---- model, loss, optimisation ---------------------------------------------------------------------------
     model, text_queries = build_for_classes(cfg, data.classes)
@@ -223,7 +222,7 @@ def train_stage1(cfg: Stage1Config, extra_train=None, init_weights: Path | None 
         results["test"] = evaluate(best, test_loader, test_table, "test")
     finish_run(accelerator, run_dir, results,
                lambda: write_run_info(run_dir, cfg, data.classes, data.prevalence, data.pre, best, text_queries))
-    log_results(log, cfg.name, results, state)
+    log_results(accelerator.print, cfg.name, results, state)
     return results
 
 
