@@ -89,11 +89,12 @@ def test_deeper_encoder_blocks_learn_faster(family, tmp_path):
 
 
 def test_layer_decay_is_refused_out_of_range_and_without_a_backbone():
-    from chexfusion.models.fusion import StudyFusion
+    from chexfusion.models.fusion import FusionEncoder, StudyFusion
 
     for bad in (0.0, 1.5):
         with pytest.raises(UserError, match=r"train.layer_decay' must be in \(0, 1\]"):
             OptimConfig(layer_decay=bad).validate()
-    fusion = StudyFusion(num_classes=5, in_channels=8, feature_hw=(2, 2), dim=16, num_heads=4, ff_dim=32)
+    fusion = StudyFusion(num_classes=5, in_channels=8, feature_hw=(2, 2),
+                         encoder=FusionEncoder(dim=16, num_heads=4, ff_dim=32))
     with pytest.raises(UserError, match="train.layer_decay applies to a stage-1 backbone"):
         param_groups(fusion, WD, LR, layer_decay=0.8)
