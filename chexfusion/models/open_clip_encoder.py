@@ -21,11 +21,11 @@ import logging
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
 from .hf_encoder import hub_snapshot
+from .probe import probe_feature_shape
 from .state_dict_file import PATTERNS, state_dict_file, state_dict_sha256
 
 CONFIG_FILE = "open_clip_config.json"
@@ -140,10 +140,4 @@ class OpenClipEncoder(nn.Module):
 
     def feature_shape(self, image_size: int | tuple[int, int]) -> tuple[int, int, int]:
         """``(C, h, w)`` from one forward pass of a blank image in eval mode (the tower's mode is kept)."""
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        was_training = self.training
-        try:
-            with torch.no_grad():
-                return tuple(int(d) for d in self.eval()(torch.zeros(1, 3, *size)).shape[1:])
-        finally:
-            self.train(was_training)
+        return probe_feature_shape(self, 3, image_size)

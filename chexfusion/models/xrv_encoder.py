@@ -26,12 +26,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
 from ..errors import UserError
+from .probe import probe_feature_shape
 from .state_dict_file import PATTERNS, state_dict_file, state_dict_sha256
 
 CONFIG_FILE = "xrv_config.json"
@@ -155,10 +155,4 @@ class XrvEncoder(nn.Module):
 
     def feature_shape(self, image_size: int | tuple[int, int]) -> tuple[int, int, int]:
         """``(C, h, w)`` from one forward pass of a blank image in eval mode (the module's mode is kept)."""
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        was_training = self.training
-        try:
-            with torch.no_grad():
-                return tuple(int(d) for d in self.eval()(torch.zeros(1, 1, *size)).shape[1:])
-        finally:
-            self.train(was_training)
+        return probe_feature_shape(self, 1, image_size)
