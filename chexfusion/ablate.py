@@ -120,10 +120,12 @@ def main(argv=None) -> int:
 
 
 def check_losses(text: str) -> list[str]:
-    """The names of --losses, checked before anything trains."""
+    """The names of --losses, checked before anything trains; none given (the default) compares no losses."""
     from .losses import LOSS_NAMES
     from .name_lists import parse_name_list
 
+    if text == "":
+        return []
     names = parse_name_list(text, "--losses")
     unknown = [name for name in names if name not in LOSS_NAMES]
     if unknown:

@@ -79,3 +79,10 @@ def test_a_bad_loss_list_is_a_one_line_error(configs, capsys, losses, message):
     assert ablate(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_no_loss_list_compares_routing_only():
+    """``make compare`` runs ``ablate`` without --losses: that is the routing table alone, not an error."""
+    from chexfusion.ablate import check_losses
+
+    assert check_losses("") == []
