@@ -99,10 +99,12 @@ def test_real_runs_give_one_map_per_image_and_class(tiny_stage1, tiny_stage2, ti
         for method in ("attention", "gradcam", "groupcam"):
             maps = heat_maps(model, method, images, ["frontal", "lateral"], [0, 3])
             assert maps.shape == (2, 2, 64, 64) and bool((maps >= 0).all()) and bool(torch.isfinite(maps).all())
-        # the decoder's attention sums to one per query over the tokens of a unit (each image, or the study)
+        # one map per query and image on the backbone's grid (stage 2's tokens put on the cells they look at)
         with torch.no_grad():
             per_query = model.attention(images, ["frontal", "lateral"])  # [Q, N, h, w]
-        units = 2 if model.per_image else 1
-        assert torch.allclose(per_query.sum(dim=(1, 2, 3)), torch.full((per_query.shape[0],), float(units)), atol=1e-4)
+            grid = model.feature_maps(images, ["frontal", "lateral"]).shape[-2:]
+        assert per_query.shape[1:] == (2, *grid) and bool((per_query >= 0).all())
+        if model.per_image:  # the decoder's attention sums to one per query over the tokens of each image
+            assert torch.allclose(per_query.sum(dim=(1, 2, 3)), torch.full((per_query.shape[0],), 2.0), atol=1e-4)
         # and the class's map is its query's, upsampled
         assert attention_maps(model, images, ["frontal", "lateral"], [0]).shape == (1, 2, 64, 64)
