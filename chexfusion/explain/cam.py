@@ -121,6 +121,12 @@ def attention_maps(model, images: Tensor, views: list[str], class_indices: list[
     return torch.stack([upsample(m, images.shape[-2:]) for m in chosen]).clamp_min(0).cpu()
 
 
+@torch.no_grad()
+def map_grid(model, images: Tensor, views: list[str]) -> tuple[int, int]:
+    """The ``(h, w)`` cells every method's map is made of: the backbone map's (stage-2 attention is put on it)."""
+    return tuple(model.feature_maps(images[:1], views[:1]).shape[-2:])
+
+
 def heat_maps(model, method: str, images: Tensor, views: list[str], class_indices: list[int]) -> Tensor:
     """``[len(class_indices), N, H, W]`` maps by ``method`` (one of :data:`METHODS`)."""
     if method == "attention":
