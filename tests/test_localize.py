@@ -172,7 +172,7 @@ def test_localize_scores_every_method_on_both_stages(run_cli, tiny_data, tiny_st
                                  "--max-studies", 2, "--json")
         assert code == 0, err
         result = json.loads(out.strip().splitlines()[-1])
-        assert list(result["methods"]) == ["attention", "gradcam", "groupcam", "random"]
+        assert list(result["methods"]) == ["attention", "gradcam", "groupcam", "hirescam", "random"]
         for scores in result["methods"].values():
             assert set(scores["n"]) <= set(common) and sum(scores["n"].values()) >= 2
             for key in ("pointing_game", "energy_inside"):
