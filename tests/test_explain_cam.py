@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from chexfusion.explain.cam import attention_maps, grad_cam, group_cam, heat_maps
+from chexfusion.explain.cam import attention_maps, grad_cam, group_cam, heat_maps, hires_cam
 from chexfusion.explain.models import explained_model
 from chexfusion.inference import load_predictor
 
@@ -78,6 +78,30 @@ def test_group_cam_and_grad_cam_find_the_quadrant_the_model_reads_in_a_study():
         assert quadrant_share(second, 1, *BOTTOM_RIGHT) > 0.9, method.__name__
 
 
+class PlaceReadingModel(QuadrantModel):
+    """One feature channel (each cell's brightness) read by *where* it is: the head weighs the top-left quadrant's
+    cells only, as an attention head reads the cells its query attends to. The channel is the same everywhere, so
+    no channel weight can say where the model reads: Grad-CAM's spatial mean of the gradient cannot, HiResCAM can."""
+
+    def feature_maps(self, images, views):
+        return F.avg_pool2d(images.mean(dim=1, keepdim=True), SIZE // GRID)  # [N, 1, G, G]
+
+    def logits_from_maps(self, maps, views):
+        scores = (maps[:, 0, None] * self.reads[None]).sum(dim=(2, 3)) / self.reads[0].sum()  # [N, 2]
+        return scores if self.per_image else torch.stack([scores[0, 0], scores[-1, 1]])[None]
+
+
+def test_hires_cam_finds_where_a_head_reads_a_channel_where_grad_cam_cannot():
+    model, images = PlaceReadingModel(per_image=True), bright_study(1)
+    hires, grad = hires_cam(model, images, ["frontal"], 0), grad_cam(model, images, ["frontal"], 0)
+    assert hires.shape == (1, SIZE, SIZE) and bool((hires >= 0).all())
+    assert quadrant_share(hires, 0, *TOP_LEFT) > 0.9
+    assert quadrant_share(grad, 0, *TOP_LEFT) < 0.4  # the bright squares of every quadrant alike
+    study = PlaceReadingModel(per_image=False)
+    second = hires_cam(study, bright_study(), ["frontal", "lateral"], 1)
+    assert quadrant_share(second, 1, *BOTTOM_RIGHT) > 0.9 and float(second[0].sum()) == 0.0
+
+
 def test_group_cam_scores_each_image_alone_when_the_model_does():
     model, images = QuadrantModel(per_image=True), bright_study(3)
     maps = group_cam(model, images, ["frontal"] * 3, 0)
@@ -96,13 +120,15 @@ def test_real_runs_give_one_map_per_image_and_class(tiny_stage1, tiny_stage2, ti
     images = torch.randn(2, 3, 64, 64)
     for run in (tiny_stage1, tiny_stage2):
         model = explained_model(load_predictor(run, device="cpu"))
-        for method in ("attention", "gradcam", "groupcam"):
+        for method in ("attention", "gradcam", "groupcam", "hirescam"):
             maps = heat_maps(model, method, images, ["frontal", "lateral"], [0, 3])
             assert maps.shape == (2, 2, 64, 64) and bool((maps >= 0).all()) and bool(torch.isfinite(maps).all())
-        # the decoder's attention sums to one per query over the tokens of a unit (each image, or the study)
+        # one map per query and image on the backbone's grid (stage 2's tokens put on the cells they look at)
         with torch.no_grad():
             per_query = model.attention(images, ["frontal", "lateral"])  # [Q, N, h, w]
-        units = 2 if model.per_image else 1
-        assert torch.allclose(per_query.sum(dim=(1, 2, 3)), torch.full((per_query.shape[0],), float(units)), atol=1e-4)
+            grid = model.feature_maps(images, ["frontal", "lateral"]).shape[-2:]
+        assert per_query.shape[1:] == (2, *grid) and bool((per_query >= 0).all())
+        if model.per_image:  # the decoder's attention sums to one per query over the tokens of each image
+            assert torch.allclose(per_query.sum(dim=(1, 2, 3)), torch.full((per_query.shape[0],), 2.0), atol=1e-4)
         # and the class's map is its query's, upsampled
         assert attention_maps(model, images, ["frontal", "lateral"], [0]).shape == (1, 2, 64, 64)

@@ -124,7 +124,27 @@ def test_studies_of_one_and_eleven_images_for_every_projection(projection):
     assert torch.all(attention[0, :, expected_tokens:] == 0)  # the ten padding slots of the 1-image study
     assert torch.allclose(attention.sum(-1), torch.ones(2, 26), atol=1e-5)
     maps = model.attention_maps(attention)
-    assert maps.shape == (2, 26, 11, *model.token_grid)
+    assert maps.shape == (2, 26, 11, H, W)  # on the feature map's grid, whatever the projection
+
+
+def test_attention_of_a_strided_token_lands_on_the_feature_cell_it_is_centred_on():
+    # a 3x3 stride-2 padding-1 convolution centres token (i, j) on cell (2i, 2j): an impulse there moves only it
+    model = make_model(projection="conv3x3s2")
+    impulse = torch.zeros(1, C, H, W)
+    impulse[0, :, 2, 0] = 1.0
+    with torch.no_grad():
+        moved = (model.projection(impulse) - model.projection(torch.zeros_like(impulse))).abs().sum(1)[0]
+    assert moved[1, 0] > 0 and moved.sum() == moved[1, 0]
+    attention = torch.zeros(1, 26, 2 * model.num_tokens_per_image())
+    attention[0, :, model.num_tokens_per_image() + 2] = 1.0  # image 1, token (1, 0) of the 2x2 grid
+    maps = model.attention_maps(attention)[0, 0]  # [2, H, W]
+    assert maps[0].sum() == 0 and maps[1, 2, 0] == 1.0 and maps[1].argmax() == 2 * W
+    # drawn over a 64 px image, the peak is at the centre of cell (2, 0) (pixel 40, 8), not of the 2x2 block
+    from chexfusion.explain.cam import upsample
+
+    drawn = upsample(maps[1:], (64, 64))[0]
+    row, col = divmod(int(drawn.argmax()), 64)
+    assert abs(row - 39.5) <= 1 and col < 16
 
 
 def test_half_precision_features_are_cast_to_the_model_dtype(model):

@@ -11,7 +11,7 @@ from PIL import Image
 from chexfusion.errors import UserError
 from chexfusion.explain.maps_file import read_maps
 from chexfusion.explain.regions import image_size_of, model_frame_mask, read_regions
-from chexfusion.explain.scores import RANDOM, Tally, energy_inside, pointing_hit, widened
+from chexfusion.explain.scores import RANDOM, Tally, energy_inside, pointing_hit, random_pointing, widened
 
 VINDR_ROWS = """image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max
 9a5094b2563a1ef3ff50dc5c7ff71345,Cardiomegaly,3,R10,691.0,1375.0,1653.0,1831.0
@@ -48,6 +48,74 @@ def test_scores_on_a_hand_made_case():
     # a uniform random map: peak anywhere (hit rate = widened share: 4 + 8 edge neighbours), energy = area share
     assert summary[RANDOM]["pointing_game"]["overall"] == pytest.approx(12 / 100)
     assert summary[RANDOM]["energy_inside"]["overall"] == pytest.approx(4 / 100)
+
+
+def test_a_coarse_map_points_from_the_centre_of_its_peak_cell_and_the_random_map_is_on_the_same_grid():
+    import torch
+
+    from chexfusion.explain.cam import upsample
+
+    coarse = torch.zeros(4, 4)
+    coarse[0, 3], coarse[2, 1] = 1.0, 0.9  # the peak in a border cell (cells of 16 px at 64 px)
+    heat = upsample(coarse[None], (64, 64))[0].numpy()
+    region = np.zeros((64, 64), dtype=bool)
+    region[5:12, 53:60] = True  # around the peak cell's centre (8, 56)
+    # bilinear upsampling holds the border cell flat over its outer half: argmax takes the plateau's first
+    # pixel, (0, 56) on the image's edge, 5 px from the region, where the map says nothing in particular
+    assert np.unravel_index(int(heat.argmax()), heat.shape) == (0, 56) and not pointing_hit(heat, region)
+    assert pointing_hit(heat, region, (4, 4)) and not pointing_hit(heat, np.flipud(region), (4, 4))
+    # a random map on the 4x4 grid peaks in each cell alike: 1 of 16 cell centres is in the region
+    assert random_pointing(region, (4, 4)) == pytest.approx(1 / 16)
+    assert random_pointing(region) == pytest.approx(49 / 64 ** 2)
+    tally = Tally()
+    tally.add_map("gradcam", "Mass", heat, region, region, (4, 4))
+    tally.add_random("Mass", region, region, (4, 4))
+    summary = tally.summary()
+    assert summary["gradcam"]["pointing_game"]["overall"] == 1.0
+    assert summary[RANDOM]["pointing_game"]["overall"] == pytest.approx(1 / 16)
+
+
+class BrightnessModel:
+    """A stage-1-like model whose finding is brightness anywhere: one feature channel per cell's mean (a map
+    that keeps where things are), the logit their sum. Its Grad-CAM is the brightness of each cell."""
+
+    per_image, max_images, grid = True, None, 8
+
+    def feature_maps(self, images, views):
+        import torch.nn.functional as F
+
+        return F.avg_pool2d(images.mean(dim=1, keepdim=True), images.shape[-1] // self.grid)
+
+    def logits_from_maps(self, maps, views):
+        return maps.sum(dim=(2, 3))
+
+
+@pytest.mark.parametrize("resize", ["squash", "letterbox"])
+def test_a_map_and_its_region_land_in_the_same_place_through_the_demo_preprocessing(tmp_path, resize):
+    """A wide image, bright only in its top-right box: read as localize reads images (squashed or letterboxed to
+    the model's square input), the box's region by the same resize, the map's peak is on it, not its mirror."""
+    import types
+
+    import pandas as pd
+
+    from chexfusion.data.images import Preprocess
+    from chexfusion.explain.cam import grad_cam
+    from chexfusion.explain.studies import read_unit
+
+    pixels = np.full((64, 96), 20, dtype=np.uint8)  # height 64, width 96
+    pixels[8:24, 64:88] = 250
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    pre = Preprocess(image_size=64, resize=resize)
+    table = types.SimpleNamespace(frame=pd.DataFrame({"view": ["frontal"]}))
+    unit = read_unit(table, [str(tmp_path / "wide.png")], [0], pre)
+    heat = grad_cam(BrightnessModel(), unit.images, unit.views, 0)[0].numpy()
+    size = image_size_of(tmp_path / "wide.png")
+    region = model_frame_mask([("box", 64, 8, 88, 24)], size, 64, resize)
+    mirrored = model_frame_mask([("box", 8, 40, 32, 56)], size, 64, resize)  # flipped both ways
+    near = widened(region, 64 * 15 / 224)
+    assert pointing_hit(heat, near, (8, 8)) and energy_inside(heat, region) > 0.4
+    assert not pointing_hit(heat, widened(mirrored, 64 * 15 / 224), (8, 8)) and energy_inside(heat, mirrored) < 0.05
+    assert unit.gray[0][region].mean() > 0.8 and unit.gray[0][mirrored].mean() < 0.2  # the region is on the box
 
 
 def test_vindr_boxes_are_read_as_regions_of_the_mapped_classes(tmp_path):
@@ -104,13 +172,14 @@ def test_localize_scores_every_method_on_both_stages(run_cli, tiny_data, tiny_st
                                  "--max-studies", 2, "--json")
         assert code == 0, err
         result = json.loads(out.strip().splitlines()[-1])
-        assert list(result["methods"]) == ["attention", "gradcam", "groupcam", "random"]
+        assert list(result["methods"]) == ["attention", "gradcam", "groupcam", "hirescam", "random"]
         for scores in result["methods"].values():
             assert set(scores["n"]) <= set(common) and sum(scores["n"].values()) >= 2
             for key in ("pointing_game", "energy_inside"):
                 assert 0 <= scores[key]["overall"] <= 1
                 assert set(scores[key]["per_class"]) == set(scores["n"])
         assert result["studies"] == 2 and result["skipped"]["findings not in --classes"] > 0
+        assert len(result["grid"]) == 2 and min(result["grid"]) >= 1  # the cells the pointing game reads
         assert "overall" in out
 
 

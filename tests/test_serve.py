@@ -210,11 +210,11 @@ def test_one_image_scores_as_chexfusion_predict(client, study, tiny_data, tiny_s
     assert image["format"] == "JPEG" and image["preview"].startswith("data:image/jpeg;base64,")
 
 
-def test_heat_maps_one_per_image_and_class_on_the_token_grid(client, study, tiny_data, stage2_predictor):
+def test_heat_maps_one_per_image_and_class_on_the_feature_grid(client, study, tiny_data, stage2_predictor):
     files, data = upload(study, tiny_data)
     body = client.post("/api/predict", files=files, data=data).json()
     heat = body["heatmaps"]
-    h, w = stage2_predictor.model.token_grid
+    h, w = stage2_predictor.model.feature_hw  # the tokens put where they looked, so the page's upsampling is in place
     classes = stage2_predictor.classes
     assert (heat["height"], heat["width"]) == (h, w)
     assert len(heat["images"]) == len(study)

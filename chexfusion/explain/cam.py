@@ -1,4 +1,4 @@
-"""Heat maps of one finding over the images of a study: Grad-CAM, Group-CAM and the decoder's attention.
+"""Heat maps of one finding over the images of a study: Grad-CAM, Group-CAM, HiResCAM and the decoder's attention.
 
 Every method returns a non-negative map per image at the model's input size
 ``[N, H, W]`` (float32, not normalised: localisation scores are scale-free,
@@ -19,14 +19,21 @@ overlays normalise for display).
   the paper's softmax does not apply). For a study the masks of all its images
   are kept or blurred together and normalised over the study, so a group that
   fires on one view only shows that view.
+- **HiResCAM** (Draelos & Carin 2020): the backbone map times d logit / d map
+  element by element, summed over channels, ReLU. Grad-CAM's spatial mean of
+  the gradient is exact only for a head that averages the map over space and
+  then scores it linearly; an ML-Decoder reads the map through attention, so
+  the gradient sits on the cells the query attends to, and its mean weights
+  channels by where they are large, not by where the head reads them. HiResCAM
+  keeps the gradient where it is.
 - **attention**: the ML-Decoder's cross-attention of the finding's query,
   averaged over heads and layers (what the web demo shows).
 
 What was used and what was written: the ``grad-cam`` package
 (pytorch-grad-cam 1.5) was checked first. It has Grad-CAM and many relatives
-but no Group-CAM, it scores one output per input in a batch (a study is
+(HiResCAM among them) but no Group-CAM, it scores one output per input in a batch (a study is
 ``N`` images and one output), and it rescales every map to [0, 1] per image,
-which loses which view of a study a finding's evidence is on. Both methods are
+which loses which view of a study a finding's evidence is on. The methods are
 therefore written here on ``torch.autograd.grad`` (a few lines each, no new
 dependency); the blur is torchvision's ``gaussian_blur`` (kernel and sigma
 scaled from the paper's 51 px / 50 at 224 px).
@@ -40,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
-METHODS = ("attention", "gradcam", "groupcam")
+METHODS = ("attention", "gradcam", "groupcam", "hirescam")
 GROUPS = 32  # the paper's default
 DENOISE_PERCENTILE = 70.0  # the paper's: each group mask keeps its top 30 %
 GROUP_BATCH = 16  # perturbed studies per forward pass
@@ -51,8 +58,8 @@ def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def _weighted_channels(model, images: Tensor, views: list[str], class_index: int) -> Tensor:
-    """Grad-CAM's ``alpha_c * A_c``: ``[N, C, h, w]``, detached."""
+def _map_and_gradient(model, images: Tensor, views: list[str], class_index: int) -> tuple[Tensor, Tensor]:
+    """The backbone maps ``A`` and d logit / d ``A``, both ``[N, C, h, w]`` and detached."""
     with torch.no_grad():
         maps = model.feature_maps(images, views).float()
     maps.requires_grad_(True)
@@ -60,8 +67,19 @@ def _weighted_channels(model, images: Tensor, views: list[str], class_index: int
         logits = model.logits_from_maps(maps, views)  # [U, K]
         (grads,) = torch.autograd.grad(logits[:, class_index].sum(), maps)
     # per image (stage 1) a sum over units touches each image's own logit only; per study it is the study's one
-    alpha = grads.mean(dim=(2, 3), keepdim=True)
-    return (alpha * maps).detach()
+    return maps.detach(), grads
+
+
+def _weighted_channels(model, images: Tensor, views: list[str], class_index: int) -> Tensor:
+    """Grad-CAM's ``alpha_c * A_c``: ``[N, C, h, w]``, detached."""
+    maps, grads = _map_and_gradient(model, images, views, class_index)
+    return grads.mean(dim=(2, 3), keepdim=True) * maps
+
+
+def hires_cam(model, images: Tensor, views: list[str], class_index: int) -> Tensor:
+    """HiResCAM maps ``[N, H, W]``: the gradient times the map cell by cell (no spatial mean), summed, ReLU."""
+    maps, grads = _map_and_gradient(model, images, views, class_index)
+    return upsample(F.relu((grads * maps).sum(dim=1)), images.shape[-2:]).cpu()
 
 
 def grad_cam(model, images: Tensor, views: list[str], class_index: int) -> Tensor:
@@ -121,9 +139,15 @@ def attention_maps(model, images: Tensor, views: list[str], class_indices: list[
     return torch.stack([upsample(m, images.shape[-2:]) for m in chosen]).clamp_min(0).cpu()
 
 
+@torch.no_grad()
+def map_grid(model, images: Tensor, views: list[str]) -> tuple[int, int]:
+    """The ``(h, w)`` cells every method's map is made of: the backbone map's (stage-2 attention is put on it)."""
+    return tuple(model.feature_maps(images[:1], views[:1]).shape[-2:])
+
+
 def heat_maps(model, method: str, images: Tensor, views: list[str], class_indices: list[int]) -> Tensor:
     """``[len(class_indices), N, H, W]`` maps by ``method`` (one of :data:`METHODS`)."""
     if method == "attention":
         return attention_maps(model, images, views, class_indices)
-    one = grad_cam if method == "gradcam" else group_cam
+    one = {"gradcam": grad_cam, "groupcam": group_cam, "hirescam": hires_cam}[method]
     return torch.stack([one(model, images, views, k) for k in class_indices])

@@ -4,10 +4,13 @@ For every image and finding with a region (``--regions``: the ``<split>_regions.
 that ``chexfusion synth`` writes, a box CSV, or VinDr-CXR's annotations), each
 method's map of that finding on that image is scored by the pointing game and
 the energy inside the region (:mod:`.scores`), next to a uniform-random map's
-expected scores. A stage-2 map is the study's evidence on that image (the
+expected scores. Every method's map is made of the backbone map's cells, so the
+pointing game reads each map, and the random map, on that grid (:mod:`.scores`,
+"Coarse maps"). A stage-2 map is the study's evidence on that image (the
 study's logit, back through the fusion model). Prints a table per class; with
 ``--json`` the last line is one JSON object, ``methods`` -> method ->
-``pointing_game`` / ``energy_inside`` -> ``overall`` and ``per_class``.
+``pointing_game`` / ``energy_inside`` -> ``overall`` and ``per_class``, and
+``grid``, the cells the maps were read on.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def scored_classes(text: str, classes: list[str]) -> list[str]:
 def run(args) -> int:
     from ..inference import load_predictor
     from ..progress import tqdm
-    from .cam import heat_maps
+    from .cam import heat_maps, map_grid
     from .models import explained_model
     from .regions import image_size_of, model_frame_mask, read_regions
     from .studies import planned_units, read_table, read_unit
@@ -68,9 +71,10 @@ def run(args) -> int:
     units = units[: args.max_studies] if args.max_studies else units
     paths, pre = table.image_paths(args.image_root), model.preprocess
     near_px = args.tolerance * pre.image_size
-    tally = Tally()
+    tally, grid = Tally(), None
     for rows in tqdm(units, desc="localize", unit="study", file=sys.stderr):
         unit = read_unit(table, paths, rows, pre)
+        grid = grid or map_grid(model, unit.images, unit.views)
         needed = sorted({c for r in rows for c in regions.classes_of(ids[r])})
         index = [model.classes.index(c) for c in needed]
         maps = {m: heat_maps(model, m, unit.images, unit.views, index).numpy() for m in methods}
@@ -80,8 +84,8 @@ def run(args) -> int:
                 region = model_frame_mask(regions.shapes[ids[r]][name], size, pre.image_size, pre.resize)
                 near = widened(region, near_px)
                 for m in methods:
-                    tally.add_map(m, name, maps[m][needed.index(name), i], region, near)
-                tally.add_random(name, region, near)
+                    tally.add_map(m, name, maps[m][needed.index(name), i], region, near, grid)
+                tally.add_random(name, region, near, grid)
     summary = tally.summary()
     print(format_table(summary))
     skipped = dict(regions.skipped)
@@ -91,6 +95,7 @@ def run(args) -> int:
         print(f"skipped {count}: {reason}", file=sys.stderr)
     if args.json:
         print(json.dumps({"model": str(args.model), "kind": "stage2" if not model.per_image else "stage1",
-                          "tolerance": args.tolerance, "studies": len(units), "methods": summary,
+                          "tolerance": args.tolerance, "grid": list(grid or ()), "studies": len(units),
+                          "methods": summary,
                           "skipped": skipped}))
     return 0

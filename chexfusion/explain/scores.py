@@ -12,6 +12,18 @@
   hit rate is the tolerance-widened region's share of the image, and the
   expected energy share is the region's share. Exact expectations, so the
   baseline has no sampling noise.
+
+**Coarse maps** (``grid``): every method here is a backbone map of ``h x w``
+cells (4 x 4 for a stride-32 backbone at 128 px) upsampled bilinearly, so its
+"peak pixel" is not a measurement: bilinear upsampling holds a border cell's
+value flat over the outer half cell, and ``argmax`` takes that plateau's first
+pixel, on the image's edge, half a cell from where the cell is centred, and at
+a few cells per side that choice, not the map, decides most hits. With
+``grid`` the map is read at the centre of each cell, the peak is the cell whose
+centre holds the most, and the hit is that centre within the tolerance of the
+region; the random baseline is then a uniform random map *on the same grid*
+(its peak equally likely in every cell: the share of cell centres within the
+tolerance), so method and baseline point by one rule.
 """
 
 from __future__ import annotations
@@ -32,10 +44,28 @@ def widened(region: np.ndarray, tolerance_px: float) -> np.ndarray:
     return ndimage.distance_transform_edt(~region) <= tolerance_px
 
 
-def pointing_hit(heat: np.ndarray, near_region: np.ndarray) -> bool:
+def cell_centres(size: tuple[int, int], grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column pixel indices of the centres of a ``grid`` of cells tiling an image of ``size`` (rows, cols)."""
+    return tuple(((np.arange(cells) + 0.5) * side / cells).astype(int) for side, cells in zip(size, grid))
+
+
+def pointing_hit(heat: np.ndarray, near_region: np.ndarray, grid: tuple[int, int] | None = None) -> bool:
+    """Whether the map's peak (a pixel, or with ``grid`` the centre of the cell whose centre holds the most)
+    lies in ``near_region``; an all-zero map points nowhere."""
     if not heat.max() > 0:
         return False
-    return bool(near_region.flat[int(np.argmax(heat))])
+    if grid is None:
+        return bool(near_region.flat[int(np.argmax(heat))])
+    rows, cols = cell_centres(heat.shape, grid)
+    row, col = np.unravel_index(int(np.argmax(heat[np.ix_(rows, cols)])), grid)
+    return bool(near_region[rows[row], cols[col]])
+
+
+def random_pointing(near_region: np.ndarray, grid: tuple[int, int] | None = None) -> float:
+    """Expected hit rate of a uniform random map: its peak is equally likely on every pixel (or every cell)."""
+    if grid is None:
+        return float(near_region.mean())
+    return float(near_region[np.ix_(*cell_centres(near_region.shape, grid))].mean())
 
 
 def energy_inside(heat: np.ndarray, region: np.ndarray) -> float:
@@ -54,11 +84,12 @@ class Tally:
         self.hits[method][name].append(float(hit))
         self.energy[method][name].append(float(energy))
 
-    def add_map(self, method: str, name: str, heat: np.ndarray, region: np.ndarray, near: np.ndarray) -> None:
-        self.add(method, name, pointing_hit(heat, near), energy_inside(heat, region))
+    def add_map(self, method: str, name: str, heat: np.ndarray, region: np.ndarray, near: np.ndarray,
+                grid: tuple[int, int] | None = None) -> None:
+        self.add(method, name, pointing_hit(heat, near, grid), energy_inside(heat, region))
 
-    def add_random(self, name: str, region: np.ndarray, near: np.ndarray) -> None:
-        self.add(RANDOM, name, float(near.mean()), float(region.mean()))
+    def add_random(self, name: str, region: np.ndarray, near: np.ndarray, grid: tuple[int, int] | None = None) -> None:
+        self.add(RANDOM, name, random_pointing(near, grid), float(region.mean()))
 
     def summary(self) -> dict:
         """``{method: {pointing_game: {overall, per_class}, energy_inside: {...}, n}}`` (random last)."""

@@ -58,7 +58,7 @@ class Stage2Predictor(Predictor):
             for view in tta:
                 probs = probs + self.study_probs([(self.routed.maps(view.apply(images), views), views)])
             probs = probs / (1 + len(tta))
-        return probs[0], (self.model.attention_maps(att)[0] if attention else None)  # [K], [Q, n, h', w']
+        return probs[0], (self.model.attention_maps(att)[0] if attention else None)  # [K], [Q, n, h, w]
 
     def score_table(self, table, image_root, options: TableOptions) -> PredictionResult:
         """Images stream in study order; a study is scored once the first image of the next one shows up, and

@@ -60,6 +60,24 @@ def _projected_hw(kind: str, feature_hw: tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
+def tokens_on_feature_grid(maps: Tensor, kind: str, feature_hw: tuple[int, int]) -> Tensor:
+    """Per-token values ``[..., h', w']`` -> ``[..., h, w]`` on the image's feature map, each token where it looks.
+
+    A ``conv3x3s2`` token ``(i, j)`` (stride 2, padding 1) is centred on feature cell ``(2i, 2j)``, not on the
+    middle of a ``2 x 2`` block: drawn as if the ``h' x w'`` tokens tiled the image, a map sits half a feature
+    cell right of and below what the tokens saw. Here the tokens are placed on their cells and interpolated
+    bilinearly in between (held at the last token past it), so the result tiles the image as the backbone map
+    does and any even upsampling of it is in place. The other projections keep the grid (returned as is).
+    """
+    if kind != "conv3x3s2":
+        return maps
+    (th, tw), (h, w) = maps.shape[-2:], feature_hw
+    flat = maps.reshape(-1, 1, th, tw)
+    spread = nn.functional.interpolate(flat, size=(2 * th - 1, 2 * tw - 1), mode="bilinear", align_corners=True)
+    held = nn.functional.pad(spread, (0, w - spread.shape[-1], 0, h - spread.shape[-2]), mode="replicate")
+    return held.reshape(*maps.shape[:-2], h, w)
+
+
 @dataclass(frozen=True)
 class FusionEncoder:
     """The shape of the Transformer over a study's tokens (stage 2's ``model`` section).
@@ -191,6 +209,8 @@ class StudyFusion(nn.Module):
         return self.decoder(tokens, key_padding_mask=token_padding, queries=queries, return_attention=return_attention)
 
     def attention_maps(self, attention: Tensor) -> Tensor:
-        """Decoder attention ``[B, Q, N*h'*w']`` -> ``[B, Q, N, h', w']``, one heat map per image."""
+        """Decoder attention ``[B, Q, N*h'*w']`` -> ``[B, Q, N, h, w]``, one heat map per image on its feature
+        map's grid (:func:`tokens_on_feature_grid`: where each token looked), so it can be upsampled evenly."""
         b, q, length = attention.shape
-        return attention.reshape(b, q, length // self.num_tokens_per_image(), *self.token_grid)
+        tokens = attention.reshape(b, q, length // self.num_tokens_per_image(), *self.token_grid)
+        return tokens_on_feature_grid(tokens, self.projection_kind, self.feature_hw)

@@ -2,9 +2,10 @@
 
 The decoder's queries attend over the tokens of every image of the study (stage
 2) or of one image (stage 1); the attention, averaged over heads and layers, is
-a weight per token that sums to one per query. Reshaped to each image's token
-grid it is a coarse map (the backbone's stride times the stage-2 projection's),
-which the page upsamples bilinearly over the image.
+a weight per token that sums to one per query. Put on each image's feature map
+grid (a stage-2 token where it looked: ``models.fusion.tokens_on_feature_grid``)
+it is a coarse map at the backbone's stride that tiles the image, which the page
+upsamples bilinearly over the image.
 
 With learned group decoding, ``classes_per_group`` classes share one query and
 so one map: class ``k`` reads query ``k // classes_per_group``. The page says so.

@@ -44,7 +44,7 @@ class ImageInfo(BaseModel):
 
 
 class HeatMaps(BaseModel):
-    height: int = Field(description="rows of every grid (the model's token grid per image)")
+    height: int = Field(description="rows of every grid (the backbone map's grid per image)")
     width: int = Field(description="columns of every grid")
     scaling: str = Field(description="how grid values are scaled")
     method: Literal["attention", "gradcam", "groupcam"] = Field(
