@@ -127,6 +127,19 @@ def test_triplet_loss_on_a_hand_made_case():
     assert float(lone.detach()) == 0.0 and lone.requires_grad
 
 
+def test_clusters_of_separated_groups_are_the_groups():
+    """GMM initialisation + Student-t refinement in 2 principal components recovers three well-apart groups."""
+    from chexfusion.clip.cml import fit_clusters
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 8)) * 5
+    truth = np.repeat(np.arange(3), 40)
+    x = centres[truth] + rng.normal(size=(120, 8)) * 0.3
+    found = fit_clusters(x, components=3, nu=4.0, dims=2, seed=0)
+    # the same partition up to the components' order
+    assert len(set(zip(truth.tolist(), found.tolist()))) == 3 and len(set(found.tolist())) == 3
+
+
 # ---- a tiny run --------------------------------------------------------------------------------------------
 
 
@@ -193,7 +206,7 @@ def _clip_subprocess(args, kill_at_step=None, cwd=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cml_weight", [0.0])
+@pytest.mark.parametrize("cml_weight", [0.0, 1.0])
 def test_killed_training_resumes_to_the_same_weights(tiny_data, tiny_bert, tmp_path, repo_root, cml_weight):
     """kill -9 in the middle of epoch 2, re-run: byte-identical weights and the same history as uninterrupted."""
     extra = {"train.epochs": 2, "train.checkpoint_every_steps": 1, "train.max_steps_per_epoch": 3, "seed": 5,
@@ -212,6 +225,9 @@ def test_killed_training_resumes_to_the_same_weights(tiny_data, tiny_bert, tmp_p
                 for line in (tmp_path / name / "history.jsonl").read_text().splitlines()]
                for name in ("whole", "killed")]
     assert history[0] == history[1] and len(history[0]) == 2
+    if cml_weight:  # CXR-CML: the clusters the resumed epoch trained with are the uninterrupted run's
+        clusters = [json.loads((tmp_path / name / "cml_clusters.json").read_text()) for name in ("whole", "killed")]
+        assert clusters[0] == clusters[1] and clusters[0]["epoch"] == 1
 
 
 # ---- bad input ---------------------------------------------------------------------------------------------
