@@ -255,3 +255,40 @@ def test_a_missing_text_encoder_folder_is_one_line_exit_2(tiny_data, tmp_path, r
     code, _, err = run_cli(*clip_args(tiny_data, tmp_path, tmp_path / "no-such-bert"))
     assert code == 2 and "no-such-bert" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "tiny" / "checkpoint").exists()
+
+
+def test_a_frozen_text_tower_gets_no_gradient_and_no_dropout(tiny_bert):
+    from chexfusion.clip.model import ContrastiveModel, text_model, text_tokenizer
+    from chexfusion.models.backbone import create_backbone
+
+    model = ContrastiveModel(create_backbone("test_convnext"), text_model(tiny_bert), 8, "mean", 0.07,
+                             text_frozen=True).train()
+    assert not model.text_model.training and model.backbone.training
+    tokens = text_tokenizer(tiny_bert)(["no pleural effusion", "cardiomegaly"], padding=True, return_tensors="pt")
+    images, texts = model(torch.randn(2, 3, 32, 32), None, tokens["input_ids"], tokens["attention_mask"])
+    info_nce(images, texts, model.logit_scale()).backward()
+    assert all(p.grad is None for p in model.text_model.parameters())
+    assert model.text_projection.weight.grad is not None and model.image_projection.weight.grad is not None
+
+
+# ---- the protocol's summary line ---------------------------------------------------------------------------
+
+
+def test_the_summary_line_gives_ap_over_chance_per_held_out_class(tmp_path, capsys):
+    from chexfusion.clip.summary import main
+
+    for method, ap in (("a", 0.2), ("b", 0.05)):
+        held, run = tmp_path / method / "held-out", tmp_path / method
+        held.mkdir(parents=True)
+        pd.DataFrame({"class": ["X", "Y"], "AP": [ap, 0.3], "chance_AP": [0.1, 0.1], "AUROC": [0.7, 0.8]}).to_csv(
+            held / "per_class.csv", index=False)
+        (run / "metrics.json").write_text(json.dumps({"test": {"mAP": 0.25}}))
+    assert main(["--method", f"text_queries={tmp_path / 'a' / 'held-out'},{tmp_path / 'a'}",
+                 "--method", f"clip={tmp_path / 'b' / 'held-out'},{tmp_path / 'b'}"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["methods"]["text_queries"]["ap_over_chance"] == {"X": 2.0, "Y": 3.0}
+    assert last["methods"]["clip"]["mean_ap_over_chance"] == 1.75
+    assert last["methods"]["clip"]["base_mAP"] == 0.25
+    assert main(["--method", f"clip={tmp_path / 'none'},{tmp_path / 'b'}"]) == 2
+    err = capsys.readouterr().err
+    assert "per_class.csv" in err and len(err.strip().splitlines()) == 1

@@ -41,7 +41,8 @@ class ClipModelConfig:
     init_temperature: float = 0.07  # CLIP's; the logit scale 1 / temperature is learned, capped at 100
     drop_path_rate: float = 0.0
     # the pretrained text tower learns at train.lr * text_lr_scale (a full-rate step on a small image-report set
-    # would overwrite what it knows of language before the image tower has learned anything)
+    # would overwrite what it knows of language before the image tower has learned anything); 0 = frozen (only
+    # its projection learns)
     text_lr_scale: float = 0.1
 
 
@@ -85,8 +86,9 @@ class ClipConfig:
         check_ranges("data", self.data, {"image_size": 16, "max_text_tokens": 4})
         check_ranges("model", self.model, {"embed_dim": 1}, fractions=("drop_path_rate",))
         check_ranges("loss", self.loss, {"cml_components": 0, "cml_refit_every": 1, "cml_dims": 0})
-        if not self.model.text_lr_scale > 0:
-            raise UserError(f"config key 'model.text_lr_scale' must be above 0, got {self.model.text_lr_scale}")
+        if self.model.text_lr_scale < 0:
+            raise UserError(f"config key 'model.text_lr_scale' must be 0 (frozen) or more, got "
+                            f"{self.model.text_lr_scale}")
         if not 0 < self.model.init_temperature <= 1:
             raise UserError(f"config key 'model.init_temperature' must be in (0, 1], got {self.model.init_temperature}")
         if self.loss.cml_weight < 0 or self.loss.cml_margin < 0 or self.loss.cml_nu <= 0:

@@ -37,12 +37,24 @@ class ContrastiveModel(nn.Module):
     """``encode_images`` / ``encode_texts``: unit-length embeddings in the shared space; ``logit_scale()``."""
 
     def __init__(self, backbone: nn.Module, text_model: nn.Module, embed_dim: int, pooling: str,
-                 init_temperature: float):
+                 init_temperature: float, text_frozen: bool = False):
+        """``text_frozen``: the text tower keeps its pretrained weights (no gradient, no dropout: only its
+        projection learns), as LiT locks one tower (Zhai et al. 2022); a step then costs the text tower's
+        forward pass only."""
         super().__init__()
         self.backbone, self.text_model, self.pooling = backbone, text_model, pooling
         self.image_projection = nn.Linear(backbone.num_features, embed_dim, bias=False)
         self.text_projection = nn.Linear(int(text_model.config.hidden_size), embed_dim, bias=False)
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.text_frozen = text_frozen
+        if text_frozen:
+            self.text_model.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.text_frozen:
+            self.text_model.eval()
+        return self
 
     def logit_scale(self) -> torch.Tensor:
         return self.log_logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
@@ -62,7 +74,8 @@ class ContrastiveModel(nn.Module):
         return F.normalize(features, dim=-1)
 
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_frozen):
+            hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
@@ -81,7 +94,8 @@ def build_clip_model(cfg: ClipConfig, text_model: nn.Module) -> ContrastiveModel
                                drop_path_rate=m.drop_path_rate)
     if m.init_run:
         init_from_stage1(backbone, m.init_run, m.backbone)
-    return ContrastiveModel(backbone, text_model, m.embed_dim, m.text_pooling, m.init_temperature)
+    return ContrastiveModel(backbone, text_model, m.embed_dim, m.text_pooling, m.init_temperature,
+                            text_frozen=m.text_lr_scale == 0)
 
 
 def init_from_stage1(backbone: nn.Module, run_dir: str, backbone_name: str) -> None:
@@ -177,6 +191,6 @@ def load_clip_run(run_dir: str | Path, map_location: str = "cpu") -> ClipRun:
     tokenizer = text_tokenizer(folder)
     backbone = create_backbone(cfg.model.backbone, pretrained=False)
     model = ContrastiveModel(backbone, text_model(folder, pretrained=False), cfg.model.embed_dim,
-                             info["text_pooling"], cfg.model.init_temperature)
+                             info["text_pooling"], cfg.model.init_temperature, cfg.model.text_lr_scale == 0)
     load_weights(model, weights)
     return ClipRun(run_dir, cfg, info, model.eval().to(map_location), tokenizer)
