@@ -292,3 +292,27 @@ def test_the_summary_line_gives_ap_over_chance_per_held_out_class(tmp_path, caps
     assert main(["--method", f"clip={tmp_path / 'none'},{tmp_path / 'b'}"]) == 2
     err = capsys.readouterr().err
     assert "per_class.csv" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_image_tower_starts_from_a_stage1_run_and_pooled_views_train(tiny_stage1, tiny_data, tiny_bert, tmp_path,
+                                                                           run_cli, repo_root, monkeypatch):
+    from chexfusion.clip.config import ClipConfig
+    from chexfusion.clip.model import build_clip_model, text_model
+    from chexfusion.config import load_config
+    from chexfusion.stage1.model import load_stage1_run
+
+    monkeypatch.chdir(repo_root)
+    stage1 = load_stage1_run(tiny_stage1)
+    cfg = load_config(ClipConfig, "stage1/clip.yaml", [f"model.init_run={tiny_stage1}",
+                                                       f"model.backbone={stage1.info['backbone']}"])
+    model = build_clip_model(cfg, text_model(tiny_bert))
+    expected = stage1.model.backbone.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in model.backbone.state_dict().items())
+    # another architecture than the run's is refused in one line
+    code, _, err = run_cli(*clip_args(tiny_data, tmp_path, tiny_bert, **{"model.init_run": tiny_stage1}))
+    assert code == 2 and "model.init_run" in err and len(err.strip().splitlines()) == 1
+    # all of a study's views pooled into its embedding
+    code, out, err = run_cli(*clip_args(tiny_data, tmp_path, tiny_bert, "pooled", **{"data.views": "pool",
+                                                                                   "train.max_steps_per_epoch": 2}))
+    assert code == 0, err
+    assert "views=pool" in out and json.loads((tmp_path / "pooled" / "run.json").read_text())["views"] == "pool"
