@@ -18,7 +18,7 @@ STAGE2_CONFIG ?= stage2/config.yaml
 STAGE1_RUN    ?= stage1/runs/demo
 STAGE2_RUN    ?= stage2/runs/demo
 
-.PHONY: install data stage1 features stage2 evaluate ablate loss-study compare text-queries zero-shot cxr-lt-2026 localize test test-browser bench gpu-check clean-runs help
+.PHONY: install data stage1 features stage2 evaluate ablate loss-study compare text-queries zero-shot zero-shot-vlm cxr-lt-2026 localize test test-browser bench gpu-check clean-runs help
 
 help:
 	@sed -n '2,4p' Makefile
@@ -128,6 +128,27 @@ zero-shot: $(DATA_STAMP) $(ZERO_SHOT_STAMP)
 		--classes "$(ZERO_SHOT_CLASSES)" --out $(ZERO_SHOT_OUT)/predictions.csv
 	$(CX) evaluate --pred $(ZERO_SHOT_OUT)/predictions.csv --labels $(ZERO_SHOT_DATA)/all.csv \
 		--train-labels $(DATA_DIR)/train.csv --classes "$(ZERO_SHOT_CLASSES)" --out $(ZERO_SHOT_OUT)
+
+# The same protocol for models trained on report text (docs/zero_shot.md, "Vision-language models"): plain CLIP
+# and CXR-CML (chexfusion clip), the held-out findings' sentences removed from their reports, score the three
+# names by prompts on the same cohort, beside make zero-shot's text-query run. Last line: one JSON object.
+ZERO_SHOT_VLM_RUNS := clip-zero-shot-seed$(ZERO_SHOT_SEED) clip-cml-zero-shot-seed$(ZERO_SHOT_SEED)
+
+zero-shot-vlm: zero-shot
+	$(CX) clip --config stage1/clip-zero-shot.yaml seed=$(ZERO_SHOT_SEED) name=clip-zero-shot-seed$(ZERO_SHOT_SEED)
+	$(CX) clip --config stage1/clip-cml-zero-shot.yaml seed=$(ZERO_SHOT_SEED) \
+		name=clip-cml-zero-shot-seed$(ZERO_SHOT_SEED)
+	for run in $(ZERO_SHOT_VLM_RUNS); do \
+		$(CX) predict --model stage1/runs/$$run --csv $(ZERO_SHOT_DATA)/all.csv --image-root $(ZERO_SHOT_DATA) \
+			--aggregate max --classes "$(ZERO_SHOT_CLASSES)" --out stage1/runs/$$run/held-out/predictions.csv && \
+		$(CX) evaluate --pred stage1/runs/$$run/held-out/predictions.csv --labels $(ZERO_SHOT_DATA)/all.csv \
+			--train-labels $(DATA_DIR)/train.csv --classes "$(ZERO_SHOT_CLASSES)" \
+			--out stage1/runs/$$run/held-out || exit 1; \
+	done
+	$(BIN)/python -m chexfusion.clip.summary \
+		--method text_queries=$(ZERO_SHOT_OUT),stage2/runs/$(ZERO_SHOT_RUN) \
+		--method clip=stage1/runs/clip-zero-shot-seed$(ZERO_SHOT_SEED)/held-out,stage1/runs/clip-zero-shot-seed$(ZERO_SHOT_SEED) \
+		--method cxr_cml=stage1/runs/clip-cml-zero-shot-seed$(ZERO_SHOT_SEED)/held-out,stage1/runs/clip-cml-zero-shot-seed$(ZERO_SHOT_SEED)
 
 # CXR-LT 2026 on its synthetic twin (docs/cxr_lt_2026.md): the challenge layout -> convert -> stage 1 -> features
 # -> stage 2 (text queries) -> a submission per task on the test CSV -> evaluate against the held labels; and the

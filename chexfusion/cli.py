@@ -21,6 +21,7 @@ COMMANDS = {
     "inspect": ("chexfusion.inspect", "check a dataset CSV and its images before a long run"),
     "convert": ("chexfusion.convert", "another dataset's layout (CXR-LT 2026 / PadChest) into the CXR-LT CSV"),
     "stage1": ("chexfusion.stage1.command", "train the image-level backbone + ML-Decoder"),
+    "clip": ("chexfusion.clip.command", "contrastive image-report training (CLIP; CXR-CML with loss.cml_weight)"),
     "features": ("chexfusion.feature_store.command",
                  "write the Parquet feature store from frozen stage-1 backbone(s) or pretrained encoders"),
     "stage2": ("chexfusion.stage2.command", "train the study-level Transformer fusion from the feature store"),

@@ -40,8 +40,10 @@ def _metric_rows(metrics: dict) -> list[str]:
 
 def card_text(run_dir: Path, config: dict, info: dict, metrics: dict) -> str:
     kind = info["kind"]
-    what = ("image-level model (one image at a time; a study gets the max over its images)" if kind == "stage1"
-            else "study-level fusion model (all images of a study together, over frozen stage-1 backbones)")
+    what = {"stage1": "image-level model (one image at a time; a study gets the max over its images)",
+            "clip": "image-report contrastive model (CLIP-style; findings scored by positive / negative prompts, "
+                    "a study gets the max over its images)"}.get(
+        kind, "study-level fusion model (all images of a study together, over frozen stage-1 backbones)")
     data = config.get("data") or {}
     synthetic = trained_on_synthetic(config)
     lines = [

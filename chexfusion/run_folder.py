@@ -33,7 +33,7 @@ METADATA_KEY = "chexfusion.run"  # one key holding a JSON object: safetensors wr
 
 RUN_INFO = "run.json"
 WEIGHTS = "model.safetensors"
-KINDS = ("stage1", "stage2", "ensemble")
+KINDS = ("stage1", "stage2", "ensemble", "clip")
 
 # run.json keys every loader relies on, by kind, with the JSON type each must have
 REQUIRED_KEYS = {
@@ -43,6 +43,8 @@ REQUIRED_KEYS = {
                "weights": str, "weights_sha256": str, "routing": str, "unknown_view": str, "backbones": dict,
                "feature_dtype": str, "max_images": int},
     "ensemble": {"classes": list, "train_prevalence": list, "members": list, "combine": str},
+    "clip": {"classes": list, "train_prevalence": list, "preprocess": dict, "weights": str, "weights_sha256": str,
+             "text_encoder": str, "text_pooling": str, "prompts": dict},
 }
 
 
@@ -95,6 +97,7 @@ WEIGHT_DEFINING = {
     "stage1": ("classes", "preprocess", "backbone", "views", "feature_shape"),
     "stage2": ("classes", "preprocess", "routing", "unknown_view", "backbones", "feature_shape", "feature_dtype",
                "pool", "max_images"),
+    "clip": ("classes", "preprocess", "backbone", "text_encoder", "text_pooling", "embed_dim", "prompts"),
 }
 
 

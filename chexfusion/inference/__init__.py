@@ -13,17 +13,23 @@ from pathlib import Path
 from ..hub import resolve_run
 from ..run_folder import run_kind
 from .classes import NamedClasses, encode_class_names
+from .clip import ClipPredictor
 from .ensemble import EnsemblePredictor
 from .predictor import PredictionResult, Predictor, StudyPrediction, TableOptions, scoring_order
 from .stage1 import Stage1Predictor, aggregate_by_study
 from .stage2 import Stage2Predictor
 
-PREDICTORS = {"stage1": Stage1Predictor, "stage2": Stage2Predictor, "ensemble": EnsemblePredictor}
+PREDICTORS = {"stage1": Stage1Predictor, "stage2": Stage2Predictor, "ensemble": EnsemblePredictor,
+              "clip": ClipPredictor}
 
 
 def load_run(run_dir: str | Path, map_location: str = "cpu"):
-    """A stage-1, stage-2 or ensemble run rebuilt from its folder alone (checked before any model is built)."""
+    """A stage-1, stage-2, ensemble or clip run rebuilt from its folder alone (checked before any model is built)."""
     kind = run_kind(run_dir)
+    if kind == "clip":
+        from ..clip.model import load_clip_run
+
+        return load_clip_run(run_dir, map_location)
     if kind == "ensemble":
         from .ensemble import load_ensemble_run
 
@@ -52,5 +58,5 @@ def load_predictor(run_dir: str | Path, device: str | None = None, calibrated: b
 
 
 __all__ = ["load_run", "load_predictor", "encode_class_names", "NamedClasses", "Predictor", "Stage1Predictor",
-           "Stage2Predictor", "EnsemblePredictor", "PredictionResult", "StudyPrediction", "TableOptions",
-           "aggregate_by_study", "scoring_order", "default_device"]
+           "Stage2Predictor", "EnsemblePredictor", "ClipPredictor", "PredictionResult", "StudyPrediction",
+           "TableOptions", "aggregate_by_study", "scoring_order", "default_device"]

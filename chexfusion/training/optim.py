@@ -127,6 +127,14 @@ class Prepared:
         return self.ema.module if self.ema is not None else self.model
 
 
+def text_lr_scale(model_cfg) -> float:
+    """The learning-rate fraction of the text parameters (``text_map_parameters()``): the stages' shared text maps
+    (``model.text.map_lr_scale``), a clip run's pretrained text tower (``model.text_lr_scale``)."""
+    if hasattr(model_cfg, "text_lr_scale"):
+        return float(model_cfg.text_lr_scale)
+    return float(model_cfg.text.map_lr_scale)
+
+
 def prepare_training(accelerator, stage_cfg, model, loaders: tuple, run_dir: Path, n_train: int,
                      unit: str) -> Prepared:
     """AdamW / Adam, the cosine / OneCycle schedule, EMA, the saved config and ``accelerator.prepare``: the same
@@ -140,7 +148,7 @@ def prepare_training(accelerator, stage_cfg, model, loaders: tuple, run_dir: Pat
     cfg = stage_cfg.train
     train_loader, val_loader = loaders
     model = apply_model_fast_paths(model, cfg)  # before EMA copies it and accelerate wraps it
-    groups = param_groups(model, cfg.weight_decay, cfg.lr, stage_cfg.model.text.map_lr_scale, cfg.layer_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, text_lr_scale(stage_cfg.model), cfg.layer_decay)
     optimizer = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW)(groups, lr=cfg.lr)
     steps_per_epoch = len(train_loader) // (cfg.grad_accum * accelerator.num_processes)
     if cfg.max_steps_per_epoch:
