@@ -15,12 +15,11 @@ import torch
 
 from ..clip.scoring import image_probabilities, prompt_embeddings
 from ..data.tta import tta_mean
-from ..feature_store.routing import study_ordered_rows
 from ..name_lists import check_distinct
 from ..vlm.prompts import PromptConfig
 from .classes import NamedClasses
-from .predictor import PredictionResult, Predictor, TableOptions, image_batches
-from .stage1 import aggregate_by_study
+from .predictor import PredictionResult, Predictor, TableOptions
+from .stage1 import score_images
 
 
 class ClipPredictor(Predictor):
@@ -73,15 +72,4 @@ class ClipPredictor(Predictor):
         return self.image_probs(images, tta).max(dim=0).values, None
 
     def score_table(self, table, image_root, options: TableOptions) -> PredictionResult:
-        rows_out, probs_out, skipped = [], [], []
-        for batch in image_batches(table, image_root, self.preprocess, study_ordered_rows(table.frame),
-                                   options.batch_size, options.skip_bad_images, options.progress):
-            skipped.extend(batch.get("skipped", []))
-            if "image" in batch:
-                probs_out.append(self.image_probs(batch["image"], options.tta).numpy())
-                rows_out.append(batch["row"].numpy())
-        rows = np.concatenate(rows_out) if rows_out else np.zeros(0, np.int64)
-        probs = np.concatenate(probs_out) if probs_out else np.zeros((0, self._pairs[0].shape[0]), np.float32)
-        if options.aggregate:  # as a stage-1 run: per image unless told to give each image its study's max / mean
-            probs = aggregate_by_study(table.frame["study_id"].to_numpy()[rows], probs, options.aggregate)
-        return PredictionResult(rows, probs, skipped)
+        return score_images(self, table, image_root, options, self._pairs[0].shape[0])

@@ -34,20 +34,26 @@ class Stage1Predictor(Predictor):
         return per_image.max(dim=0).values, maps
 
     def score_table(self, table, image_root, options: TableOptions) -> PredictionResult:
-        rows_out, probs_out, skipped = [], [], []
-        rows = study_ordered_rows(table.frame)
-        for batch in image_batches(table, image_root, self.preprocess, rows, options.batch_size,
-                                   options.skip_bad_images, options.progress):
-            skipped.extend(batch.get("skipped", []))
-            if "image" not in batch:
-                continue
-            probs_out.append(self.image_probs(batch["image"], options.tta).numpy())
-            rows_out.append(batch["row"].numpy())
-        rows_arr = np.concatenate(rows_out) if rows_out else np.zeros(0, np.int64)
-        probs = np.concatenate(probs_out) if probs_out else np.zeros((0, self.model.decoder.num_classes), np.float32)
-        if options.aggregate:
-            probs = aggregate_by_study(table.frame["study_id"].to_numpy()[rows_arr], probs, options.aggregate)
-        return PredictionResult(rows_arr, probs, skipped)
+        return score_images(self, table, image_root, options, self.model.decoder.num_classes)
+
+
+def score_images(predictor: Predictor, table, image_root, options: TableOptions, width: int) -> PredictionResult:
+    """Every image of ``table`` scored alone by ``predictor.image_probs`` (``width`` classes), in study order;
+    with ``options.aggregate`` each image then takes its study's max or mean. Runs that score images one by one
+    (stage 1, clip) share it."""
+    rows_out, probs_out, skipped = [], [], []
+    for batch in image_batches(table, image_root, predictor.preprocess, study_ordered_rows(table.frame),
+                               options.batch_size, options.skip_bad_images, options.progress):
+        skipped.extend(batch.get("skipped", []))
+        if "image" not in batch:
+            continue
+        probs_out.append(predictor.image_probs(batch["image"], options.tta).numpy())
+        rows_out.append(batch["row"].numpy())
+    rows = np.concatenate(rows_out) if rows_out else np.zeros(0, np.int64)
+    probs = np.concatenate(probs_out) if probs_out else np.zeros((0, width), np.float32)
+    if options.aggregate:
+        probs = aggregate_by_study(table.frame["study_id"].to_numpy()[rows], probs, options.aggregate)
+    return PredictionResult(rows, probs, skipped)
 
 
 def aggregate_by_study(study_ids: np.ndarray, probs: np.ndarray, how: str) -> np.ndarray:
