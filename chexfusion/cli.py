@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with network_scope(getattr(args, "allow_network", False)):
             code = module.run(args)
+        _end_processes()
         return int(code or 0)
     except UserError as exc:
         print(f"chexfusion: error: {exc}", file=sys.stderr)
@@ -90,6 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("chexfusion: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+
+
+def _end_processes() -> None:
+    """Leave a multi-process launch's process group once the command is done (imports torch only if loaded)."""
+    if "torch" in sys.modules:
+        from .training import end_processes
+
+        end_processes()
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ def main(store_path: str, out: str, batch: int, workers: int, skip: int) -> None
     if accelerator.is_main_process:
         with open(out, "w") as handle:
             json.dump({"processes": accelerator.num_processes, "ranks": ranks}, handle)
+    training.end_processes()  # or the process may abort at exit, after its work is done
 
 
 if __name__ == "__main__":

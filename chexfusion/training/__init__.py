@@ -47,10 +47,11 @@ from .optim import (
 )
 from .run_config import EXECUTION_ONLY_KEYS, check_same_config
 from .sampler import EpochPermutationSampler
-from .setup import make_accelerator, seed_batch, seed_everything
+from .setup import end_processes, make_accelerator, seed_batch, seed_everything
 
-__all__ = ["OptimConfig", "make_accelerator", "seed_everything", "seed_batch", "EpochPermutationSampler",
-           "param_groups", "no_weight_decay_names", "cosine_schedule", "schedule_for", "make_ema", "Prepared",
+__all__ = ["OptimConfig", "end_processes", "make_accelerator", "seed_everything", "seed_batch",
+           "EpochPermutationSampler", "param_groups", "no_weight_decay_names", "cosine_schedule", "schedule_for",
+           "make_ema", "Prepared",
            "prepare_training", "Progress", "save_checkpoint", "find_checkpoint", "load_checkpoint", "append_jsonl",
            "check_same_config", "EXECUTION_ONLY_KEYS", "start_run", "StageJob", "fit", "FitState", "finish_run",
            "summary_line", "HEADLINE", "apply_model_fast_paths", "loader_options", "onecycle_schedule",

@@ -38,6 +38,18 @@ def make_accelerator(cfg: OptimConfig, run_dir: Path | None = None):
                        log_with=trackers or None, project_config=project)
 
 
+def end_processes() -> None:
+    """Leave the process group of a multi-process launch, if this process joined one.
+
+    Called once a command has finished on every rank. Without it gloo's worker threads are still alive when the
+    interpreter tears down, and the process can abort at exit (SIGABRT, "terminate called without an active
+    exception") after its work is done, which fails the launch (pytorch/pytorch#190489). Not called after an
+    error: destroying a group while another rank may still be in a collective can hang.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def tracker_names(log_with: str) -> list[str]:
     """``train.log_with`` as accelerate tracker names; a tracker whose package is missing is a one-line error."""
     import importlib.util
