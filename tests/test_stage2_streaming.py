@@ -340,8 +340,9 @@ def test_sharded_processes_read_only_their_own_row_groups(store, monkeypatch):
     """Over all processes and lanes an epoch reads each row group once, twice at most where two shares meet."""
     opened = FeatureStore(store)
     reads = []
-    read = opened.read_row_group
-    monkeypatch.setattr(opened, "read_row_group", lambda path, index: reads.append((path, index)) or read(path, index))
+    decode = opened._decode_maps  # what every read of a row group's maps goes through
+    monkeypatch.setattr(opened, "_decode_maps",
+                        lambda parquet, path, index: reads.append((path, index)) or decode(parquet, path, index))
     world, lanes = 2, 4
     for rank in range(world):
         list(sharded(store, rank, world, store=opened, lanes=lanes))

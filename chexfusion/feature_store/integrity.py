@@ -112,13 +112,12 @@ def check_maps(store: Path, path: Path, index: int, column, records: list[dict])
                                         f"{mf.MANIFEST_NAME}")
 
 
-def check_shard_table(store: Path, path: Path, table, records: list[dict]) -> None:
-    """A whole shard read at once (metadata and maps): every row group's checksums."""
-    check_meta(store, path, table, records)
-    column, start = table.column(FEATURES), 0
-    for g, record in enumerate(records):
-        check_maps(store, path, g, column.slice(start, record["rows"]), records)
-        start += int(record["rows"])
+def check_row_group(store: Path, path: Path, index: int, table, records: list[dict]) -> None:
+    """Row group ``index`` read whole (its metadata and maps): both its checksums."""
+    if checksums.meta_digest(table) != records[index]["meta"]:
+        raise refusal(store, path.name, f"row group {index}: its metadata differ from their checksum in "
+                                        f"{mf.MANIFEST_NAME}")
+    check_maps(store, path, index, table.column(FEATURES), records)
 
 
 def checksum_problems(store: Path, manifest: dict) -> list[tuple[str, str]]:

@@ -12,11 +12,13 @@ only the metadata columns of the split are loaded (:meth:`FeatureStore.split_met
 which also tells a reader up front which studies and labels to expect); the maps
 are read one row group at a time. A row group *owns* the studies that start in it; a study that
 runs past its end takes its remaining rows from the next row group (studies
-are contiguous in store order). At most two row groups are decoded at a time,
-plus a shuffle buffer of whole studies, so memory does not grow with the store.
+are contiguous in store order). At most two row groups are decoded at a time
+(three while one is checked), plus a shuffle buffer of whole studies, so memory
+does not grow with the store.
 
 Every read checks what it decoded against the row-group checksums in the
-manifest, in the same pass (``integrity.py``); ``FeatureStore(path, verify=False)``
+manifest, in the same pass (``integrity.py``), a row group's check overlapping
+the decode of the next (``read_ahead.py``); ``FeatureStore(path, verify=False)``
 skips that (benchmarks/feature_store.py measures what it costs).
 """
 
@@ -42,6 +44,7 @@ from ..errors import UserError
 from ..io import atomic_path
 from . import integrity
 from . import manifest as mf
+from .read_ahead import checked_in_turn
 from .schema import FEATURES, NUMPY_DTYPES, features_to_numpy
 
 READ_META = ("dicom_id", "study_id", "subject_id", "view", "csv_row")
@@ -221,13 +224,19 @@ class _RowGroupCache:
         if g in self.items:
             self.items.move_to_end(g)
             return self.items[g]
+        return self.put(g, read(g))
+
+    def put(self, g: int, maps: np.ndarray, ahead_rows: int | None = None) -> np.ndarray:
+        """Hold ``maps``, the decoded row group ``g``; ``ahead_rows``: the rows of the next one, decoded while
+        ``g`` was checked and held by the reader meanwhile (counted in the stats)."""
         while len(self.items) >= self.capacity:
             self.items.popitem(last=False)
-        self.items[g] = read(g)
+        self.items[g] = maps
+        sizes = [len(a) for a in self.items.values()] + ([] if ahead_rows is None else [ahead_rows])
         self.stats.row_group_reads += 1
-        self.stats.max_decoded_row_groups = max(self.stats.max_decoded_row_groups, len(self.items))
-        self.stats.max_decoded_rows = max(self.stats.max_decoded_rows, sum(len(a) for a in self.items.values()))
-        return self.items[g]
+        self.stats.max_decoded_row_groups = max(self.stats.max_decoded_row_groups, len(sizes))
+        self.stats.max_decoded_rows = max(self.stats.max_decoded_rows, sum(sizes))
+        return maps
 
 
 class FeatureStore:
@@ -315,14 +324,29 @@ class FeatureStore:
             return pq.ParquetFile(path, memory_map=memory_map, pre_buffer=False)
 
     def _read_shard_table(self, path: Path, split: str) -> pa.Table:
-        """A whole shard's metadata and maps (``split`` dropped), checked against its row-group checksums."""
-        with integrity.reading(self.path, path):
-            table = self._open(path, memory_map=True).read(columns=[*READ_META, "split", FEATURES], use_threads=False)
-        integrity.check_split_column(self.path, path, table, split)  # first: the clearer line for a misplaced shard
+        """A whole shard's metadata and maps (``split`` dropped), each row group checked against its checksums
+        while the next is decoded (``read_ahead.py``)."""
         records = self._records(path, streamed=False)
-        if records is not None:
-            integrity.check_shard_table(self.path, path, table, records)
-        return table.drop_columns(["split"])
+        parquet = self._open(path, memory_map=True)
+        sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups)]
+        if records is not None and sizes != [int(r["rows"]) for r in records]:
+            with integrity.reading(self.path, path):  # the clearer line first, for a shard of another split
+                integrity.check_split_column(self.path, path, parquet.read(columns=["split"]), split)
+            integrity.check_row_group_layout(self.path, path, sizes, records)
+
+        def decode(g: int) -> pa.Table:
+            with integrity.reading(self.path, path):
+                return parquet.read_row_group(g, columns=[*READ_META, "split", FEATURES], use_threads=False)
+
+        def check(g: int, part: pa.Table) -> None:
+            integrity.check_split_column(self.path, path, part, split)  # first: the clearer line for a misplaced shard
+            integrity.check_row_group(self.path, path, g, part, records)
+
+        parts = [part for _, part in checked_in_turn(range(len(sizes)), decode, check if records else None)]
+        table = pa.concat_tables(parts) if parts else parquet.schema_arrow.empty_table()
+        if records is None:
+            integrity.check_split_column(self.path, path, table, split)
+        return table.select([*READ_META, FEATURES])
 
     def _read_shard(self, path: Path, split: str) -> tuple[pa.Table, list[np.ndarray]]:
         table = self._read_shard_table(path, split)
@@ -433,11 +457,41 @@ class FeatureStore:
         """The maps ``[rows, C*h*w]`` of one row group (read-only views of the decoded buffer), checked against
         its checksum as they are decoded; ``parquet``: the shard already open."""
         records = self._records(path, streamed=True)
-        with integrity.reading(self.path, path):
-            parquet = parquet or self._open(path, memory_map=False)
-            column = parquet.read_row_group(index, columns=[FEATURES]).column(FEATURES)
+        column = self._decode_maps(parquet or self._open(path, memory_map=False), path, index)
         if records is not None:
             integrity.check_maps(self.path, path, index, column, records)
+        return self._maps(column)
+
+    def read_row_groups(self, groups: list[tuple], order) -> Iterator[tuple[int, np.ndarray]]:
+        """``(g, maps)`` for each ``g`` of ``order`` (indices into ``groups``, as :meth:`row_groups` lists them),
+        each checked against its checksum; the check of one overlaps the decode of the next (``read_ahead.py``).
+        At most two shards are open at a time."""
+        paths = {groups[g][0] for g in order}
+        records = {path: self._records(path, streamed=True) for path in paths}  # an older store refused up front
+        files: OrderedDict[Path, pq.ParquetFile] = OrderedDict()
+
+        def decode(g: int):
+            path, index = groups[g][:2]
+            if path not in files:
+                if len(files) >= 2:
+                    files.popitem(last=False)
+                files[path] = self._open(path, memory_map=False)
+            return self._decode_maps(files[path], path, index)
+
+        def check(g: int, column) -> None:
+            path, index = groups[g][:2]
+            integrity.check_maps(self.path, path, index, column, records[path])
+
+        verified = self.verify_reads and all(r is not None for r in records.values())
+        for g, column in checked_in_turn(order, decode, check if verified else None):
+            yield g, self._maps(column)
+
+    def _decode_maps(self, parquet: pq.ParquetFile, path: Path, index: int):
+        """The ``features`` column of row group ``index`` of the open shard ``path``, unchecked."""
+        with integrity.reading(self.path, path):
+            return parquet.read_row_group(index, columns=[FEATURES]).column(FEATURES)
+
+    def _maps(self, column) -> np.ndarray:
         chunks = [features_to_numpy(c, self.manifest["dtype"], self.width) for c in column.chunks]
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
@@ -459,7 +513,8 @@ class FeatureStore:
 
     def iter_studies(self, split: str, shuffle_buffer: int = 0, seed: int = 0,
                      epoch: int = 0) -> Iterator[StudyFeatures]:
-        """Every study of the split exactly once, whole, with memory bounded by two row groups and the buffer.
+        """Every study of the split exactly once, whole, with memory bounded by two row groups (three while one is
+        checked) and the buffer.
 
         ``shuffle_buffer=0`` yields studies in store order (their maps are views
         of the current row group). Otherwise row groups are visited in a
@@ -472,12 +527,11 @@ class FeatureStore:
         self.last_stream_stats = StreamStats()
         stream = _SplitStream(self, split, self.last_stream_stats)
         if shuffle_buffer <= 0:
-            for g in range(stream.num_groups):
-                yield from stream.studies_of_group(g, copy=False)
+            yield from stream.studies(range(stream.num_groups), copy=False)
             return
         rng = np.random.default_rng([seed, epoch])
         # a buffered study is a copy: it must not pin its row group
-        studies = (study for g in rng.permutation(stream.num_groups) for study in stream.studies_of_group(int(g), True))
+        studies = stream.studies(rng.permutation(stream.num_groups).tolist(), copy=True)
         yield from buffer_shuffle(studies, shuffle_buffer, rng, self.last_stream_stats)
 
 
@@ -512,16 +566,21 @@ class _SplitStream:
         self.group_starts = np.array([g[2] for g in self.groups], dtype=np.int64)
         owner = np.searchsorted(self.group_starts, self.meta.study_starts, side="right") - 1  # non-decreasing
         self.first_study = np.searchsorted(owner, np.arange(self.num_groups + 1))
-        self.files: OrderedDict[Path, pq.ParquetFile] = OrderedDict()
-        self.cache = _RowGroupCache(capacity=2, stats=stats)
+        # a study runs on into the next row group only in a store written before they held whole studies
+        self.cache = _RowGroupCache(capacity=1 if store.manifest.get("study_aligned") else 2, stats=stats)
+
+    def studies(self, order, copy: bool) -> Iterator[StudyFeatures]:
+        """The studies of the row groups ``order``, group by group."""
+        order = list(order)
+        checked = self.store.verify_reads  # then the next row group is decoded while this one is checked
+        for k, (g, maps) in enumerate(self.store.read_row_groups(self.groups, order)):
+            ahead = self.groups[order[k + 1]][3] if checked and k + 1 < len(order) else None
+            self.cache.put(g, maps, ahead_rows=ahead)
+            yield from self.studies_of_group(g, copy)
 
     def _read_group(self, g: int) -> np.ndarray:
-        path, index = self.groups[g][0], self.groups[g][1]
-        if path not in self.files:
-            if len(self.files) >= 2:
-                self.files.popitem(last=False)
-            self.files[path] = self.store._open(path, memory_map=False)
-        return self.store.read_row_group(path, index, self.files[path])
+        """A row group a study runs on into (older stores only), read when needed."""
+        return self.store.read_row_group(*self.groups[g][:2])
 
     def _rows(self, start: int, stop: int) -> np.ndarray:
         """Maps of rows [start, stop): from the row group holding ``start`` and, for a study that runs on, the next."""

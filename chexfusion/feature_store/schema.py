@@ -32,6 +32,7 @@ shards, e.g. ``pd.read_parquet(sorted(glob("features/demo/part-*.parquet")))``,
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 
 import numpy as np
@@ -126,15 +127,18 @@ def study_runs(study_ids, max_rows: int) -> list[tuple[int, int]]:
 def write_parquet(table: pa.Table, sink, row_group_rows: int, record=None) -> list:
     """Write ``table`` to ``sink`` (a path or a writable file object) in row groups of whole studies.
 
-    ``record``, if given, is called with each row group's rows just before they are written (the writer hashes
-    them there: ``checksums.row_group_record``); its results are returned in row-group order.
+    ``record``, if given, is called with each row group's rows while they are written, on a worker thread (the
+    writer hashes them there: ``checksums.row_group_record``; the Parquet encoder and xxhash both release the
+    GIL, so the hash costs a second core, not time); its results are returned in row-group order.
     """
     records = []
-    with pq.ParquetWriter(sink, table.schema, **PARQUET_OPTIONS) as writer:
-        for start, stop in study_runs(table.column("study_id").to_numpy(zero_copy_only=False), row_group_rows) \
-                or [(0, 0)]:
+    runs = study_runs(table.column("study_id").to_numpy(zero_copy_only=False), row_group_rows) or [(0, 0)]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chexfusion-hash") as pool, \
+            pq.ParquetWriter(sink, table.schema, **PARQUET_OPTIONS) as writer:
+        for start, stop in runs:
             part = table.slice(start, stop - start)
-            if record is not None:
-                records.append(record(part))
+            recording = pool.submit(record, part) if record is not None else None
             writer.write_table(part, row_group_size=max(stop - start, 1))
+            if recording is not None:
+                records.append(recording.result())
     return records

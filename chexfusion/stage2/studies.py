@@ -184,11 +184,14 @@ class ShardedSource:
     def _read(self, studies: np.ndarray) -> Iterator[StudyMaps]:
         """The maps of ``studies`` (a run of whole row groups, but for its ends), each row group read once."""
         layout, current, maps = self.layout, -1, None
-        for s in studies.tolist():
+        owners = (np.searchsorted(self.first_study, studies, side="right") - 1).tolist()
+        # the row groups in the order the studies need them; the next one is decoded while this one is checked
+        needed = [g for k, g in enumerate(owners) if not k or g != owners[k - 1]]
+        reads = self.store.read_row_groups(self.groups, needed)
+        for s, g in zip(studies.tolist(), owners):
             start, stop = int(layout.study_starts[s]), int(layout.study_stops[s])
-            g = int(np.searchsorted(self.first_study, s, side="right")) - 1
             if g != current:
-                current, maps = g, self.store.read_row_group(*self.groups[g][:2])
+                current, maps = next(reads)
             base = self.groups[g][2]
             shaped = maps[start - base:stop - base].reshape(stop - start, *self.store.shape)
             yield StudyMaps(s, shaped.copy(), layout.views[start:stop])  # a buffered study must not pin its group
