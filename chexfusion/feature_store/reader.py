@@ -13,8 +13,8 @@ which also tells a reader up front which studies and labels to expect); the maps
 are read one row group at a time. A row group *owns* the studies that start in it; a study that
 runs past its end takes its remaining rows from the next row group (studies
 are contiguous in store order). At most two row groups are decoded at a time
-(three while one is checked), plus a shuffle buffer of whole studies, so memory
-does not grow with the store.
+(the one in use and the next, decoded while the one in use is checked), plus a
+shuffle buffer of whole studies, so memory does not grow with the store.
 
 Every read checks what it decoded against the row-group checksums in the
 manifest, in the same pass (``integrity.py``), a row group's check overlapping
@@ -224,13 +224,18 @@ class _RowGroupCache:
         if g in self.items:
             self.items.move_to_end(g)
             return self.items[g]
+        self.make_room()  # before the read: never capacity + 1 row groups at once
         return self.put(g, read(g))
+
+    def make_room(self) -> None:
+        """Evict the least recently used row groups until one more fits."""
+        while len(self.items) >= self.capacity:
+            self.items.popitem(last=False)
 
     def put(self, g: int, maps: np.ndarray, ahead_rows: int | None = None) -> np.ndarray:
         """Hold ``maps``, the decoded row group ``g``; ``ahead_rows``: the rows of the next one, decoded while
         ``g`` was checked and held by the reader meanwhile (counted in the stats)."""
-        while len(self.items) >= self.capacity:
-            self.items.popitem(last=False)
+        self.make_room()
         self.items[g] = maps
         sizes = [len(a) for a in self.items.values()] + ([] if ahead_rows is None else [ahead_rows])
         self.stats.row_group_reads += 1
@@ -342,7 +347,8 @@ class FeatureStore:
             integrity.check_split_column(self.path, path, part, split)  # first: the clearer line for a misplaced shard
             integrity.check_row_group(self.path, path, g, part, records)
 
-        parts = [part for _, part in checked_in_turn(range(len(sizes)), decode, check if records else None)]
+        parts = [part for _, part in checked_in_turn(range(len(sizes)), decode,
+                                                     None if records is None else check)]
         table = pa.concat_tables(parts) if parts else parquet.schema_arrow.empty_table()
         if records is None:
             integrity.check_split_column(self.path, path, table, split)
@@ -453,11 +459,11 @@ class FeatureStore:
         """(shard path, row group index, first row, rows) of every row group of the split, in store order."""
         return self._row_groups(split)
 
-    def read_row_group(self, path: Path, index: int, parquet: pq.ParquetFile | None = None) -> np.ndarray:
+    def read_row_group(self, path: Path, index: int) -> np.ndarray:
         """The maps ``[rows, C*h*w]`` of one row group (read-only views of the decoded buffer), checked against
-        its checksum as they are decoded; ``parquet``: the shard already open."""
+        its checksum as they are decoded."""
         records = self._records(path, streamed=True)
-        column = self._decode_maps(parquet or self._open(path, memory_map=False), path, index)
+        column = self._decode_maps(self._open(path, memory_map=False), path, index)
         if records is not None:
             integrity.check_maps(self.path, path, index, column, records)
         return self._maps(column)
@@ -482,8 +488,7 @@ class FeatureStore:
             path, index = groups[g][:2]
             integrity.check_maps(self.path, path, index, column, records[path])
 
-        verified = self.verify_reads and all(r is not None for r in records.values())
-        for g, column in checked_in_turn(order, decode, check if verified else None):
+        for g, column in checked_in_turn(order, decode, check if self.verify_reads else None):
             yield g, self._maps(column)
 
     def _decode_maps(self, parquet: pq.ParquetFile, path: Path, index: int):
@@ -513,8 +518,7 @@ class FeatureStore:
 
     def iter_studies(self, split: str, shuffle_buffer: int = 0, seed: int = 0,
                      epoch: int = 0) -> Iterator[StudyFeatures]:
-        """Every study of the split exactly once, whole, with memory bounded by two row groups (three while one is
-        checked) and the buffer.
+        """Every study of the split exactly once, whole, with memory bounded by two row groups and the buffer.
 
         ``shuffle_buffer=0`` yields studies in store order (their maps are views
         of the current row group). Otherwise row groups are visited in a
@@ -577,6 +581,7 @@ class _SplitStream:
             ahead = self.groups[order[k + 1]][3] if checked and k + 1 < len(order) else None
             self.cache.put(g, maps, ahead_rows=ahead)
             yield from self.studies_of_group(g, copy)
+            self.cache.make_room()  # before the next decode, as a read through the cache does
 
     def _read_group(self, g: int) -> np.ndarray:
         """A row group a study runs on into (older stores only), read when needed."""
