@@ -226,14 +226,14 @@ def test_heat_maps_one_per_image_and_class_on_the_feature_grid(client, study, ti
     assert heat["query_of_class"][classes[-1]] == (len(classes) - 1) // decoder.classes_per_group
 
 
-def test_the_map_type_switches_to_grad_cam_and_group_cam(client, study, tiny_data, stage2_predictor):
+def test_the_map_type_switches_to_grad_cam_hires_cam_and_group_cam(client, study, tiny_data, stage2_predictor):
     from chexfusion.explain.serve_maps import GRID, GROUPCAM_TOP
 
     files, data = upload(study, tiny_data)
     attention = client.post("/api/predict", files=files, data=data).json()
     assert attention["heatmaps"]["method"] == "attention" and attention["heatmaps"]["mapped"] is None
     classes = stage2_predictor.classes
-    for method in ("gradcam", "groupcam"):
+    for method in ("gradcam", "hirescam", "groupcam"):
         body = client.post("/api/predict", files=files, data={**data, "maps": method}).json()
         heat = body["heatmaps"]
         assert heat["method"] == method and (heat["height"], heat["width"]) == (GRID, GRID)

@@ -1,9 +1,9 @@
-"""Grad-CAM and Group-CAM maps for the web demo: every finding of one study, sized for a JSON response.
+"""Grad-CAM, HiResCAM and Group-CAM maps for the web demo: every finding of one study, sized for a JSON response.
 
 The page draws a coarse grid per image and class (:mod:`chexfusion.serve.heatmap`),
 so the maps are averaged down to :data:`GRID` x :data:`GRID` and, like the
-attention maps, divided per class by their maximum over the study. Grad-CAM
-costs one backward pass per finding, so every finding gets one; Group-CAM costs
+attention maps, divided per class by their maximum over the study. Grad-CAM and
+HiResCAM cost one backward pass per finding, so every finding gets one; Group-CAM costs
 33 forward passes of the study per finding, so only the :data:`GROUPCAM_TOP`
 most probable findings get one, the others an all-zero map (the response
 lists which have one).
@@ -22,7 +22,7 @@ GROUPCAM_TOP = 5
 
 
 def mapped_classes(method: str, probabilities: np.ndarray) -> list[int]:
-    """The classes that get a map: all for Grad-CAM, the most probable few for Group-CAM."""
+    """The classes that get a map: all for Grad-CAM and HiResCAM, the most probable few for Group-CAM."""
     order = [int(k) for k in np.argsort(-probabilities, kind="stable")]
     return order[:GROUPCAM_TOP] if method == "groupcam" else sorted(order)
 

@@ -29,7 +29,7 @@ from .uploads import VIEW_CHOICES, PreparedImage, requested_views
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 FILE_FIELD, VIEW_FIELD, CLASSES_FIELD, MAPS_FIELD = "files", "views", "classes", "maps"
-MAP_METHODS = ("attention", "gradcam", "groupcam")
+MAP_METHODS = ("attention", "gradcam", "hirescam", "groupcam")
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; script-src 'self'; "
                                  b"style-src 'self'; connect-src 'self'; object-src 'none'; frame-ancestors 'none'"),
@@ -41,6 +41,8 @@ HEATMAP_SCALING = ("decoder cross-attention averaged over heads and layers; per 
 CAM_SCALING = {
     "gradcam": "Grad-CAM of the finding's logit on the backbone map (every finding); averaged to the grid, per class "
                "divided by its maximum over all images of the study",
+    "hirescam": "HiResCAM (the finding's logit gradient times the backbone map, cell by cell; every finding); "
+                "averaged to the grid, per class divided by its maximum over all images of the study",
     "groupcam": "Group-CAM (blur-masked groups of Grad-CAM channels; the most probable findings only); averaged to "
                 "the grid, per class divided by its maximum over all images of the study",
 }
@@ -77,8 +79,8 @@ def _request_body_schema(limits: ServeLimits) -> dict:
                          "description": "one per file, in order (or none: all auto). auto = the DICOM header's "
                                         "ViewPosition, else unknown"},
             MAPS_FIELD: {"type": "string", "enum": list(MAP_METHODS),
-                         "description": "optional: the heat maps (default attention; gradcam and groupcam take "
-                                        "longer, groupcam maps the most probable findings only)"},
+                         "description": "optional: the heat maps (default attention; gradcam, hirescam and "
+                                        "groupcam take longer, groupcam maps the most probable findings only)"},
             CLASSES_FIELD: {"type": "string",
                             "description": "optional, comma-separated finding names to score instead of the run's "
                                            "classes (runs trained with text queries only; names it never saw are "

@@ -33,7 +33,7 @@ class StudyPrediction:
     used: list[int]  # indices of the images that were scored, in scoring order
     heatmaps: np.ndarray  # [K, len(used), h, w], per class scaled so the study's max is 1
     aggregation: str  # fusion (stage 2) or max (stage 1: max over images)
-    method: str = "attention"  # attention | gradcam | groupcam (chexfusion.explain.cam)
+    method: str = "attention"  # attention | gradcam | hirescam | groupcam (chexfusion.explain.cam)
     mapped: list[int] | None = None  # the classes that have a map (None: every class)
 
 

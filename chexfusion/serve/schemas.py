@@ -47,8 +47,8 @@ class HeatMaps(BaseModel):
     height: int = Field(description="rows of every grid (the backbone map's grid per image)")
     width: int = Field(description="columns of every grid")
     scaling: str = Field(description="how grid values are scaled")
-    method: Literal["attention", "gradcam", "groupcam"] = Field(
-        default="attention", description="what the maps are: the decoder's attention, Grad-CAM or Group-CAM")
+    method: Literal["attention", "gradcam", "hirescam", "groupcam"] = Field(
+        default="attention", description="what the maps are: the decoder's attention, Grad-CAM, HiResCAM or Group-CAM")
     mapped: list[str] | None = Field(
         default=None, description="the classes that have a map (null: all); Group-CAM maps the most probable few")
     query_of_class: dict[str, int] = Field(
