@@ -6,7 +6,8 @@ and refines it into a Student-t mixture: the t's heavy tails keep the outlying e
 dataset from dragging a cluster's mean and covariance (Peel & McLachlan, "Robust mixture modelling using the t
 distribution", Statistics and Computing 2000). scikit-learn has the Gaussian mixture (used here for the
 initialisation) but no Student-t mixture, and neither has SciPy (which gives the density, ``multivariate_t``);
-so the refinement is the EM of Peel & McLachlan with the degrees of freedom ``nu`` fixed (CXR-CML: 4):
+so the refinement is the EM of Peel & McLachlan with the degrees of freedom ``nu`` fixed (4 by default: our
+choice; the authors' published code has no Student-t step at all, see docs/zero_shot.md):
 
 - E-step: responsibilities ``tau_ik ∝ pi_k t(x_i; mu_k, Sigma_k, nu)`` and the latent scale weights
   ``u_ik = (nu + d) / (nu + delta_ik)``, ``delta_ik = (x_i - mu_k)^T Sigma_k^-1 (x_i - mu_k)``;

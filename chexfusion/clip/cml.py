@@ -16,6 +16,10 @@ and adds a triplet loss on the embeddings so that studies of one cluster move to
 - it is re-fitted every ``loss.cml_refit_every`` epochs, at the start of the epoch, from the weights of that
   moment. The assignments are written to ``cml_clusters.json`` in the run folder, so a run resumed in the middle
   of an epoch reads the clusters the uninterrupted run used rather than re-fitting from later weights.
+
+This follows the paper's description. The authors' published code (chinnarouge/CXR-CML) differs: a Bayesian
+Gaussian mixture per batch, no Student-t step, an image-to-text hinge that is zero in practice; the comparison is
+in docs/zero_shot.md ("CXR-CML").
 """
 
 from __future__ import annotations
