@@ -18,7 +18,7 @@ STAGE2_CONFIG ?= stage2/config.yaml
 STAGE1_RUN    ?= stage1/runs/demo
 STAGE2_RUN    ?= stage2/runs/demo
 
-.PHONY: install data stage1 features stage2 evaluate ablate loss-study compare text-queries zero-shot zero-shot-vlm cxr-lt-2026 localize test test-browser bench gpu-check clean-runs help
+.PHONY: install data stage1 features stage2 evaluate ablate loss-study compare text-queries zero-shot zero-shot-vlm zero-shot-vlm-seeds cxr-lt-2026 localize test test-browser bench gpu-check clean-runs help
 
 help:
 	@sed -n '2,4p' Makefile
@@ -149,6 +149,18 @@ zero-shot-vlm: zero-shot
 		--method text_queries=$(ZERO_SHOT_OUT),stage2/runs/$(ZERO_SHOT_RUN) \
 		--method clip=stage1/runs/clip-zero-shot-seed$(ZERO_SHOT_SEED)/held-out,stage1/runs/clip-zero-shot-seed$(ZERO_SHOT_SEED) \
 		--method cxr_cml=stage1/runs/clip-cml-zero-shot-seed$(ZERO_SHOT_SEED)/held-out,stage1/runs/clip-cml-zero-shot-seed$(ZERO_SHOT_SEED)
+
+# The protocol over seeds 0-2 (docs/zero_shot.md): each seed's runs, then every figure's mean and spread and each
+# pair of methods' paired difference, seed by seed. Last line: one JSON object.
+ZERO_SHOT_SEEDS ?= 0 1 2
+ZERO_SHOT_SEED_LIST := $(shell echo $(ZERO_SHOT_SEEDS) | tr ' ' ',')
+
+zero-shot-vlm-seeds: $(DATA_STAMP) $(ZERO_SHOT_STAMP)
+	for seed in $(ZERO_SHOT_SEEDS); do $(MAKE) --no-print-directory zero-shot-vlm ZERO_SHOT_SEED=$$seed || exit 1; done
+	$(BIN)/python -m chexfusion.clip.summary --seeds $(ZERO_SHOT_SEED_LIST) \
+		--method 'text_queries=stage2/runs/zero-shot-seed{seed}/held-out,stage2/runs/zero-shot-seed{seed}' \
+		--method 'clip=stage1/runs/clip-zero-shot-seed{seed}/held-out,stage1/runs/clip-zero-shot-seed{seed}' \
+		--method 'cxr_cml=stage1/runs/clip-cml-zero-shot-seed{seed}/held-out,stage1/runs/clip-cml-zero-shot-seed{seed}'
 
 # CXR-LT 2026 on its synthetic twin (docs/cxr_lt_2026.md): the challenge layout -> convert -> stage 1 -> features
 # -> stage 2 (text queries) -> a submission per task on the test CSV -> evaluate against the held labels; and the

@@ -294,6 +294,36 @@ def test_the_summary_line_gives_ap_over_chance_per_held_out_class(tmp_path, caps
     assert "per_class.csv" in err and len(err.strip().splitlines()) == 1
 
 
+def test_over_seeds_the_summary_gives_each_figure_s_spread_and_the_paired_differences(tmp_path, capsys):
+    from chexfusion.clip.summary import main
+
+    # method b's AP is above a's on seeds 0 and 1 and below it on seed 2; its AUROC of X is above on every seed
+    aps = {"a": [0.2, 0.2, 0.2], "b": [0.3, 0.4, 0.1]}
+    for method, values in aps.items():
+        for seed, ap in enumerate(values):
+            held, run = tmp_path / f"{method}{seed}" / "held-out", tmp_path / f"{method}{seed}"
+            held.mkdir(parents=True)
+            auroc = 0.6 + (0.1 if method == "b" else 0.0) + 0.01 * seed
+            pd.DataFrame({"class": ["X"], "AP": [ap], "chance_AP": [0.1], "AUROC": [auroc]}).to_csv(
+                held / "per_class.csv", index=False)
+            (run / "metrics.json").write_text(json.dumps({"test": {"mAP": 0.2 + 0.01 * seed}}))
+    args = [arg for m in aps for arg in ("--method", f"{m}={tmp_path / (m + '{seed}') / 'held-out'},"
+                                                     f"{tmp_path / (m + '{seed}')}")]
+    assert main([*args, "--seeds", "0,1,2"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["methods"]["1"]["b"]["ap_over_chance"] == {"X": 4.0}
+    b = out["seeds"]["methods"]["b"]["ap_over_chance/X"]
+    assert b["values"] == [3.0, 4.0, 1.0] and b["mean"] == pytest.approx(8 / 3, abs=1e-3)
+    assert b["sd"] == pytest.approx(np.std([3.0, 4.0, 1.0], ddof=1), abs=1e-3)
+    against = out["seeds"]["against"]["b - a"]
+    assert against["ap_over_chance/X"]["values"] == [1.0, 2.0, -1.0] and against["ap_over_chance/X"]["sign"] == "mixed"
+    assert against["auroc/X"]["sign"] == "higher" and against["base_mAP"]["sign"] == "equal"
+    assert main([*args, "--seeds", "0,1,x"]) == 2 and "--seeds" in capsys.readouterr().err
+    assert main([*args, "--seeds", "0,5"]) == 2
+    err = capsys.readouterr().err
+    assert "a5" in err and len(err.strip().splitlines()) == 1
+
+
 def test_the_image_tower_starts_from_a_stage1_run_and_pooled_views_train(tiny_stage1, tiny_data, tiny_bert, tmp_path,
                                                                            run_cli, repo_root, monkeypatch):
     from chexfusion.clip.config import ClipConfig
