@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from itertools import combinations
 from pathlib import Path
@@ -62,10 +63,9 @@ def flat_figures(summary: dict) -> dict[str, float]:
 
 
 def _mean_sd(values: list[float]) -> dict:
-    n = len(values)
-    mean = sum(values) / n
-    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
-    return {"mean": round(mean, 3), "sd": round(sd, 3), "values": [round(v, 3) for v in values]}
+    """Mean and sample standard deviation (``--seeds`` takes two or more)."""
+    return {"mean": round(statistics.fmean(values), 3), "sd": round(statistics.stdev(values), 3),
+            "values": [round(v, 3) for v in values]}
 
 
 def _sign(differences: list[float]) -> str:
@@ -86,9 +86,7 @@ def over_seeds(per_seed: dict[int, dict[str, dict]]) -> dict:
     for reference, m in combinations(names, 2):
         keys = [k for k in flat[m][0] if all(k in f for f in flat[m] + flat[reference])]
         diffs = {k: [a[k] - b[k] for a, b in zip(flat[m], flat[reference])] for k in keys}
-        out["against"][f"{m} - {reference}"] = {
-            k: {**_mean_sd(d), "sign": _sign(d)}
-            for k, d in diffs.items()}
+        out["against"][f"{m} - {reference}"] = {k: {**_mean_sd(d), "sign": _sign(d)} for k, d in diffs.items()}
     return out
 
 
