@@ -99,10 +99,15 @@ def check_meta(store: Path, path: Path, table, records: list[dict]) -> None:
                                         f"{mf.MANIFEST_NAME} cover {covered}")
     start = 0
     for g, record in enumerate(records):
-        if checksums.meta_digest(table.slice(start, record["rows"])) != record["meta"]:
-            raise refusal(store, path.name, f"row group {g}: its metadata differ from their checksum in "
-                                            f"{mf.MANIFEST_NAME}")
+        check_group_meta(store, path, g, table.slice(start, record["rows"]), records)
         start += int(record["rows"])
+
+
+def check_group_meta(store: Path, path: Path, index: int, table, records: list[dict]) -> None:
+    """The metadata columns of row group ``index`` of ``path`` (``table``: its rows) have its checksum."""
+    if checksums.meta_digest(table) != records[index]["meta"]:
+        raise refusal(store, path.name, f"row group {index}: its metadata differ from their checksum in "
+                                        f"{mf.MANIFEST_NAME}")
 
 
 def check_maps(store: Path, path: Path, index: int, column, records: list[dict]) -> None:
@@ -114,9 +119,7 @@ def check_maps(store: Path, path: Path, index: int, column, records: list[dict])
 
 def check_row_group(store: Path, path: Path, index: int, table, records: list[dict]) -> None:
     """Row group ``index`` read whole (its metadata and maps): both its checksums."""
-    if checksums.meta_digest(table) != records[index]["meta"]:
-        raise refusal(store, path.name, f"row group {index}: its metadata differ from their checksum in "
-                                        f"{mf.MANIFEST_NAME}")
+    check_group_meta(store, path, index, table, records)
     check_maps(store, path, index, table.column(FEATURES), records)
 
 
